@@ -1,0 +1,76 @@
+//! The error type of the engine interface. Variants carry what a caller needs to map them to a
+//! gRPC status and to tell a person what to do next.
+
+use std::path::PathBuf;
+
+use crate::gguf::GgufError;
+
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("model file {path} does not exist")]
+    FileNotFound { path: PathBuf },
+
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path} is not a usable GGUF model: {source}")]
+    BadGguf {
+        path: PathBuf,
+        #[source]
+        source: GgufError,
+    },
+
+    #[error("backend {backend} failed to load {path}: {detail}")]
+    LoadFailed {
+        backend: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+
+    #[error("backend {backend} could not create a context of {context_length} tokens: {detail}")]
+    ContextFailed {
+        backend: &'static str,
+        context_length: u32,
+        detail: String,
+    },
+
+    #[error("invalid {parameter}: {detail}")]
+    InvalidParameter {
+        parameter: &'static str,
+        detail: String,
+    },
+
+    #[error("token id {token} is out of range for a vocabulary of {vocab_size} tokens")]
+    TokenOutOfRange {
+        token: TokenIdDisplay,
+        vocab_size: u32,
+    },
+
+    #[error("the model has no chat template: send a plain prompt instead of chat messages")]
+    NoChatTemplate,
+
+    #[error("chat template failed to render: {detail}")]
+    ChatTemplate { detail: String },
+
+    #[error("forward pass failed in {backend}: {detail}")]
+    Forward {
+        backend: &'static str,
+        detail: String,
+    },
+}
+
+/// Wrapper so the error message prints a plain number.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenIdDisplay(pub u32);
+
+impl std::fmt::Display for TokenIdDisplay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}

@@ -1,0 +1,21 @@
+//! The engine interface every Minerva backend implements, and the pieces all backends share:
+//! the one sampler, chat-template rendering, incremental detokenization with stop strings, and a
+//! bounds-checked GGUF metadata reader.
+//!
+//! A backend turns model files into a [`Model`] (thread-safe: info, tokenizer) that creates
+//! [`Context`]s (one per worker: KV cache plus a `forward` over sequences that returns logits).
+//! Everything above logits — sampling, stopping, streaming — lives here or in the daemon, so
+//! every backend behaves the same for the same seed.
+
+pub mod chat;
+pub mod engine;
+pub mod error;
+pub mod gguf;
+pub mod sampling;
+pub mod text;
+
+pub use engine::{
+    Backend, Context, ContextOptions, ForwardChunk, LoadOptions, Model, ModelFormat, ModelInfo,
+    SeqId, TokenId,
+};
+pub use error::{CoreError, Result};

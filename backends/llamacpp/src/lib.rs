@@ -1,0 +1,294 @@
+//! The llama.cpp backend: GGUF files memory-mapped by llama.cpp (through llama-cpp-2), with
+//! Minerva's own sampling on top of the logits it returns.
+//!
+//! Files are checked with [`minerva_core::gguf`] before llama.cpp sees them, so a truncated or
+//! hostile file is refused with a precise error instead of reaching C++ code that may abort.
+
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use minerva_core::error::TokenIdDisplay;
+use minerva_core::{
+    gguf, Backend, Context, ContextOptions, CoreError, ForwardChunk, LoadOptions, Model, ModelInfo,
+    Result, SeqId, TokenId,
+};
+
+pub use llama_cpp_2;
+
+const NAME: &str = "llama.cpp";
+
+/// llama.cpp's process-wide backend state, initialised once. Its logs go to `tracing` (target
+/// `llama_cpp_2`), so `RUST_LOG` controls them.
+pub fn llama_backend() -> Result<&'static LlamaBackend> {
+    static BACKEND: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| CoreError::LoadFailed {
+            backend: NAME,
+            path: Default::default(),
+            detail: format!("llama.cpp backend init failed: {e}"),
+        })
+}
+
+/// The llama.cpp backend.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LlamaCppBackend;
+
+impl Backend for LlamaCppBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn load(&self, path: &Path, options: &LoadOptions) -> Result<Arc<dyn Model>> {
+        Ok(Arc::new(LlamaCppModel::load(path, options)?))
+    }
+}
+
+/// A GGUF model loaded (memory-mapped) by llama.cpp.
+pub struct LlamaCppModel {
+    model: Arc<LlamaModel>,
+    info: ModelInfo,
+}
+
+impl LlamaCppModel {
+    pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
+        if !path.is_file() {
+            return Err(CoreError::FileNotFound {
+                path: path.to_path_buf(),
+            });
+        }
+        let header = gguf::read_header(path).map_err(|source| CoreError::BadGguf {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let backend = llama_backend()?;
+        let params = LlamaModelParams::default()
+            .with_n_gpu_layers(options.gpu_layers)
+            .with_use_mmap(true);
+        let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
+            CoreError::LoadFailed {
+                backend: NAME,
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            }
+        })?;
+        let mut info = ModelInfo::from_gguf(&header);
+        let vocab = model.vocab();
+        info.vocab_size = u32::try_from(model.n_vocab()).unwrap_or(0);
+        info.add_bos = vocab.should_add_bos();
+        info.bos_token = u32::try_from(vocab.bos().0).ok();
+        info.eos_token = u32::try_from(vocab.eos().0).ok();
+        if info.trained_context_length == 0 {
+            info.trained_context_length = model.n_ctx_train();
+        }
+        Ok(Self {
+            model: Arc::new(model),
+            info,
+        })
+    }
+
+    fn token(&self, token: TokenId) -> Result<LlamaToken> {
+        if token >= self.info.vocab_size {
+            return Err(CoreError::TokenOutOfRange {
+                token: TokenIdDisplay(token),
+                vocab_size: self.info.vocab_size,
+            });
+        }
+        Ok(LlamaToken(token as i32))
+    }
+}
+
+impl Model for LlamaCppModel {
+    fn backend(&self) -> &'static str {
+        NAME
+    }
+
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<TokenId>> {
+        let tokens = self
+            .model
+            .vocab()
+            .tokenize(text.as_bytes(), add_special, true);
+        Ok(tokens.into_iter().map(|t| t.0 as TokenId).collect())
+    }
+
+    fn token_bytes(&self, token: TokenId) -> Result<Vec<u8>> {
+        let t = self.token(token)?;
+        Ok(self.model.vocab().token_to_piece(t, false, None))
+    }
+
+    fn token_text(&self, token: TokenId) -> Result<String> {
+        let t = self.token(token)?;
+        let bytes = self.model.vocab().token_to_piece(t, true, None);
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    fn is_end_of_generation(&self, token: TokenId) -> bool {
+        self.token(token)
+            .map(|t| self.model.vocab().is_eog(t))
+            .unwrap_or(false)
+    }
+
+    fn new_context(&self, options: &ContextOptions) -> Result<Box<dyn Context>> {
+        Ok(Box::new(LlamaCppContext::new(
+            Arc::clone(&self.model),
+            self.info.vocab_size,
+            options,
+        )?))
+    }
+}
+
+/// A llama.cpp context (KV cache) plus a reusable batch.
+///
+/// Field order matters: `ctx` and `batch` are dropped before `model`, which they point into.
+struct LlamaCppContext {
+    ctx: LlamaContext<'static>,
+    batch: LlamaBatch<'static>,
+    pending: Vec<(usize, i32)>,
+    options: ContextOptions,
+    vocab_size: u32,
+    model: Arc<LlamaModel>,
+}
+
+impl LlamaCppContext {
+    fn new(model: Arc<LlamaModel>, vocab_size: u32, options: &ContextOptions) -> Result<Self> {
+        let fail = |detail: String| CoreError::ContextFailed {
+            backend: NAME,
+            context_length: options.context_length,
+            detail,
+        };
+        let n_ctx = NonZeroU32::new(options.context_length)
+            .ok_or_else(|| fail("context length must be at least 1".into()))?;
+        let threads = i32::try_from(options.threads.max(1)).unwrap_or(i32::MAX);
+        let batch_size = options.batch_size.clamp(1, options.context_length);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(Some(n_ctx))
+            .with_n_batch(batch_size)
+            .with_n_ubatch(batch_size.min(512))
+            .with_n_seq_max(options.max_sequences.max(1))
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let backend = llama_backend()?;
+        let ctx = model
+            .new_context(backend, params)
+            .map_err(|e| fail(e.to_string()))?;
+        // SAFETY: the context refers to the model, which lives in the Arc stored beside it and
+        // is dropped after it (struct fields drop in declaration order).
+        let ctx: LlamaContext<'static> = unsafe { std::mem::transmute(ctx) };
+        let batch = LlamaBatch::new(batch_size as usize, options.max_sequences.max(1) as i32);
+        let mut options = options.clone();
+        options.batch_size = batch_size;
+        Ok(Self {
+            ctx,
+            batch,
+            pending: Vec::new(),
+            options,
+            vocab_size,
+            model,
+        })
+    }
+
+    fn decode_batch(&mut self, logits: &mut [Vec<f32>]) -> Result<()> {
+        self.ctx
+            .decode(&mut self.batch)
+            .map_err(|e| CoreError::Forward {
+                backend: NAME,
+                detail: e.to_string(),
+            })?;
+        for (chunk, idx) in self.pending.drain(..) {
+            let out = &mut logits[chunk];
+            out.clear();
+            out.extend_from_slice(self.ctx.get_logits_ith(idx));
+        }
+        self.batch.clear();
+        Ok(())
+    }
+}
+
+impl Context for LlamaCppContext {
+    fn options(&self) -> &ContextOptions {
+        &self.options
+    }
+
+    fn clear_sequence(&mut self, seq: SeqId) -> Result<()> {
+        self.ctx
+            .clear_kv_cache_seq(Some(seq.0), None, None)
+            .map_err(|e| CoreError::Forward {
+                backend: NAME,
+                detail: format!("clearing sequence {}: {e}", seq.0),
+            })?;
+        Ok(())
+    }
+
+    fn forward(&mut self, chunks: &[ForwardChunk<'_>], logits: &mut Vec<Vec<f32>>) -> Result<()> {
+        let _ = &self.model;
+        logits.resize_with(chunks.len(), Vec::new);
+        self.batch.clear();
+        self.pending.clear();
+        let cap = self.options.batch_size as usize;
+        for (ci, chunk) in chunks.iter().enumerate() {
+            if chunk.tokens.is_empty() {
+                return Err(CoreError::Forward {
+                    backend: NAME,
+                    detail: format!("empty chunk for sequence {}", chunk.seq.0),
+                });
+            }
+            let end = u64::from(chunk.start_pos) + chunk.tokens.len() as u64;
+            if end > u64::from(self.options.context_length) {
+                return Err(CoreError::Forward {
+                    backend: NAME,
+                    detail: format!(
+                        "positions up to {end} do not fit a context of {}",
+                        self.options.context_length
+                    ),
+                });
+            }
+            for (j, &tok) in chunk.tokens.iter().enumerate() {
+                if tok >= self.vocab_size {
+                    return Err(CoreError::TokenOutOfRange {
+                        token: TokenIdDisplay(tok),
+                        vocab_size: self.vocab_size,
+                    });
+                }
+                if self.batch.n_tokens() as usize == cap {
+                    self.decode_batch(logits)?;
+                }
+                let last = j + 1 == chunk.tokens.len();
+                let idx = self.batch.n_tokens();
+                self.batch
+                    .add(
+                        LlamaToken(tok as i32),
+                        (chunk.start_pos as usize + j) as i32,
+                        &[chunk.seq.0 as i32],
+                        last,
+                    )
+                    .map_err(|e| CoreError::Forward {
+                        backend: NAME,
+                        detail: e.to_string(),
+                    })?;
+                if last {
+                    self.pending.push((ci, idx));
+                }
+            }
+        }
+        if self.batch.n_tokens() > 0 {
+            self.decode_batch(logits)?;
+        }
+        Ok(())
+    }
+}

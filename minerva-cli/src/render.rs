@@ -1,0 +1,122 @@
+//! Rendering for people: tables, sizes, durations, the stats line.
+
+use minerva_proto::v1 as pb;
+
+/// A plain aligned table.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{:<w$}  ", c, w = widths[i]));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = line(headers.to_vec());
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn count(n: u64) -> String {
+    match n {
+        0 => "-".into(),
+        n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+pub fn seconds(s: f64) -> String {
+    if s >= 3600.0 {
+        format!("{:.1} h", s / 3600.0)
+    } else if s >= 60.0 {
+        format!("{:.1} min", s / 60.0)
+    } else {
+        format!("{s:.0} s")
+    }
+}
+
+pub fn keep_alive(d: &pb::ModelDetails) -> String {
+    if !d.loaded {
+        "-".into()
+    } else if d.keep_alive_forever {
+        "forever".into()
+    } else {
+        d.keep_alive_remaining_seconds.map_or("-".into(), seconds)
+    }
+}
+
+/// The `--verbose` line: load, prompt, TTFT, decode, total.
+pub fn stats_line(s: &pb::GenerationStats) -> String {
+    let mut parts = Vec::new();
+    if let Some(l) = s.load_ms {
+        parts.push(format!("load {l:.0} ms"));
+    }
+    parts.push(format!(
+        "prompt {} tokens at {:.1} tok/s",
+        s.prompt_tokens, s.prompt_tokens_per_s
+    ));
+    parts.push(format!("TTFT {:.1} ms", s.ttft_ms));
+    parts.push(format!(
+        "decode {} tokens at {:.1} tok/s",
+        s.generated_tokens, s.decode_tokens_per_s
+    ));
+    parts.push(format!("total {:.0} ms", s.total_ms));
+    let mut stop = minerva_proto::stop_reason_name(s.stop_reason).to_string();
+    if !s.stop_string.is_empty() {
+        stop.push_str(&format!(" {:?}", s.stop_string));
+    }
+    parts.push(format!("stop: {stop}"));
+    parts.join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_sizes_read_well() {
+        let t = table(
+            &["NAME", "SIZE"],
+            &[
+                vec!["a".into(), "1".into()],
+                vec!["long-name".into(), "22".into()],
+            ],
+        );
+        assert_eq!(t, "NAME       SIZE\na          1\nlong-name  22\n");
+        assert_eq!(bytes(98_362_432), "98.4 MB");
+        assert_eq!(bytes(12), "12 B");
+        assert_eq!(count(134_515_008), "134.5M");
+    }
+}

@@ -1,0 +1,253 @@
+//! ModelService: list, show, load, unload, pull.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use minerva_core::{ModelFormat, ModelInfo};
+use minerva_proto::v1 as pb;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{keep_alive_of, requested_options};
+use crate::engine::{Engine, LoadedModel};
+use crate::error::DaemonError;
+use crate::store::{ResolvedModel, StoreListing};
+
+pub struct ModelApi {
+    pub engine: Arc<Engine>,
+}
+
+/// Details of a model, loaded or not.
+pub fn details(
+    resolved: &ResolvedModel,
+    info: &ModelInfo,
+    loaded: Option<&LoadedModel>,
+    backend: &str,
+    default_ctx: u32,
+) -> pb::ModelDetails {
+    let ctx = match loaded {
+        Some(m) => m.context_options.context_length,
+        None if info.trained_context_length > 0 => default_ctx.min(info.trained_context_length),
+        None => default_ctx,
+    };
+    let (remaining, forever) = loaded.map_or((None, false), |m| m.keep_alive_remaining());
+    pb::ModelDetails {
+        name: resolved.name.clone(),
+        path: resolved.path.display().to_string(),
+        format: info.format.as_str().into(),
+        architecture: info.architecture.clone(),
+        parameter_count: info.parameter_count,
+        quantization: info.quantization.clone(),
+        context_length: info.trained_context_length,
+        file_size_bytes: info.file_size_bytes,
+        estimated_memory_bytes: info.estimated_memory_bytes(ctx),
+        estimated_for_context: ctx,
+        loaded: loaded.is_some(),
+        keep_alive_remaining_seconds: remaining,
+        keep_alive_forever: forever,
+        vocab_size: info.vocab_size,
+        layer_count: info.layer_count,
+        embedding_length: info.embedding_length,
+        head_count: info.head_count,
+        head_count_kv: info.head_count_kv,
+        has_chat_template: info.chat_template.is_some(),
+        source: resolved.source.clone(),
+        backend: backend.into(),
+        loaded_options: loaded.map(|m| pb::LoadOptions {
+            threads: Some(m.context_options.threads),
+            context_length: Some(m.context_options.context_length),
+            gpu_layers: Some(m.load_options.gpu_layers),
+        }),
+    }
+}
+
+pub fn loaded_details(engine: &Engine, m: &LoadedModel) -> pb::ModelDetails {
+    details(
+        &m.resolved,
+        m.info(),
+        Some(m),
+        engine.backend_name(),
+        engine.config().context_length,
+    )
+}
+
+/// Details for a model that may not be loaded: read from the file's header.
+async fn show(engine: &Engine, name: &str) -> Result<pb::ModelDetails, DaemonError> {
+    let resolved = engine.store().resolve(name)?;
+    if let Some(m) = engine.loaded_at(&resolved.path) {
+        let mut d = loaded_details(engine, &m);
+        d.name = resolved.name;
+        return Ok(d);
+    }
+    let path = resolved.path.clone();
+    let info = tokio::task::spawn_blocking(move || {
+        minerva_core::gguf::read_header(&path)
+            .map(|h| ModelInfo::from_gguf(&h))
+            .map_err(|source| minerva_core::CoreError::BadGguf { path, source })
+    })
+    .await
+    .map_err(|e| DaemonError::Internal(e.to_string()))??;
+    Ok(details(
+        &resolved,
+        &info,
+        None,
+        engine.backend_name(),
+        engine.config().context_length,
+    ))
+}
+
+fn listing_details(l: &StoreListing) -> pb::ModelDetails {
+    pb::ModelDetails {
+        name: l.name.clone(),
+        path: l.path.display().to_string(),
+        format: ModelFormat::Gguf.as_str().into(),
+        source: if l.pulled {
+            l.source.clone()
+        } else {
+            format!("{} (not pulled)", l.source)
+        },
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl pb::model_service_server::ModelService for ModelApi {
+    async fn list(
+        &self,
+        _: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let engine = &self.engine;
+        let mut models = Vec::new();
+        let loaded = engine.loaded_models();
+        for l in engine.store().list() {
+            if let Some(m) = loaded.iter().find(|m| m.resolved.path == l.path) {
+                let mut d = loaded_details(engine, m);
+                d.name = l.name.clone();
+                models.push(d);
+            } else if l.pulled {
+                match show(engine, &l.name).await {
+                    Ok(d) => models.push(d),
+                    Err(e) => {
+                        let mut d = listing_details(&l);
+                        d.source = format!("{} (unreadable: {e})", d.source);
+                        models.push(d);
+                    }
+                }
+            } else {
+                models.push(listing_details(&l));
+            }
+        }
+        for m in loaded {
+            if !models
+                .iter()
+                .any(|d| d.path == m.resolved.path.display().to_string())
+            {
+                models.push(loaded_details(engine, &m));
+            }
+        }
+        Ok(Response::new(pb::ListModelsResponse { models }))
+    }
+
+    async fn show(
+        &self,
+        req: Request<pb::ShowModelRequest>,
+    ) -> Result<Response<pb::ModelDetails>, Status> {
+        Ok(Response::new(
+            show(&self.engine, &req.into_inner().model).await?,
+        ))
+    }
+
+    async fn load(
+        &self,
+        req: Request<pb::LoadModelRequest>,
+    ) -> Result<Response<pb::LoadModelResponse>, Status> {
+        let req = req.into_inner();
+        let keep_alive = keep_alive_of(req.keep_alive_seconds)?;
+        let (lease, load_ms) = self
+            .engine
+            .acquire(
+                &req.model,
+                requested_options(req.options.as_ref()),
+                keep_alive,
+            )
+            .await?;
+        let mut model = loaded_details(&self.engine, lease.model());
+        model.name = req.model;
+        drop(lease);
+        Ok(Response::new(pb::LoadModelResponse {
+            model: Some(model),
+            loaded_now: load_ms.is_some(),
+            load_ms: load_ms.unwrap_or(0.0),
+        }))
+    }
+
+    async fn unload(
+        &self,
+        req: Request<pb::UnloadModelRequest>,
+    ) -> Result<Response<pb::UnloadModelResponse>, Status> {
+        let unloaded = self.engine.unload(&req.into_inner().model)?;
+        Ok(Response::new(pb::UnloadModelResponse { unloaded }))
+    }
+
+    type PullStream = Pin<Box<dyn Stream<Item = Result<pb::PullProgress, Status>> + Send>>;
+
+    async fn pull(
+        &self,
+        req: Request<pb::PullModelRequest>,
+    ) -> Result<Response<Self::PullStream>, Status> {
+        let name = req.into_inner().model;
+        if crate::store::catalog_entry(&name).is_none() {
+            return Err(DaemonError::UnknownModel {
+                name,
+                known: crate::store::CATALOG
+                    .iter()
+                    .map(|e| e.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+            .into());
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<pb::PullProgress, Status>>();
+        let engine = Arc::clone(&self.engine);
+        tokio::spawn(async move {
+            let store = Arc::clone(engine.store());
+            let progress_tx = tx.clone();
+            let pulled_name = name.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let mut last_sent = std::time::Instant::now() - std::time::Duration::from_secs(1);
+                store.pull(&pulled_name, &mut |ev| {
+                    // Byte-level events are many: send at most ~20 a second, and every
+                    // phase boundary.
+                    let boundary =
+                        ev.completed == 0 || ev.completed == ev.total || !ev.message.is_empty();
+                    if boundary || last_sent.elapsed().as_millis() >= 50 {
+                        last_sent = std::time::Instant::now();
+                        let _ = progress_tx.send(Ok(pb::PullProgress {
+                            phase: ev.phase.into(),
+                            completed_bytes: ev.completed,
+                            total_bytes: ev.total,
+                            message: ev.message,
+                            done: None,
+                        }));
+                    }
+                })
+            })
+            .await;
+            let last = match result {
+                Ok(Ok(_)) => show(&engine, &name).await.map(|d| pb::PullProgress {
+                    phase: "done".into(),
+                    completed_bytes: d.file_size_bytes,
+                    total_bytes: d.file_size_bytes,
+                    message: "pulled and verified".into(),
+                    done: Some(d),
+                }),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(DaemonError::Internal(format!("pull task failed: {e}"))),
+            };
+            let _ = tx.send(last.map_err(Status::from));
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        )))
+    }
+}

@@ -1,0 +1,124 @@
+//! The daemon's command line and defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::api::Listen;
+use crate::engine::{EngineConfig, KeepAlive};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "minervad",
+    version,
+    about = "Minerva daemon: keeps models warm and serves gRPC"
+)]
+pub struct Args {
+    /// Unix socket to listen on [default: $MINERVA_HOME/minervad.sock, else
+    /// $XDG_RUNTIME_DIR/minerva/minervad.sock, else ~/.minerva/minervad.sock].
+    #[arg(long, value_name = "PATH", conflicts_with = "listen")]
+    pub socket: Option<PathBuf>,
+
+    /// Listen on loopback TCP instead, e.g. 127.0.0.1:50051 (port 0 picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Where pulled models live [default: $MINERVA_HOME/models, MINERVA_HOME defaulting to ~/.minerva].
+    #[arg(long, value_name = "DIR", env = "MINERVA_MODELS")]
+    pub models_dir: Option<PathBuf>,
+
+    /// How long an idle model stays loaded: seconds, or with a unit (30s, 5m, 2h); negative or
+    /// "forever" keeps it until unloaded; 0 unloads right after each request.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_keep_alive, allow_hyphen_values = true)]
+    pub keep_alive: KeepAlive,
+
+    /// Requests that may wait per model before new ones are refused (RESOURCE_EXHAUSTED).
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_queue: u32,
+
+    /// Default compute threads per model [default: physical cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+
+    /// Default context length in tokens (capped at the model's trained context).
+    #[arg(long = "ctx", value_name = "TOKENS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..))]
+    pub context_length: u32,
+}
+
+impl Args {
+    pub fn listen(&self) -> Result<Listen, String> {
+        match self.listen {
+            Some(addr) if !addr.ip().is_loopback() => Err(format!(
+                "--listen {addr}: only loopback addresses (127.0.0.0/8, ::1) are allowed; the API has no authentication"
+            )),
+            Some(addr) => Ok(Listen::Tcp(addr)),
+            None => Ok(Listen::Socket(
+                self.socket
+                    .clone()
+                    .unwrap_or_else(minerva_proto::addr::default_socket_path),
+            )),
+        }
+    }
+
+    pub fn models_dir(&self) -> PathBuf {
+        self.models_dir
+            .clone()
+            .unwrap_or_else(|| minerva_proto::addr::minerva_home().join("models"))
+    }
+
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            keep_alive: self.keep_alive,
+            max_queue: self.max_queue as usize,
+            threads: self.threads.unwrap_or_else(default_threads),
+            context_length: self.context_length,
+        }
+    }
+}
+
+/// Physical cores, as llama.cpp picks by default (hyperthreads do not help matrix work).
+pub fn default_threads() -> u32 {
+    sysinfo::System::physical_core_count()
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .map_or(4, |n| n.max(1) as u32)
+}
+
+/// "300", "300s", "5m", "2h", "-1", "forever".
+pub fn parse_keep_alive(s: &str) -> Result<KeepAlive, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("forever") {
+        return Ok(KeepAlive::Forever);
+    }
+    let (num, scale) = match s.chars().last() {
+        Some('s') => (&s[..s.len() - 1], 1.0),
+        Some('m') => (&s[..s.len() - 1], 60.0),
+        Some('h') => (&s[..s.len() - 1], 3600.0),
+        _ => (s, 1.0),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (like 300, 30s, 5m, 2h, -1 or forever)"))?;
+    KeepAlive::from_seconds(v * scale).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn keep_alive_parses_units_and_forever() {
+        assert_eq!(
+            parse_keep_alive("5m").unwrap(),
+            KeepAlive::For(Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_keep_alive("30").unwrap(),
+            KeepAlive::For(Duration::from_secs(30))
+        );
+        assert_eq!(parse_keep_alive("-1").unwrap(), KeepAlive::Forever);
+        assert_eq!(parse_keep_alive("forever").unwrap(), KeepAlive::Forever);
+        assert!(parse_keep_alive("soon").is_err());
+    }
+}

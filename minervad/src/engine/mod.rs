@@ -1,0 +1,456 @@
+//! The engine: which models are loaded, their workers and queues, and keep-alive.
+//!
+//! Loaded models are keyed by their canonical file path. Each has one worker thread
+//! ([`worker`]) fed through a bounded queue; a full queue is refused at once
+//! (RESOURCE_EXHAUSTED). A model idle for its keep-alive is unloaded by a reaper task.
+
+mod worker;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use minerva_core::chat::{ChatMessage, ChatTemplate};
+use minerva_core::sampling::SamplingConfig;
+use minerva_core::{Backend, ContextOptions, CoreError, LoadOptions, Model, ModelInfo, TokenId};
+use minerva_proto::v1::StopReason;
+use tokio::sync::mpsc;
+
+use crate::error::{DaemonError, Result};
+use crate::store::{ModelStore, ResolvedModel};
+
+/// How long an idle model stays loaded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KeepAlive {
+    For(Duration),
+    Forever,
+}
+
+impl KeepAlive {
+    /// Seconds as the API carries them: negative = forever.
+    pub fn from_seconds(s: f64) -> Result<Self> {
+        if s.is_nan() {
+            return Err(DaemonError::invalid("keep_alive_seconds", "NaN"));
+        }
+        if s < 0.0 {
+            return Ok(KeepAlive::Forever);
+        }
+        Duration::try_from_secs_f64(s)
+            .map(KeepAlive::For)
+            .map_err(|_| DaemonError::invalid("keep_alive_seconds", format!("{s} is too large")))
+    }
+
+    pub fn as_seconds(self) -> f64 {
+        match self {
+            KeepAlive::For(d) => d.as_secs_f64(),
+            KeepAlive::Forever => -1.0,
+        }
+    }
+}
+
+/// Options a request asks for; `None` = whatever is loaded, or the default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestedOptions {
+    pub threads: Option<u32>,
+    pub context_length: Option<u32>,
+    pub gpu_layers: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub keep_alive: KeepAlive,
+    pub max_queue: usize,
+    pub threads: u32,
+    pub context_length: u32,
+}
+
+/// A token event or the end of a generation, sent from the worker to the request's stream.
+#[derive(Debug)]
+pub enum Event {
+    Token {
+        id: TokenId,
+        text: String,
+        elapsed_ms: f64,
+        index: u32,
+    },
+    Done(Box<Stats>),
+    Error(DaemonError),
+}
+
+#[derive(Debug, Clone)]
+pub struct Stats {
+    pub load_ms: Option<f64>,
+    pub prompt_tokens: u32,
+    pub ttft_ms: f64,
+    pub prompt_ms: f64,
+    pub prompt_tokens_per_s: f64,
+    pub generated_tokens: u32,
+    pub decode_tokens_per_s: f64,
+    pub total_ms: f64,
+    pub queue_ms: f64,
+    pub stop_reason: StopReason,
+    pub stop_string: String,
+    pub text: String,
+}
+
+/// A generation request as the worker sees it: already tokenized and checked.
+pub struct Job {
+    pub id: u64,
+    pub received: Instant,
+    pub prompt: Vec<TokenId>,
+    pub sampling: SamplingConfig,
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+    pub context_length: u32,
+    pub load_ms: Option<f64>,
+    pub events: mpsc::UnboundedSender<Event>,
+    /// Keeps the model counted as busy until the job is dropped.
+    pub lease: Lease,
+}
+
+/// A loaded model: weights, its worker's queue, and keep-alive state.
+pub struct LoadedModel {
+    pub resolved: ResolvedModel,
+    pub model: Arc<dyn Model>,
+    pub load_options: LoadOptions,
+    pub context_options: ContextOptions,
+    pub load_ms: f64,
+    chat_template: Option<std::result::Result<ChatTemplate, String>>,
+    jobs: mpsc::Sender<Job>,
+    max_queue: usize,
+    idle: Mutex<IdleState>,
+}
+
+#[derive(Debug)]
+struct IdleState {
+    keep_alive: KeepAlive,
+    busy: usize,
+    idle_since: Instant,
+}
+
+impl LoadedModel {
+    pub fn info(&self) -> &ModelInfo {
+        self.model.info()
+    }
+
+    /// Seconds left before an idle unload; `None` while busy or when kept forever.
+    pub fn keep_alive_remaining(&self) -> (Option<f64>, bool) {
+        let s = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        match s.keep_alive {
+            KeepAlive::Forever => (None, true),
+            KeepAlive::For(ttl) if s.busy == 0 => (
+                Some(ttl.saturating_sub(s.idle_since.elapsed()).as_secs_f64()),
+                false,
+            ),
+            KeepAlive::For(ttl) => (Some(ttl.as_secs_f64()), false),
+        }
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        let s = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        match s.keep_alive {
+            KeepAlive::Forever => false,
+            KeepAlive::For(ttl) => s.busy == 0 && now.duration_since(s.idle_since) >= ttl,
+        }
+    }
+
+    /// Counts the model busy until the lease is dropped; sets its keep-alive if given.
+    pub fn lease(self: &Arc<Self>, keep_alive: Option<KeepAlive>) -> Lease {
+        let mut s = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        s.busy += 1;
+        if let Some(k) = keep_alive {
+            s.keep_alive = k;
+        }
+        Lease {
+            model: Arc::clone(self),
+        }
+    }
+
+    /// Renders chat messages with the model's own template; the bool says whether the
+    /// tokenizer should still add BOS (not when the template wrote it already).
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<(String, bool)> {
+        let template = match &self.chat_template {
+            None => return Err(CoreError::NoChatTemplate.into()),
+            Some(Err(e)) => {
+                return Err(CoreError::ChatTemplate { detail: e.clone() }.into());
+            }
+            Some(Ok(t)) => t,
+        };
+        let info = self.info();
+        let text_of = |t: Option<TokenId>| -> Result<String> {
+            Ok(match t {
+                Some(t) => self.model.token_text(t)?,
+                None => String::new(),
+            })
+        };
+        let bos = text_of(info.bos_token)?;
+        let eos = text_of(info.eos_token)?;
+        let text = template.render(messages, &bos, &eos)?;
+        let has_bos = !bos.is_empty() && text.starts_with(&bos);
+        Ok((text, !has_bos))
+    }
+
+    /// Queues a job; a full queue is an error, never a wait.
+    pub fn submit(&self, job: Job) -> Result<()> {
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => DaemonError::QueueFull {
+                model: self.resolved.name.clone(),
+                queued: self.max_queue,
+            },
+            mpsc::error::TrySendError::Closed(_) => DaemonError::WorkerGone {
+                model: self.resolved.name.clone(),
+                reason: "its worker has stopped".into(),
+            },
+        })
+    }
+
+    fn worker_alive(&self) -> bool {
+        !self.jobs.is_closed()
+    }
+}
+
+/// Marks a model busy for as long as it lives.
+pub struct Lease {
+    model: Arc<LoadedModel>,
+}
+
+impl Lease {
+    pub fn model(&self) -> &Arc<LoadedModel> {
+        &self.model
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut s = self.model.idle.lock().unwrap_or_else(|e| e.into_inner());
+        s.busy = s.busy.saturating_sub(1);
+        s.idle_since = Instant::now();
+    }
+}
+
+pub struct Engine {
+    backend: Arc<dyn Backend>,
+    store: Arc<ModelStore>,
+    config: EngineConfig,
+    loaded: Mutex<HashMap<PathBuf, Arc<LoadedModel>>>,
+    load_lock: tokio::sync::Mutex<()>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Engine {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        store: Arc<ModelStore>,
+        config: EngineConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            backend,
+            store,
+            config,
+            loaded: Mutex::new(HashMap::new()),
+            load_lock: tokio::sync::Mutex::new(()),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Arc<ModelStore> {
+        &self.store
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    pub fn next_request_id(&self) -> u64 {
+        self.next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn loaded_models(&self) -> Vec<Arc<LoadedModel>> {
+        let mut v: Vec<_> = self.lock_loaded().values().cloned().collect();
+        v.sort_by(|a, b| a.resolved.name.cmp(&b.resolved.name));
+        v
+    }
+
+    pub fn loaded_at(&self, path: &std::path::Path) -> Option<Arc<LoadedModel>> {
+        self.lock_loaded().get(path).cloned()
+    }
+
+    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Arc<LoadedModel>>> {
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns a lease on the model `name`, loading it (or reloading it with other options)
+    /// first when needed; the f64 is the load time when this call loaded it.
+    pub async fn acquire(
+        &self,
+        name: &str,
+        requested: RequestedOptions,
+        keep_alive: Option<KeepAlive>,
+    ) -> Result<(Lease, Option<f64>)> {
+        let resolved = self.store.resolve(name)?;
+        if let Some(m) = self.usable(&resolved, &requested) {
+            return Ok((m.lease(keep_alive), None));
+        }
+        let _guard = self.load_lock.lock().await;
+        if let Some(m) = self.usable(&resolved, &requested) {
+            return Ok((m.lease(keep_alive), None));
+        }
+        let loaded = self.load(resolved, requested, keep_alive).await?;
+        let load_ms = loaded.load_ms;
+        let lease = loaded.lease(keep_alive);
+        self.lock_loaded()
+            .insert(loaded.resolved.path.clone(), Arc::clone(&loaded));
+        Ok((lease, Some(load_ms)))
+    }
+
+    fn usable(&self, resolved: &ResolvedModel, req: &RequestedOptions) -> Option<Arc<LoadedModel>> {
+        let m = self.loaded_at(&resolved.path)?;
+        let fits = m.worker_alive()
+            && req.threads.is_none_or(|t| t == m.context_options.threads)
+            && req
+                .context_length
+                .is_none_or(|c| c == m.context_options.context_length)
+            && req
+                .gpu_layers
+                .is_none_or(|g| g == m.load_options.gpu_layers);
+        fits.then_some(m)
+    }
+
+    async fn load(
+        &self,
+        resolved: ResolvedModel,
+        req: RequestedOptions,
+        keep_alive: Option<KeepAlive>,
+    ) -> Result<Arc<LoadedModel>> {
+        let header_info = {
+            let path = resolved.path.clone();
+            tokio::task::spawn_blocking(move || {
+                minerva_core::gguf::read_header(&path)
+                    .map(|h| ModelInfo::from_gguf(&h))
+                    .map_err(|source| CoreError::BadGguf { path, source })
+            })
+            .await
+            .map_err(|e| DaemonError::Internal(e.to_string()))??
+        };
+        let trained = header_info.trained_context_length;
+        let context_length = match req.context_length {
+            Some(0) => {
+                return Err(DaemonError::invalid(
+                    "options.context_length",
+                    "must be at least 1",
+                ))
+            }
+            Some(c) if trained > 0 && c > trained => {
+                return Err(DaemonError::invalid(
+                    "options.context_length",
+                    format!("{c} is more than the {trained} tokens the model was trained with"),
+                ))
+            }
+            Some(c) => c,
+            None if trained > 0 => self.config.context_length.min(trained),
+            None => self.config.context_length,
+        };
+        let threads = match req.threads {
+            Some(0) => {
+                return Err(DaemonError::invalid(
+                    "options.threads",
+                    "must be at least 1",
+                ))
+            }
+            Some(t) if t > 1024 => {
+                return Err(DaemonError::invalid(
+                    "options.threads",
+                    format!("{t} is more than 1024"),
+                ))
+            }
+            Some(t) => t,
+            None => self.config.threads,
+        };
+        let load_options = LoadOptions {
+            gpu_layers: req.gpu_layers.unwrap_or(0),
+        };
+        let context_options = ContextOptions {
+            context_length,
+            threads,
+            batch_size: context_length.min(2048),
+            max_sequences: 1,
+        };
+        // A model loaded with other options is replaced; its worker finishes what it has queued.
+        if let Some(old) = self.lock_loaded().remove(&resolved.path) {
+            tracing::info!(model = %old.resolved.name, "reloading with new options");
+        }
+        let backend = Arc::clone(&self.backend);
+        let path = resolved.path.clone();
+        let (lo, co) = (load_options.clone(), context_options.clone());
+        let started = Instant::now();
+        let (model, ctx) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let model = backend.load(&path, &lo)?;
+            let ctx = model.new_context(&co)?;
+            Ok((model, ctx))
+        })
+        .await
+        .map_err(|e| DaemonError::Internal(format!("model load panicked: {e}")))??;
+        let load_ms = started.elapsed().as_secs_f64() * 1e3;
+
+        let chat_template = model
+            .info()
+            .chat_template
+            .as_deref()
+            .map(|src| ChatTemplate::new(src).map_err(|e| e.to_string()));
+        let (tx, rx) = mpsc::channel(self.config.max_queue.max(1));
+        let worker_model = Arc::clone(&model);
+        let name = resolved.name.clone();
+        std::thread::Builder::new()
+            .name(format!("worker {}", resolved.name))
+            .spawn(move || worker::run(name, worker_model, ctx, rx))
+            .map_err(|e| DaemonError::Internal(format!("cannot start a worker thread: {e}")))?;
+        tracing::info!(model = %resolved.name, path = %resolved.path.display(), load_ms, context_length, threads, "model loaded");
+        Ok(Arc::new(LoadedModel {
+            resolved,
+            model,
+            load_options,
+            context_options,
+            load_ms,
+            chat_template,
+            jobs: tx,
+            max_queue: self.config.max_queue.max(1),
+            idle: Mutex::new(IdleState {
+                keep_alive: keep_alive.unwrap_or(self.config.keep_alive),
+                busy: 0,
+                idle_since: Instant::now(),
+            }),
+        }))
+    }
+
+    /// Unloads the model `name`; false when it was not loaded. Requests already queued finish.
+    pub fn unload(&self, name: &str) -> Result<bool> {
+        let resolved = self.store.resolve(name)?;
+        let removed = self.lock_loaded().remove(&resolved.path);
+        if let Some(m) = &removed {
+            tracing::info!(model = %m.resolved.name, "unloaded on request");
+        }
+        Ok(removed.is_some())
+    }
+
+    /// Unloads idle models whose keep-alive ran out, and models whose worker died.
+    pub fn reap(&self) {
+        let now = Instant::now();
+        self.lock_loaded().retain(|_, m| {
+            let keep = !m.expired(now) && m.worker_alive();
+            if !keep {
+                tracing::info!(model = %m.resolved.name, "unloading: keep-alive expired or worker stopped");
+            }
+            keep
+        });
+    }
+
+    pub fn unload_all(&self) {
+        self.lock_loaded().clear();
+    }
+}

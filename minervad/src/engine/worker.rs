@@ -1,0 +1,328 @@
+//! One worker thread per loaded model. It owns the model's context (KV cache) and runs a step
+//! loop over sequences: admit queued requests, then each step builds one forward batch
+//! (a prompt chunk for sequences still prefilling, the last sampled token for decoding ones),
+//! runs it, samples, streams, and retires finished or abandoned sequences.
+//!
+//! Today one sequence is active at a time (`MAX_ACTIVE`), which keeps outputs bit-identical to
+//! a plain llama.cpp loop. Continuous batching raises that limit and gives each sequence its
+//! own KV budget; prefix caching keeps a finished sequence's cells instead of clearing them.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use minerva_core::sampling::Sampler;
+use minerva_core::text::{StopMatcher, Utf8Decoder};
+use minerva_core::{Context, ForwardChunk, Model, SeqId, TokenId};
+use minerva_proto::v1::StopReason;
+use tokio::sync::mpsc;
+
+use super::{Event, Job, Stats};
+use crate::error::DaemonError;
+
+/// Sequences decoded together. See the module comment.
+const MAX_ACTIVE: usize = 1;
+
+enum Phase {
+    /// `done` prompt tokens are in the KV cache.
+    Prefill { done: usize },
+    /// `last` was sampled and is not in the KV cache yet.
+    Decode { last: TokenId },
+}
+
+struct Sequence {
+    job: Job,
+    slot: SeqId,
+    phase: Phase,
+    sampler: Sampler,
+    decoder: Utf8Decoder,
+    stops: StopMatcher,
+    generated: u32,
+    text: String,
+    started: Instant,
+    prompt_done: Option<Instant>,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+}
+
+impl Sequence {
+    fn new(job: Job, slot: SeqId) -> Self {
+        let mut sampler = Sampler::new(job.sampling.clone());
+        for &t in &job.prompt {
+            sampler.accept(t);
+        }
+        Self {
+            stops: StopMatcher::new(job.stop.clone()),
+            slot,
+            phase: Phase::Prefill { done: 0 },
+            sampler,
+            decoder: Utf8Decoder::default(),
+            generated: 0,
+            text: String::new(),
+            started: Instant::now(),
+            prompt_done: None,
+            first_token: None,
+            last_token: None,
+            job,
+        }
+    }
+
+    fn position(&self) -> usize {
+        self.job.prompt.len() + self.generated as usize
+    }
+
+    fn ms_since_received(&self, t: Instant) -> f64 {
+        t.duration_since(self.job.received).as_secs_f64() * 1e3
+    }
+}
+
+/// Runs until every sender of `jobs` is gone (the model was unloaded) or the context breaks.
+pub fn run(
+    model_name: String,
+    model: Arc<dyn Model>,
+    mut ctx: Box<dyn Context>,
+    mut jobs: mpsc::Receiver<Job>,
+) {
+    let mut active: Vec<Sequence> = Vec::new();
+    let mut logits: Vec<Vec<f32>> = Vec::new();
+    let batch = ctx.options().batch_size as usize;
+    loop {
+        // Admit: block when idle, otherwise only take what is already queued.
+        while active.len() < MAX_ACTIVE {
+            let job = if active.is_empty() {
+                match jobs.blocking_recv() {
+                    Some(job) => job,
+                    None => return,
+                }
+            } else {
+                match jobs.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            };
+            if job.events.is_closed() {
+                continue; // the client left while queued
+            }
+            let slot = free_slot(&active);
+            active.push(Sequence::new(job, slot));
+        }
+
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            step(&*model, &mut *ctx, &mut active, &mut logits, batch)
+        }));
+        let failure = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(panic) => Some(panic_message(&panic)),
+        };
+        if let Some(reason) = failure {
+            tracing::error!(model = %model_name, %reason, "forward step failed; stopping this model's worker");
+            for seq in active.drain(..) {
+                let _ = seq.job.events.send(Event::Error(DaemonError::WorkerGone {
+                    model: model_name.clone(),
+                    reason: reason.clone(),
+                }));
+            }
+            // Jobs still queued get the same answer; then the worker ends and the engine
+            // notices (its sender reports closed) and loads the model afresh next time.
+            jobs.close();
+            while let Ok(job) = jobs.try_recv() {
+                let _ = job.events.send(Event::Error(DaemonError::WorkerGone {
+                    model: model_name.clone(),
+                    reason: reason.clone(),
+                }));
+            }
+            return;
+        }
+
+        // Retire finished sequences and free their KV cells.
+        let mut i = 0;
+        while i < active.len() {
+            if active[i].job.events.is_closed()
+                || matches!(active[i].phase, Phase::Decode { last } if last == FINISHED)
+            {
+                let seq = active.swap_remove(i);
+                if seq.job.events.is_closed() {
+                    tracing::info!(model = %model_name, request = seq.job.id, generated = seq.generated, "client went away; generation cancelled");
+                }
+                if let Err(e) = ctx.clear_sequence(seq.slot) {
+                    tracing::error!(error = %e, "could not clear a finished sequence");
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+fn free_slot(active: &[Sequence]) -> SeqId {
+    (0u32..)
+        .map(SeqId)
+        .find(|s| active.iter().all(|a| a.slot != *s))
+        .unwrap_or(SeqId(0))
+}
+
+/// Marker in `Phase::Decode::last` for a sequence that has finished and waits to be retired.
+const FINISHED: TokenId = u32::MAX;
+
+/// One forward pass over every active sequence, then sampling and streaming.
+fn step(
+    model: &dyn Model,
+    ctx: &mut dyn Context,
+    active: &mut [Sequence],
+    logits: &mut Vec<Vec<f32>>,
+    batch: usize,
+) -> minerva_core::Result<()> {
+    let mut budget = batch;
+    let mut owners: Vec<usize> = Vec::with_capacity(active.len());
+    let mut decode_tokens: Vec<[TokenId; 1]> = Vec::with_capacity(active.len());
+    for seq in active.iter() {
+        decode_tokens.push(match seq.phase {
+            Phase::Decode { last } => [last],
+            Phase::Prefill { .. } => [0],
+        });
+    }
+    let mut chunks: Vec<ForwardChunk<'_>> = Vec::with_capacity(active.len());
+    for (i, seq) in active.iter().enumerate() {
+        if seq.job.events.is_closed() || budget == 0 {
+            continue;
+        }
+        match seq.phase {
+            Phase::Decode { last } if last == FINISHED => {}
+            Phase::Decode { .. } => {
+                chunks.push(ForwardChunk {
+                    seq: seq.slot,
+                    start_pos: seq.position() as u32 - 1,
+                    tokens: &decode_tokens[i],
+                });
+                budget -= 1;
+                owners.push(i);
+            }
+            Phase::Prefill { done } => {
+                let n = (seq.job.prompt.len() - done).min(budget);
+                chunks.push(ForwardChunk {
+                    seq: seq.slot,
+                    start_pos: done as u32,
+                    tokens: &seq.job.prompt[done..done + n],
+                });
+                budget -= n;
+                owners.push(i);
+            }
+        }
+    }
+    if chunks.is_empty() {
+        return Ok(());
+    }
+    let sizes: Vec<usize> = chunks.iter().map(|c| c.tokens.len()).collect();
+    ctx.forward(&chunks, logits)?;
+    drop(chunks);
+
+    let now = Instant::now();
+    for (k, &i) in owners.iter().enumerate() {
+        let seq = &mut active[i];
+        if let Phase::Prefill { done } = seq.phase {
+            let done = done + sizes[k];
+            if done < seq.job.prompt.len() {
+                seq.phase = Phase::Prefill { done };
+                continue; // logits of a partial prompt are not sampled
+            }
+            seq.prompt_done = Some(now);
+        }
+        let token = seq.sampler.sample(&logits[k]);
+        seq.sampler.accept(token);
+        emit(model, seq, token)?;
+    }
+    Ok(())
+}
+
+/// Streams `token` and decides whether the sequence goes on.
+fn emit(model: &dyn Model, seq: &mut Sequence, token: TokenId) -> minerva_core::Result<()> {
+    let now = Instant::now();
+    seq.first_token.get_or_insert(now);
+    seq.last_token = Some(now);
+    let index = seq.generated;
+    seq.generated += 1;
+
+    let mut stop: Option<(StopReason, String)> = None;
+    let mut text = String::new();
+    if model.is_end_of_generation(token) {
+        stop = Some((StopReason::Eos, String::new()));
+    } else {
+        let piece = seq.decoder.push(&model.token_bytes(token)?);
+        let released = seq.stops.push(&piece);
+        text = released.text;
+        if let Some(s) = released.stopped_by {
+            stop = Some((StopReason::StopString, s));
+        } else if seq.job.max_tokens.is_some_and(|m| seq.generated >= m) {
+            stop = Some((StopReason::MaxTokens, String::new()));
+        } else if seq.position() >= seq.job.context_length as usize {
+            stop = Some((StopReason::ContextFull, String::new()));
+        }
+    }
+    if matches!(stop, Some((ref r, _)) if *r != StopReason::StopString) {
+        // Release what was held back: nothing more is coming.
+        let tail = seq.decoder.finish();
+        let released = seq.stops.push(&tail);
+        text.push_str(&released.text);
+        text.push_str(&seq.stops.finish());
+    }
+    seq.text.push_str(&text);
+    let _ = seq.job.events.send(Event::Token {
+        id: token,
+        text,
+        elapsed_ms: seq.ms_since_received(now),
+        index,
+    });
+    match stop {
+        None => seq.phase = Phase::Decode { last: token },
+        Some((reason, stop_string)) => {
+            seq.phase = Phase::Decode { last: FINISHED };
+            let _ = seq
+                .job
+                .events
+                .send(Event::Done(Box::new(stats(seq, reason, stop_string))));
+        }
+    }
+    Ok(())
+}
+
+fn stats(seq: &Sequence, reason: StopReason, stop_string: String) -> Stats {
+    let ms = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1e3;
+    let first = seq.first_token.unwrap_or(seq.started);
+    let last = seq.last_token.unwrap_or(first);
+    let prompt_done = seq.prompt_done.unwrap_or(first);
+    let prompt_ms = ms(seq.started, prompt_done);
+    let decode_ms = ms(first, last);
+    Stats {
+        load_ms: seq.job.load_ms,
+        prompt_tokens: seq.job.prompt.len() as u32,
+        ttft_ms: seq.ms_since_received(first),
+        prompt_ms,
+        prompt_tokens_per_s: rate(seq.job.prompt.len() as f64, prompt_ms),
+        generated_tokens: seq.generated,
+        decode_tokens_per_s: rate(f64::from(seq.generated.saturating_sub(1)), decode_ms),
+        total_ms: seq.ms_since_received(last),
+        queue_ms: ms(seq.job.received, seq.started),
+        stop_reason: reason,
+        stop_string,
+        text: seq.text.clone(),
+    }
+}
+
+fn rate(count: f64, ms: f64) -> f64 {
+    if count > 0.0 && ms > 0.0 {
+        count * 1e3 / ms
+    } else {
+        0.0
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        format!("panic: {s}")
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        format!("panic: {s}")
+    } else {
+        "panic in the backend".into()
+    }
+}

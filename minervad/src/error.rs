@@ -1,0 +1,100 @@
+//! The daemon's error type and its one mapping to gRPC status codes.
+
+use std::path::PathBuf;
+
+use minerva_core::CoreError;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("unknown model {name:?}: it is not a path to a .gguf file, nor a model in the store ({known}). See `minerva models list`")]
+    UnknownModel { name: String, known: String },
+
+    #[error("model {name:?} is not pulled yet: run `minerva pull {name}`")]
+    NotPulled { name: String },
+
+    #[error("invalid {field}: {detail}")]
+    InvalidRequest { field: &'static str, detail: String },
+
+    #[error("the prompt is {prompt_tokens} tokens but the context holds {context_length}; shorten the prompt or load the model with a larger context (--ctx, at most {trained_context_length})")]
+    PromptTooLong {
+        prompt_tokens: usize,
+        context_length: u32,
+        trained_context_length: u32,
+    },
+
+    #[error("the prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) needs {needed} tokens but the context holds {context_length}; lower max_tokens or load the model with a larger context (--ctx)")]
+    DoesNotFit {
+        prompt_tokens: usize,
+        max_tokens: u32,
+        needed: u64,
+        context_length: u32,
+    },
+
+    #[error("model {model:?} already has {queued} requests waiting (the limit, --max-queue); try again later")]
+    QueueFull { model: String, queued: usize },
+
+    #[error("model {model:?} stopped serving ({reason}); the next request loads it again")]
+    WorkerGone { model: String, reason: String },
+
+    #[error(transparent)]
+    Core(#[from] CoreError),
+
+    #[error("pull of {name:?} failed: {detail}")]
+    PullFailed { name: String, detail: String },
+
+    #[error("pull of {name:?}: {path} is {got} but should be {expected}; the file was discarded")]
+    PullVerifyFailed {
+        name: String,
+        path: PathBuf,
+        expected: String,
+        got: String,
+    },
+
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl DaemonError {
+    pub fn code(&self) -> Code {
+        match self {
+            DaemonError::UnknownModel { .. } | DaemonError::NotPulled { .. } => Code::NotFound,
+            DaemonError::InvalidRequest { .. }
+            | DaemonError::PromptTooLong { .. }
+            | DaemonError::DoesNotFit { .. } => Code::InvalidArgument,
+            DaemonError::QueueFull { .. } => Code::ResourceExhausted,
+            DaemonError::WorkerGone { .. } => Code::Unavailable,
+            DaemonError::PullFailed { .. } => Code::Unavailable,
+            DaemonError::PullVerifyFailed { .. } => Code::DataLoss,
+            DaemonError::Internal(_) => Code::Internal,
+            DaemonError::Core(e) => match e {
+                CoreError::FileNotFound { .. } => Code::NotFound,
+                CoreError::Io { .. } => Code::FailedPrecondition,
+                CoreError::BadGguf { .. } => Code::InvalidArgument,
+                CoreError::LoadFailed { .. } => Code::FailedPrecondition,
+                CoreError::ContextFailed { .. } => Code::ResourceExhausted,
+                CoreError::InvalidParameter { .. } | CoreError::TokenOutOfRange { .. } => {
+                    Code::InvalidArgument
+                }
+                CoreError::NoChatTemplate => Code::FailedPrecondition,
+                CoreError::ChatTemplate { .. } => Code::InvalidArgument,
+                CoreError::Forward { .. } => Code::Internal,
+            },
+        }
+    }
+
+    pub fn invalid(field: &'static str, detail: impl Into<String>) -> Self {
+        DaemonError::InvalidRequest {
+            field,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<DaemonError> for Status {
+    fn from(e: DaemonError) -> Self {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+pub type Result<T, E = DaemonError> = std::result::Result<T, E>;

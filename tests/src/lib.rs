@@ -1,0 +1,231 @@
+//! Harness for the end-to-end tests: builds and finds the real binaries, fetches the real test
+//! model once (through `minerva pull`, cached under target/), and runs daemons on temporary
+//! sockets.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use minerva_proto::addr::DaemonAddr;
+
+/// The default test model, as the store names it.
+pub const MODEL: &str = "smollm2-135m";
+
+/// Directory holding the test binaries' own build (target/debug or target/release).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Builds minervad and minerva (same profile as the tests) once per test process, so a plain
+/// `cargo test` never runs stale binaries.
+fn ensure_built() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--bins", "-p", "minervad", "-p", "minerva-cli"]);
+        if profile_dir().ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building minervad and minerva failed");
+    });
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    ensure_built();
+    let p = profile_dir().join(name);
+    assert!(p.is_file(), "{} is missing", p.display());
+    p
+}
+
+/// Where the tests keep pulled models between runs (ignored by git).
+pub fn cache_home() -> PathBuf {
+    std::env::var_os("MINERVA_TEST_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            profile_dir()
+                .parent()
+                .expect("target dir")
+                .join("minerva-test-home")
+        })
+}
+
+pub fn models_dir() -> PathBuf {
+    cache_home().join("models")
+}
+
+/// Path of the test model's GGUF, pulled with the real `minerva pull` the first time.
+pub fn model_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let path = models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+        if !path.is_file() {
+            let daemon = Daemon::spawn(&[], None);
+            let out = daemon.cli(&["pull", MODEL]);
+            assert!(
+                out.status.success(),
+                "minerva pull {MODEL} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(path.is_file(), "pull did not produce {}", path.display());
+        path
+    })
+    .clone()
+}
+
+/// A minervad process on a temporary socket; stopped with SIGTERM when dropped.
+///
+/// Daemons of one test process run one at a time: llama.cpp's threads spin while they wait,
+/// so two busy daemons on a 2-core machine would mostly measure each other.
+pub struct Daemon {
+    _turn: Option<std::sync::MutexGuard<'static, ()>>,
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts a daemon with the test models directory (the test model pulled), 2 threads, and
+    /// `extra` arguments.
+    pub fn start(extra: &[&str]) -> Self {
+        static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        model_path();
+        let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+        Self::spawn(extra, Some(turn))
+    }
+
+    fn spawn(extra: &[&str], turn: Option<std::sync::MutexGuard<'static, ()>>) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("minerva-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let socket = dir.path().join("d.sock");
+        let log = dir.path().join("minervad.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        std::fs::create_dir_all(models_dir()).expect("models dir");
+        let child = Command::new(bin("minervad"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--models-dir")
+            .arg(models_dir())
+            .args(["--threads", "2"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env("MINERVA_HOME", dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start minervad");
+        let d = Daemon {
+            _turn: turn,
+            child,
+            dir,
+            socket,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !d.socket.exists() || std::os::unix::net::UnixStream::connect(&d.socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "minervad did not start: {}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    pub fn addr(&self) -> DaemonAddr {
+        DaemonAddr::Socket(self.socket.clone())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the real `minerva` CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("minerva"))
+            .arg("--addr")
+            .arg(&self.socket)
+            .arg("--no-autostart")
+            .args(args)
+            .env("MINERVA_HOME", self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run minerva")
+    }
+
+    /// `minerva --json ...`, parsed; panics with stderr when it fails.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "minerva {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "minerva {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        minerva_proto::addr::connect(&self.addr())
+            .await
+            .expect("connect to minervad")
+    }
+
+    /// Sends SIGTERM and waits; returns whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// Token ids from a `minerva run --json` result.
+pub fn token_ids(run: &serde_json::Value) -> Vec<u64> {
+    run["tokens"]
+        .as_array()
+        .expect("tokens array")
+        .iter()
+        .map(|t| t["id"].as_u64().expect("token id"))
+        .collect()
+}
