@@ -59,10 +59,11 @@ async fn a_client_that_goes_away_cancels_its_generation_and_the_worker_serves_th
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    // Tokens already in flight when the client left (channel + socket buffers) plus one or two.
+    // The client may lag the worker by a token or two of buffering; beyond that the worker
+    // must notice within a token or two that the client is gone.
     assert!(
-        generated < 40,
-        "generation went on after the client left: {generated} of 2000 tokens"
+        generated <= seen + 4,
+        "generation went on after the client left: {generated} tokens, the client read {seen}"
     );
     eprintln!("client read {seen} tokens; the worker stopped after {generated}");
 
@@ -297,4 +298,111 @@ fn minerva_run_starts_a_daemon_when_none_answers() {
         assert!(Instant::now() < deadline, "autostarted daemon did not stop");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn loopback_tcp_works_when_asked_and_other_addresses_are_refused() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut daemon = std::process::Command::new(bin("minervad"))
+        .args(["--listen", &addr, "--models-dir"])
+        .arg(models_dir())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://{addr}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let out = std::process::Command::new(bin("minerva"))
+            .args(["--addr", &url, "--json", "status"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no answer on {url}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status["listen"], url.as_str());
+    // SAFETY: stopping the daemon this test started.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success());
+
+    let out = std::process::Command::new(bin("minervad"))
+        .args(["--listen", "0.0.0.0:50123"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only loopback"));
+}
+
+#[test]
+fn run_reads_a_piped_prompt_and_chats_on_a_terminal() {
+    let d = Daemon::start(&[]);
+    // Piped stdin is the prompt.
+    let mut child = std::process::Command::new(bin("minerva"))
+        .arg("--addr")
+        .arg(&d.socket)
+        .args([
+            "--no-autostart",
+            "--json",
+            "run",
+            MODEL,
+            "--max-tokens",
+            "8",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Hello, how are you?")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let piped: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let direct = d.cli_json(&["run", MODEL, "Hello, how are you?", "--max-tokens", "8"]);
+    assert_eq!(piped["text"], direct["text"]);
+
+    // On a terminal (script(1) gives it one): a chat loop with history, left with /bye.
+    let cmd = format!(
+        "{} --addr {} --no-autostart run {MODEL} --max-tokens 8",
+        bin("minerva").display(),
+        d.socket.display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"Hello, how are you?\n").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    stdin.write_all(b"/bye\n").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains(">>> "), "{screen}");
+    let first_line = direct["text"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        screen.contains(&first_line),
+        "chat answer {first_line:?} not on screen: {screen}"
+    );
 }
