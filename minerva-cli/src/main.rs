@@ -70,8 +70,9 @@ fn main() -> std::process::ExitCode {
         json: cli.json,
         autostart: !cli.no_autostart,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the CLI waits on one stream, and every extra thread woken per token takes
+    // a core from the model's compute threads on a small machine.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

