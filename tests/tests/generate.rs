@@ -231,6 +231,17 @@ fn stats_are_reported_and_load_time_is_kept_apart() {
         second["stats"]["load_ms"].is_null(),
         "the warm model must not report a load"
     );
+    // The load is reported apart: TTFT starts when the model is ready, total_ms spans both.
+    let f = &first["stats"];
+    let (load, ttft, total) = (
+        f["load_ms"].as_f64().unwrap(),
+        f["ttft_ms"].as_f64().unwrap(),
+        f["total_ms"].as_f64().unwrap(),
+    );
+    assert!(
+        total >= load + ttft,
+        "total {total} < load {load} + ttft {ttft}"
+    );
     let s = &second["stats"];
     assert_eq!(s["generated_tokens"], 8);
     assert_eq!(s["stop_reason"], "max_tokens");

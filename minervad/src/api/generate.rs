@@ -141,6 +141,7 @@ impl GenerateApi {
                 keep_alive,
             )
             .await?;
+        let ready = Instant::now();
         let (_, prompt) = tokenize(&lease, input).await?;
         let ctx = lease.model().context_options.context_length;
         let trained = lease.model().info().trained_context_length;
@@ -185,6 +186,7 @@ impl GenerateApi {
         lease.model().clone().submit(Job {
             id,
             received,
+            ready,
             prompt,
             sampling,
             max_tokens: req.max_tokens,

@@ -98,6 +98,8 @@ pub struct Stats {
 pub struct Job {
     pub id: u64,
     pub received: Instant,
+    /// When the model was ready for this request (after loading it, if it had to).
+    pub ready: Instant,
     pub prompt: Vec<TokenId>,
     pub sampling: SamplingConfig,
     pub max_tokens: Option<u32>,
@@ -400,7 +402,8 @@ impl Engine {
                 let started = Instant::now();
                 let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let model = backend.load(&path, &lo)?;
-                    let ctx = model.new_context(&co)?;
+                    let mut ctx = model.new_context(&co)?;
+                    worker::warm_up(&*model, &mut *ctx)?;
                     Ok::<_, DaemonError>((model, ctx))
                 }))
                 .unwrap_or_else(|_| {

@@ -155,6 +155,23 @@ pub fn run(
     }
 }
 
+/// One forward pass on a single token, then forgotten: faults in the memory-mapped weights
+/// and sizes the compute buffers, so that cost lands in the load time and not in the first
+/// request's TTFT (llama.cpp's own tools warm up the same way).
+pub fn warm_up(model: &dyn Model, ctx: &mut dyn Context) -> minerva_core::Result<()> {
+    let token = model.info().bos_token.unwrap_or(0);
+    let mut logits = Vec::new();
+    ctx.forward(
+        &[ForwardChunk {
+            seq: SeqId(0),
+            start_pos: 0,
+            tokens: &[token],
+        }],
+        &mut logits,
+    )?;
+    ctx.clear_sequence(SeqId(0))
+}
+
 fn free_slot(active: &[Sequence]) -> SeqId {
     (0u32..)
         .map(SeqId)
@@ -296,13 +313,14 @@ fn stats(seq: &Sequence, reason: StopReason, stop_string: String) -> Stats {
     Stats {
         load_ms: seq.job.load_ms,
         prompt_tokens: seq.job.prompt.len() as u32,
-        ttft_ms: seq.ms_since_received(first),
+        // Steady-state TTFT: from when the model was ready, so a load is not counted twice.
+        ttft_ms: ms(seq.job.ready, first),
         prompt_ms,
         prompt_tokens_per_s: rate(seq.job.prompt.len() as f64, prompt_ms),
         generated_tokens: seq.generated,
         decode_tokens_per_s: rate(f64::from(seq.generated.saturating_sub(1)), decode_ms),
         total_ms: seq.ms_since_received(last),
-        queue_ms: ms(seq.job.received, seq.started),
+        queue_ms: ms(seq.job.ready, seq.started),
         stop_reason: reason,
         stop_string,
         text: seq.text.clone(),
