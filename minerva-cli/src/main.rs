@@ -1,5 +1,7 @@
 //! `minerva`: a thin client of minervad. One module per verb; rendering lives in [`render`].
 
+mod bench;
+mod chart;
 mod client;
 mod models;
 mod pull;
@@ -48,6 +50,8 @@ enum Command {
     },
     /// Is the daemon up, and what has it loaded?
     Status,
+    /// Benchmark models in the daemon (warm, load time apart); compare with llama.cpp.
+    Bench(bench::BenchArgs),
 }
 
 /// What every verb gets.
@@ -88,6 +92,7 @@ fn main() -> std::process::ExitCode {
             Command::Models(cmd) => models::models(&global, cmd).await,
             Command::Pull { model } => pull::pull(&global, &model).await,
             Command::Status => status::status(&global).await,
+            Command::Bench(args) => bench::bench(&global, args).await,
         }
     });
     match result {

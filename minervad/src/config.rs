@@ -71,6 +71,11 @@ impl Args {
             .unwrap_or_else(|| minerva_proto::addr::minerva_home().join("models"))
     }
 
+    /// Where benchmark results are saved: `$MINERVA_HOME/bench`.
+    pub fn bench_dir(&self) -> PathBuf {
+        minerva_proto::addr::minerva_home().join("bench")
+    }
+
     pub fn engine_config(&self) -> EngineConfig {
         EngineConfig {
             keep_alive: self.keep_alive,

@@ -51,6 +51,9 @@ pub enum DaemonError {
         got: String,
     },
 
+    #[error("no benchmark job {id:?}; see `minerva bench list`")]
+    UnknownBenchJob { id: String },
+
     #[error("{0}")]
     Internal(String),
 }
@@ -58,7 +61,9 @@ pub enum DaemonError {
 impl DaemonError {
     pub fn code(&self) -> Code {
         match self {
-            DaemonError::UnknownModel { .. } | DaemonError::NotPulled { .. } => Code::NotFound,
+            DaemonError::UnknownModel { .. }
+            | DaemonError::NotPulled { .. }
+            | DaemonError::UnknownBenchJob { .. } => Code::NotFound,
             DaemonError::InvalidRequest { .. }
             | DaemonError::PromptTooLong { .. }
             | DaemonError::DoesNotFit { .. } => Code::InvalidArgument,

@@ -1,11 +1,13 @@
 //! minervad: keeps models memory-mapped and warm, and serves them over gRPC.
 //!
 //! - [`api`]: tonic services (models, generate, daemon, health, reflection) and listening.
+//! - [`bench`]: benchmark jobs run against warm models.
 //! - [`engine`]: loaded models, one worker thread each, bounded queues, keep-alive.
 //! - [`store`]: model names → files; pulls.
 //! - [`config`]: command line and defaults.
 
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -46,7 +46,12 @@ fn main() -> std::process::ExitCode {
         keep_alive_s = engine.config().keep_alive.as_seconds(),
         "starting"
     );
-    match runtime.block_on(minervad::api::serve(engine, listen, shutdown_signal())) {
+    match runtime.block_on(minervad::api::serve(
+        engine,
+        args.bench_dir(),
+        listen,
+        shutdown_signal(),
+    )) {
         Ok(()) => {
             tracing::info!("shut down cleanly");
             std::process::ExitCode::SUCCESS

@@ -102,6 +102,10 @@ pub struct ForwardChunk<'a> {
 /// A backend: turns model files into models.
 pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
+    /// How the inference code was built (CPU features, threading), for benchmark records.
+    fn build_info(&self) -> String {
+        String::new()
+    }
     fn load(&self, path: &Path, options: &LoadOptions) -> Result<Arc<dyn Model>>;
 }
 

@@ -51,6 +51,15 @@ impl Backend for LlamaCppBackend {
         NAME
     }
 
+    fn build_info(&self) -> String {
+        // SAFETY: returns a pointer to a static, NUL-terminated string.
+        let info = unsafe { std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_print_system_info()) };
+        format!(
+            "llama.cpp (llama-cpp-sys-2 0.1.161): {}",
+            info.to_string_lossy().trim()
+        )
+    }
+
     fn load(&self, path: &Path, options: &LoadOptions) -> Result<Arc<dyn Model>> {
         Ok(Arc::new(LlamaCppModel::load(path, options)?))
     }

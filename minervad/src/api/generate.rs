@@ -191,6 +191,7 @@ impl GenerateApi {
             sampling,
             max_tokens: req.max_tokens,
             stop: req.stop,
+            ignore_eos: false,
             context_length: ctx,
             load_ms,
             events: tx,

@@ -1,6 +1,7 @@
 //! The gRPC surface: Minerva's services plus grpc.health.v1 and server reflection, served on a
 //! Unix socket (default) or loopback TCP, with graceful shutdown.
 
+mod bench;
 mod daemon;
 mod generate;
 mod models;
@@ -82,6 +83,7 @@ async fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
 
 pub async fn serve(
     engine: Arc<Engine>,
+    bench_dir: std::path::PathBuf,
     listen: Listen,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
@@ -91,6 +93,7 @@ pub async fn serve(
         "minerva.v1.ModelService",
         "minerva.v1.GenerateService",
         "minerva.v1.DaemonService",
+        "minerva.v1.BenchmarkService",
     ] {
         health_reporter
             .set_service_status(name, tonic_health::ServingStatus::Serving)
@@ -116,6 +119,11 @@ pub async fn serve(
         .add_service(pb::generate_service_server::GenerateServiceServer::new(
             generate::GenerateApi {
                 engine: Arc::clone(&engine),
+            },
+        ))
+        .add_service(pb::benchmark_service_server::BenchmarkServiceServer::new(
+            bench::BenchApi {
+                jobs: crate::bench::BenchJobs::new(Arc::clone(&engine), bench_dir),
             },
         ))
         .add_service(pb::daemon_service_server::DaemonServiceServer::new(

@@ -104,11 +104,23 @@ pub struct Job {
     pub sampling: SamplingConfig,
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
+    /// Keep generating through end-of-generation tokens (benchmarks need fixed token counts).
+    pub ignore_eos: bool,
     pub context_length: u32,
     pub load_ms: Option<f64>,
     pub events: mpsc::UnboundedSender<Event>,
     /// Keeps the model counted as busy until the job is dropped.
     pub lease: Lease,
+}
+
+/// Where a load's time went.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadTiming {
+    pub total_ms: f64,
+    /// Opening and memory-mapping the weights (the backend's model load).
+    pub mmap_ms: f64,
+    /// Creating the context (KV cache, compute buffers) and the warm-up pass.
+    pub context_ms: f64,
 }
 
 /// A loaded model: weights, its worker's queue, and keep-alive state.
@@ -118,6 +130,7 @@ pub struct LoadedModel {
     pub load_options: LoadOptions,
     pub context_options: ContextOptions,
     pub load_ms: f64,
+    pub load_timing: LoadTiming,
     chat_template: Option<std::result::Result<ChatTemplate, String>>,
     jobs: mpsc::Sender<Job>,
     max_queue: usize,
@@ -268,6 +281,10 @@ impl Engine {
         self.backend.name()
     }
 
+    pub fn backend_build_info(&self) -> String {
+        self.backend.build_info()
+    }
+
     pub fn next_request_id(&self) -> u64 {
         self.next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -402,9 +419,10 @@ impl Engine {
                 let started = Instant::now();
                 let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let model = backend.load(&path, &lo)?;
+                    let mapped = Instant::now();
                     let mut ctx = model.new_context(&co)?;
                     worker::warm_up(&*model, &mut *ctx)?;
-                    Ok::<_, DaemonError>((model, ctx))
+                    Ok::<_, DaemonError>((model, ctx, mapped))
                 }))
                 .unwrap_or_else(|_| {
                     Err(DaemonError::Internal(
@@ -412,9 +430,13 @@ impl Engine {
                     ))
                 });
                 match loaded {
-                    Ok((model, ctx)) => {
-                        let load_ms = started.elapsed().as_secs_f64() * 1e3;
-                        if loaded_tx.send(Ok((Arc::clone(&model), load_ms))).is_ok() {
+                    Ok((model, ctx, mapped)) => {
+                        let timing = LoadTiming {
+                            total_ms: started.elapsed().as_secs_f64() * 1e3,
+                            mmap_ms: mapped.duration_since(started).as_secs_f64() * 1e3,
+                            context_ms: mapped.elapsed().as_secs_f64() * 1e3,
+                        };
+                        if loaded_tx.send(Ok((Arc::clone(&model), timing))).is_ok() {
                             worker::run(name, model, ctx, rx);
                         }
                     }
@@ -424,7 +446,7 @@ impl Engine {
                 }
             })
             .map_err(|e| DaemonError::Internal(format!("cannot start a worker thread: {e}")))?;
-        let (model, load_ms) = loaded_rx
+        let (model, timing) = loaded_rx
             .await
             .map_err(|_| DaemonError::Internal("the worker thread ended while loading".into()))??;
 
@@ -433,13 +455,14 @@ impl Engine {
             .chat_template
             .as_deref()
             .map(|src| ChatTemplate::new(src).map_err(|e| e.to_string()));
-        tracing::info!(model = %resolved.name, path = %resolved.path.display(), load_ms, context_length, threads, "model loaded");
+        tracing::info!(model = %resolved.name, path = %resolved.path.display(), load_ms = timing.total_ms, mmap_ms = timing.mmap_ms, context_length, threads, "model loaded");
         Ok(Arc::new(LoadedModel {
             resolved,
             model,
             load_options,
             context_options,
-            load_ms,
+            load_ms: timing.total_ms,
+            load_timing: timing,
             chat_template,
             jobs: tx,
             max_queue: self.config.max_queue.max(1),

@@ -262,7 +262,7 @@ fn emit(model: &dyn Model, seq: &mut Sequence, token: TokenId) -> minerva_core::
 
     let mut stop: Option<(StopReason, String)> = None;
     let mut text = String::new();
-    if model.is_end_of_generation(token) {
+    if !seq.job.ignore_eos && model.is_end_of_generation(token) {
         stop = Some((StopReason::Eos, String::new()));
     } else {
         let piece = seq.decoder.push(&model.token_bytes(token)?);

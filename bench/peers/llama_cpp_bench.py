@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""The peer: llama.cpp itself (through llama-cpp-python's thin ctypes layer), running the same
+tests as a Minerva benchmark job on the same GGUF, and printing a result in Minerva's
+BenchResult JSON schema (proto/minerva/v1/bench.proto), so the two compare field by field.
+
+Input (a JSON file, written by `minerva bench --peer llama.cpp`):
+  {"model": NAME, "path": GGUF, "threads": N, "context_length": N, "runs": N, "warmup_runs": N,
+   "seed": N, "tests": [{"test": NAME, "prompt": [token ids] | null, "prompt_tokens": N,
+   "new_tokens": N}]}
+Each request: KV cache cleared, the prompt decoded in batches of 2048 (micro-batches of 512),
+then greedy decoding of new_tokens tokens one at a time, as minervad does. Timings:
+TTFT = prompt decode + first argmax; decode tokens/s over the tokens after the first.
+"""
+import ctypes
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+import llama_cpp
+from llama_cpp import Llama
+
+
+def summarize(values):
+    v = sorted(x for x in values if math.isfinite(x))
+    if not v:
+        return {"n": 0}
+    n = len(v)
+    mean = sum(v) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1)) if n > 1 else 0.0
+
+    def pct(p):
+        r = p / 100 * (n - 1)
+        lo, hi = math.floor(r), math.ceil(r)
+        return v[lo] + (v[hi] - v[lo]) * (r - lo)
+
+    return {"n": n, "mean": mean, "stddev": sd, "min": v[0], "p50": pct(50), "p90": pct(90),
+            "p99": pct(99), "max": v[-1]}
+
+
+def one_request(llm, n_vocab, prompt, new_tokens):
+    llm.reset()
+    t0 = time.perf_counter()
+    llm.eval(prompt)
+    logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))
+    tok = int(np.argmax(logits))
+    times = [time.perf_counter()]
+    ids = [tok]
+    for _ in range(new_tokens - 1):
+        llm.eval([tok])
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))
+        tok = int(np.argmax(logits))
+        times.append(time.perf_counter())
+        ids.append(tok)
+    ttft = (times[0] - t0) * 1e3
+    n = len(ids)
+    decode_s = times[-1] - times[0]
+    return {
+        "prompt_tokens": len(prompt),
+        "generated_tokens": n,
+        "ttft_ms": ttft,
+        "tpot_ms": decode_s * 1e3 / (n - 1) if n > 1 else 0.0,
+        "e2e_ms": (times[-1] - t0) * 1e3,
+        "prompt_tokens_per_s": len(prompt) / (ttft / 1e3) if ttft > 0 else 0.0,
+        "decode_tokens_per_s": (n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0,
+        "queue_ms": 0.0,
+        "tokens_sha256": hashlib.sha256(b"".join(struct.pack("<I", t) for t in ids)).hexdigest(),
+    }, [(b - a) * 1e3 for a, b in zip(times, times[1:])]
+
+
+def run_test(spec, index, extra_bufts):
+    """One test in this process: load the model, warm up, measure. Returns (test, load)."""
+    if not extra_bufts:
+        default = llama_cpp.llama_cpp.llama_model_default_params
+
+        def without_extra_bufts():
+            p = default()
+            p.use_extra_bufts = False
+            return p
+
+        llama_cpp.llama_cpp.llama_model_default_params = without_extra_bufts
+    test = spec["tests"][index]
+    t = time.perf_counter()
+    llm = Llama(model_path=spec["path"], n_ctx=spec["context_length"], n_threads=spec["threads"],
+                n_threads_batch=spec["threads"], n_batch=2048, n_ubatch=512, verbose=False)
+    load_ms = (time.perf_counter() - t) * 1e3
+    n_vocab = llm.n_vocab()
+    prompt = test.get("prompt")
+    if not prompt:
+        rng = random.Random(spec.get("seed", 0) * 1000 + index)
+        prompt = [rng.randrange(n_vocab) for _ in range(test["prompt_tokens"])]
+        if llm.token_bos() >= 0:
+            prompt[0] = llm.token_bos()
+    new = test["new_tokens"]
+    for _ in range(spec["warmup_runs"]):
+        one_request(llm, n_vocab, prompt, new)
+    runs, gaps = [], []
+    wall = time.perf_counter()
+    for r in range(spec["runs"]):
+        rec, g = one_request(llm, n_vocab, prompt, new)
+        runs.append({"run": r, "client": 0, **rec})
+        gaps.extend(g)
+    wall = time.perf_counter() - wall
+    col = lambda k: [x[k] for x in runs]
+    version = getattr(llama_cpp, "__version__", "?")
+    return {
+        "model": spec["model"], "backend": f"llama.cpp (llama-cpp-python {version})", "test": test["test"],
+        "prompt_tokens": len(prompt), "new_tokens": new, "concurrency": 1, "runs": runs,
+        "metrics": [{"name": k, "summary": summarize(v)} for k, v in [
+            ("ttft_ms", col("ttft_ms")), ("tpot_ms", col("tpot_ms")), ("itl_ms", gaps),
+            ("e2e_ms", col("e2e_ms")), ("prompt_tokens_per_s", col("prompt_tokens_per_s")),
+            ("decode_tokens_per_s", col("decode_tokens_per_s"))]],
+        "aggregate_tokens_per_s": sum(col("generated_tokens")) / wall,
+        "requests_per_s": len(runs) / wall,
+        "deterministic": len(set(col("tokens_sha256"))) == 1 if len(runs) > 1 else None,
+    }, load_ms
+
+
+def main():
+    if sys.argv[1] == "--one":
+        spec = json.load(open(sys.argv[2]))
+        test, load_ms = run_test(spec, int(sys.argv[3]), sys.argv[4] == "1")
+        json.dump({"test": test, "load_ms": load_ms}, sys.stdout)
+        return
+    spec_path = sys.argv[1]
+    spec = json.load(open(spec_path))
+    started = time.time()
+    tests, load_ms, notes = [], None, []
+    # Each test runs in a child process with llama.cpp's defaults. llama.cpp can crash in
+    # kernels chosen for this CPU (llama-cpp-python 0.3.36's AMX matmul faults on the VMs this
+    # project runs on, for batches of more than one token); such a test is run again with the
+    # extra buffer types (AMX, weight repacking) off, and its backend field says so.
+    for i in range(len(spec["tests"])):
+        for extra in (True, False):
+            p = subprocess.run([sys.executable, __file__, "--one", spec_path, str(i), "1" if extra else "0"],
+                               capture_output=True, text=True)
+            if p.returncode == 0:
+                out = json.loads(p.stdout)
+                if not extra:
+                    out["test"]["backend"] += f"; extra buffer types off (the default died: {crash})"
+                tests.append(out["test"])
+                load_ms = load_ms if load_ms is not None else out["load_ms"]
+                break
+            if extra and p.returncode < 0:
+                crash = f"signal {-p.returncode}"
+                notes.append(f"{spec['tests'][i]['test']}: default build died with {crash}")
+                continue
+            raise SystemExit(f"peer test {spec['tests'][i]['test']} failed ({p.returncode}): {p.stderr[-2000:]}")
+    version = getattr(llama_cpp, "__version__", "?")
+    result = {
+        "id": f"peer-{int(started)}", "status": "done", "error": "; ".join(notes),
+        "machine": {
+            "cpu_model": platform.processor() or platform.machine(), "cpu_threads": os.cpu_count() or 0,
+            "os": f"{platform.system()} {platform.release()}",
+            "system": f"llama.cpp via llama-cpp-python {version}", "version": version,
+            "build": llama_cpp.llama_print_system_info().decode().strip(),
+        },
+        "loads": [{"model": spec["model"], "path": spec["path"], "load_ms": load_ms or 0.0,
+                   "loaded_by_job": True, "threads": spec["threads"],
+                   "context_length": spec["context_length"],
+                   "file_size_bytes": os.path.getsize(spec["path"])}],
+        "tests": tests,
+        "resources": {"gpu": "absent: CPU-only peer run"},
+        "started_unix_s": started, "finished_unix_s": time.time(),
+    }
+    json.dump(result, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

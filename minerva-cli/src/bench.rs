@@ -1,0 +1,744 @@
+//! `minerva bench`: submit a benchmark job to the daemon, follow it with a progress bar, print
+//! a table (or JSON / CSV), optionally run the llama.cpp peer on the same tests and print the
+//! ratios; `show`, `list`, `cancel`, `compare`, `chart`.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use minerva_proto::v1 as pb;
+use minerva_proto::v1::benchmark_service_client::BenchmarkServiceClient;
+use serde::Serialize;
+
+use crate::{client, render, CliError, CliResult, Global};
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Models to benchmark (store names or .gguf paths).
+    #[arg(required = true)]
+    pub models: Vec<String>,
+    /// Tests, comma-separated: standard, greeting, knowledge, code, long, ppN, tgN, ppN+tgM
+    /// [default: standard].
+    #[arg(long, value_delimiter = ',')]
+    pub tests: Vec<String>,
+    /// JSONL prompts file ({"prompt": "...", "max_tokens": N} per line), read by the daemon.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Measured runs per test.
+    #[arg(long, default_value_t = 3)]
+    pub runs: u32,
+    /// Unmeasured warm-up runs per test.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: u32,
+    /// Clients at once.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: u32,
+    #[arg(long)]
+    pub threads: Option<u32>,
+    #[arg(long)]
+    pub ctx: Option<u32>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also run this peer on the same model file and tests, and print Minerva/peer ratios.
+    #[arg(long, value_parser = ["llama.cpp"])]
+    pub peer: Option<String>,
+    /// CSV instead of a table: one row per request, then one row per test and metric.
+    #[arg(long, conflicts_with = "json")]
+    pub csv: bool,
+    /// Also write the JSON result to this file.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// A job's result (running or finished).
+    Show { id: String },
+    /// Jobs, newest first.
+    List,
+    /// Stop a running job.
+    Cancel { id: String },
+    /// Ratio table B/A per test and metric, from two result files.
+    Compare { a: PathBuf, b: PathBuf },
+    /// An SVG chart of decode tokens/s and TTFT per model and test (peer beside it if present).
+    Chart {
+        result: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+}
+
+/// `--json` output when a peer ran: both results and the ratios.
+#[derive(Serialize, serde::Deserialize)]
+pub struct Comparison {
+    pub minerva: pb::BenchResult,
+    pub peer: pb::BenchResult,
+    /// Minerva / peer.
+    pub ratio: Vec<Ratio>,
+}
+
+#[derive(Serialize, serde::Deserialize, Debug, Clone)]
+pub struct Ratio {
+    pub model: String,
+    pub test: String,
+    pub metric: String,
+    /// Which summary figure: "mean" for rates, "p50" for latencies.
+    pub stat: String,
+    pub a: f64,
+    pub b: f64,
+    /// b / a: for `--peer`, Minerva / peer.
+    pub ratio: f64,
+}
+
+pub async fn bench(global: &Global, args: BenchArgs) -> CliResult {
+    match args.command {
+        Some(BenchCommand::Compare { a, b }) => return compare_files(global, &a, &b),
+        Some(BenchCommand::Chart { result, output }) => return chart_file(&result, &output),
+        _ => {}
+    }
+    let mut client = BenchmarkServiceClient::new(client::connect(global, true).await?);
+    match args.command {
+        Some(BenchCommand::Show { id }) => {
+            let r = client.get(pb::BenchJobRef { id }).await?.into_inner();
+            print_result(global, &r, false)
+        }
+        Some(BenchCommand::List) => {
+            let l = client.list(pb::ListBenchJobsRequest {}).await?.into_inner();
+            if global.json {
+                println!("{}", serde_json::to_string_pretty(&l)?);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = l
+                .jobs
+                .iter()
+                .map(|j| {
+                    let spec = j.spec.clone().unwrap_or_default();
+                    vec![
+                        j.id.clone(),
+                        j.status.clone(),
+                        spec.models.join(","),
+                        j.tests
+                            .iter()
+                            .map(|t| t.test.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                render::table(&["ID", "STATUS", "MODELS", "TESTS"], &rows)
+            );
+            Ok(())
+        }
+        Some(BenchCommand::Cancel { id }) => {
+            let r = client
+                .cancel(pb::BenchJobRef { id: id.clone() })
+                .await?
+                .into_inner();
+            if global.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else if r.cancelled {
+                println!("cancelled {id}");
+            } else {
+                println!("{id} was not running");
+            }
+            Ok(())
+        }
+        Some(BenchCommand::Compare { .. } | BenchCommand::Chart { .. }) => Ok(()),
+        None => run(global, &mut client, args.run).await,
+    }
+}
+
+async fn run(
+    global: &Global,
+    client: &mut BenchmarkServiceClient<tonic::transport::Channel>,
+    args: RunArgs,
+) -> CliResult {
+    let spec = pb::BenchJobSpec {
+        models: args.models.clone(),
+        tests: args.tests.clone(),
+        prompts_file: args
+            .prompts
+            .as_ref()
+            .map(|p| {
+                std::path::absolute(p)
+                    .unwrap_or_else(|_| p.clone())
+                    .display()
+                    .to_string()
+            })
+            .unwrap_or_default(),
+        runs: Some(args.runs),
+        warmup_runs: Some(args.warmup),
+        concurrency: Some(args.concurrency),
+        options: (args.threads.is_some() || args.ctx.is_some()).then_some(pb::LoadOptions {
+            threads: args.threads,
+            context_length: args.ctx,
+            gpu_layers: None,
+        }),
+        seed: Some(args.seed),
+    };
+    if args.peer.is_some() && args.concurrency != 1 {
+        return Err(CliError(
+            "--peer llama.cpp runs one client at a time: use --concurrency 1".into(),
+        ));
+    }
+    let id = client.submit(spec).await?.into_inner().id;
+    let result = follow(client, &id, !global.json && !args.csv).await?;
+    if result.status != "done" {
+        return Err(CliError(format!(
+            "benchmark {id} {}: {}",
+            result.status, result.error
+        )));
+    }
+    let peer = match &args.peer {
+        Some(_) => Some(run_peer(global, &result, &args).await?),
+        None => None,
+    };
+    let out = match &peer {
+        Some(p) => serde_json::to_string_pretty(&Comparison {
+            minerva: result.clone(),
+            peer: p.clone(),
+            ratio: ratios(p, &result),
+        })?,
+        None => serde_json::to_string_pretty(&result)?,
+    };
+    if let Some(path) = &args.output {
+        std::fs::write(path, &out)?;
+    }
+    if global.json {
+        println!("{out}");
+    } else if args.csv {
+        print!("{}", csv(&result));
+        if let Some(p) = &peer {
+            print!("{}", csv_rows(p, false));
+        }
+    } else {
+        print_result(global, &result, true)?;
+        if let Some(p) = &peer {
+            println!();
+            print_result(global, p, true)?;
+            println!("\nMinerva / llama.cpp (same file, threads, tests; rates by mean, latencies by p50):");
+            print!("{}", ratio_table(&ratios(p, &result)));
+        }
+    }
+    Ok(())
+}
+
+/// Watches the job to its end with a progress bar; Ctrl-C cancels it.
+async fn follow(
+    client: &mut BenchmarkServiceClient<tonic::transport::Channel>,
+    id: &str,
+    show: bool,
+) -> CliResult<pb::BenchResult> {
+    let mut stream = client
+        .watch(pb::BenchJobRef { id: id.into() })
+        .await?
+        .into_inner();
+    let bar = if show {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} bench {prefix} [{bar:30}] {pos}/{len} requests {msg} ({elapsed})",
+            )
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b.set_prefix(id.to_string());
+        b.enable_steady_tick(std::time::Duration::from_millis(200));
+        Some(b)
+    } else {
+        None
+    };
+    loop {
+        let msg = tokio::select! {
+            m = stream.message() => m?,
+            _ = tokio::signal::ctrl_c() => {
+                let _ = client.cancel(pb::BenchJobRef { id: id.into() }).await;
+                if let Some(b) = &bar { b.abandon_with_message("cancelled"); }
+                return Err(CliError(format!("cancelled benchmark {id}")));
+            }
+        };
+        let Some(p) = msg else {
+            return Err(CliError(format!(
+                "the daemon ended the watch of {id} without a result"
+            )));
+        };
+        if let Some(b) = &bar {
+            b.set_length(u64::from(p.requests_total));
+            b.set_position(u64::from(p.requests_done));
+            b.set_message(format!("{} {} {}", p.model, p.test, p.message));
+        }
+        if let Some(done) = p.done {
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            return Ok(done);
+        }
+    }
+}
+
+/// Where the peer scripts live: $MINERVA_BENCH_DIR, else bench/ of the source tree this
+/// binary was built in (target/<profile>/minerva → ../../bench).
+fn peer_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("MINERVA_BENCH_DIR") {
+        return PathBuf::from(d).join("peers");
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| {
+            e.parent()
+                .and_then(Path::parent)
+                .and_then(Path::parent)
+                .map(|r| r.join("bench/peers"))
+        })
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/peers"))
+}
+
+/// Runs the llama.cpp peer on the same model file, tests (same prompt tokens for prompt
+/// tests), threads, context, runs and warm-ups as the Minerva result.
+async fn run_peer(
+    global: &Global,
+    minerva: &pb::BenchResult,
+    args: &RunArgs,
+) -> CliResult<pb::BenchResult> {
+    let dir = peer_dir();
+    let install = dir.join("install-llama-cpp-python.sh");
+    let script = dir.join("llama_cpp_bench.py");
+    let out = tokio::process::Command::new("bash")
+        .arg(&install)
+        .output()
+        .await?;
+    if !out.status.success() {
+        return Err(CliError(format!(
+            "installing the llama.cpp peer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let python = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut gen = minerva_proto::v1::generate_service_client::GenerateServiceClient::new(
+        client::connect(global, false).await?,
+    );
+    let mut peer_results: Vec<pb::BenchResult> = Vec::new();
+    for load in &minerva.loads {
+        let mut tests = Vec::new();
+        for t in minerva.tests.iter().filter(|t| t.model == load.model) {
+            // Prompt tests: the exact tokens Minerva processed (the chat template applied).
+            let prompt = match standard_prompt(&t.test, args) {
+                Some(text) => {
+                    let r = gen
+                        .tokenize(pb::TokenizeRequest {
+                            model: load.model.clone(),
+                            input: Some(pb::tokenize_request::Input::Chat(pb::Chat {
+                                messages: vec![pb::ChatMessage {
+                                    role: "user".into(),
+                                    content: text,
+                                }],
+                            })),
+                            options: None,
+                        })
+                        .await?
+                        .into_inner();
+                    serde_json::to_value(r.tokens)?
+                }
+                None => serde_json::Value::Null,
+            };
+            tests.push(serde_json::json!({
+                "test": t.test, "prompt": prompt, "prompt_tokens": t.prompt_tokens, "new_tokens": t.new_tokens,
+            }));
+        }
+        let spec = serde_json::json!({
+            "model": load.model, "path": load.path, "threads": load.threads,
+            "context_length": load.context_length, "runs": args.runs, "warmup_runs": args.warmup,
+            "seed": args.seed, "tests": tests,
+        });
+        let spec_file =
+            std::env::temp_dir().join(format!("minerva-peer-{}.json", std::process::id()));
+        std::fs::write(&spec_file, serde_json::to_vec(&spec)?)?;
+        if !global.json && !args.csv {
+            eprintln!(
+                "running the llama.cpp peer on {} ({} tests)...",
+                load.path,
+                tests.len()
+            );
+        }
+        let out = tokio::process::Command::new(&python)
+            .arg(&script)
+            .arg(&spec_file)
+            .output()
+            .await?;
+        let _ = std::fs::remove_file(&spec_file);
+        if !out.status.success() {
+            return Err(CliError(format!(
+                "the llama.cpp peer failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        peer_results.push(serde_json::from_slice(&out.stdout)?);
+    }
+    let mut merged = peer_results.remove(0);
+    for r in peer_results {
+        merged.loads.extend(r.loads);
+        merged.tests.extend(r.tests);
+    }
+    Ok(merged)
+}
+
+/// The prompt text of a prompt test (standard scenarios and prompt-file lines).
+fn standard_prompt(test: &str, args: &RunArgs) -> Option<String> {
+    const STANDARD: [(&str, &str); 4] = [
+        ("greeting", "Hello, how are you?"),
+        ("knowledge", "Explain quantum computing in simple terms."),
+        (
+            "code",
+            "Write a Rust function to calculate Fibonacci numbers",
+        ),
+        ("long", "Summarize the history of artificial intelligence"),
+    ];
+    if let Some((_, p)) = STANDARD.iter().find(|(n, _)| *n == test) {
+        return Some(p.to_string());
+    }
+    let line: usize = test.strip_prefix("file:")?.parse().ok()?;
+    let text = std::fs::read_to_string(args.prompts.as_ref()?).ok()?;
+    let v: serde_json::Value = serde_json::from_str(text.lines().nth(line - 1)?).ok()?;
+    v["prompt"].as_str().map(str::to_string)
+}
+
+fn metric<'a>(t: &'a pb::BenchTest, name: &str) -> Option<&'a pb::BenchSummary> {
+    t.metrics
+        .iter()
+        .find(|m| m.name == name)
+        .and_then(|m| m.summary.as_ref())
+}
+
+/// Ratios b/a for every test both results have.
+pub fn ratios(a: &pb::BenchResult, b: &pb::BenchResult) -> Vec<Ratio> {
+    let mut out = Vec::new();
+    for tb in &b.tests {
+        let Some(ta) = a
+            .tests
+            .iter()
+            .find(|t| t.test == tb.test && (t.model == tb.model || a.tests.len() == b.tests.len()))
+        else {
+            continue;
+        };
+        for (name, stat) in [
+            ("decode_tokens_per_s", "mean"),
+            ("prompt_tokens_per_s", "mean"),
+            ("ttft_ms", "p50"),
+            ("tpot_ms", "p50"),
+            ("e2e_ms", "p50"),
+        ] {
+            let (Some(sa), Some(sb)) = (metric(ta, name), metric(tb, name)) else {
+                continue;
+            };
+            let pick = |s: &pb::BenchSummary| if stat == "mean" { s.mean } else { s.p50 };
+            let (va, vb) = (pick(sa), pick(sb));
+            if va > 0.0 && sa.n > 0 && sb.n > 0 {
+                out.push(Ratio {
+                    model: tb.model.clone(),
+                    test: tb.test.clone(),
+                    metric: name.into(),
+                    stat: stat.into(),
+                    a: va,
+                    b: vb,
+                    ratio: vb / va,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn ratio_table(r: &[Ratio]) -> String {
+    let rows: Vec<Vec<String>> = r
+        .iter()
+        .map(|x| {
+            vec![
+                x.test.clone(),
+                format!("{} ({})", x.metric, x.stat),
+                format!("{:.2}", x.a),
+                format!("{:.2}", x.b),
+                format!("{:.3}", x.ratio),
+            ]
+        })
+        .collect();
+    render::table(&["TEST", "METRIC", "A", "B", "B/A"], &rows)
+}
+
+fn load_result(path: &Path) -> CliResult<pb::BenchResult> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError(format!("cannot read {}: {e}", path.display())))?;
+    // A `--peer` output holds both systems: take Minerva's side.
+    if let Ok(c) = serde_json::from_str::<Comparison>(&text) {
+        return Ok(c.minerva);
+    }
+    serde_json::from_str(&text)
+        .map_err(|e| CliError(format!("{} is not a benchmark result: {e}", path.display())))
+}
+
+fn compare_files(global: &Global, a: &Path, b: &Path) -> CliResult {
+    let (ra, rb) = (load_result(a)?, load_result(b)?);
+    let r = ratios(&ra, &rb);
+    if r.is_empty() {
+        return Err(CliError("the two results share no test".into()));
+    }
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "A = {} ({})\nB = {} ({})",
+            a.display(),
+            system(&ra),
+            b.display(),
+            system(&rb)
+        );
+        print!("{}", ratio_table(&r));
+    }
+    Ok(())
+}
+
+fn system(r: &pb::BenchResult) -> String {
+    r.machine
+        .as_ref()
+        .map(|m| m.system.clone())
+        .unwrap_or_default()
+}
+
+fn print_result(global: &Global, r: &pb::BenchResult, _fresh: bool) -> CliResult {
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+        return Ok(());
+    }
+    let m = r.machine.clone().unwrap_or_default();
+    println!(
+        "{} — job {} {}{}",
+        m.system,
+        r.id,
+        r.status,
+        if r.error.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", r.error)
+        }
+    );
+    for l in &r.loads {
+        println!(
+            "  {}: {} {}, load {:.0} ms (map {:.0} ms, context {:.0} ms){}, {} threads, ctx {}",
+            l.model,
+            l.quantization,
+            render::bytes(l.file_size_bytes),
+            l.load_ms,
+            l.mmap_ms,
+            l.context_ms,
+            if l.loaded_by_job {
+                ""
+            } else {
+                " [already loaded]"
+            },
+            l.threads,
+            l.context_length
+        );
+    }
+    let rows: Vec<Vec<String>> = r
+        .tests
+        .iter()
+        .map(|t| {
+            let f = |name: &str, pick: fn(&pb::BenchSummary) -> f64| {
+                metric(t, name).map_or("-".into(), |s| format!("{:.1}", pick(s)))
+            };
+            let sd = |name: &str| {
+                metric(t, name).map_or("-".into(), |s| format!("{:.1}±{:.1}", s.mean, s.stddev))
+            };
+            vec![
+                t.test.clone(),
+                format!("{}+{}", t.prompt_tokens, t.new_tokens),
+                t.concurrency.to_string(),
+                f("ttft_ms", |s| s.p50),
+                f("ttft_ms", |s| s.p99),
+                f("tpot_ms", |s| s.p50),
+                sd("prompt_tokens_per_s"),
+                sd("decode_tokens_per_s"),
+                format!("{:.1}", t.aggregate_tokens_per_s),
+                t.deterministic
+                    .map_or("-".into(), |d| if d { "yes".into() } else { "NO".into() }),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        render::table(
+            &[
+                "TEST",
+                "PP+TG",
+                "CONC",
+                "TTFT p50",
+                "TTFT p99",
+                "TPOT p50",
+                "PROMPT tok/s",
+                "DECODE tok/s",
+                "AGG tok/s",
+                "DETERMINISTIC"
+            ],
+            &rows
+        )
+    );
+    if let Some(res) = &r.resources {
+        println!(
+            "  daemon RSS peak {} mean {}, CPU mean {:.0}% peak {:.0}% ({} samples); GPU {}",
+            render::bytes(res.rss_peak_bytes),
+            render::bytes(res.rss_mean_bytes),
+            res.cpu_percent_mean,
+            res.cpu_percent_peak,
+            res.samples,
+            res.gpu
+        );
+    }
+    Ok(())
+}
+
+const CSV_RUN_HEADER: &str = "system,model,test,run,client,prompt_tokens,generated_tokens,ttft_ms,tpot_ms,e2e_ms,prompt_tokens_per_s,decode_tokens_per_s,queue_ms,tokens_sha256\n";
+const CSV_SUMMARY_HEADER: &str = "system,model,test,metric,n,mean,stddev,min,p50,p90,p99,max\n";
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Two CSV tables, separated by a blank line: one row per request, then one row per test
+/// and metric (the schema is in the README).
+fn csv(r: &pb::BenchResult) -> String {
+    csv_rows(r, true)
+}
+
+fn csv_rows(r: &pb::BenchResult, headers: bool) -> String {
+    let sys = csv_field(&system(r));
+    let mut out = String::new();
+    if headers {
+        out.push_str(CSV_RUN_HEADER);
+    }
+    for t in &r.tests {
+        for x in &t.runs {
+            out.push_str(&format!(
+                "{sys},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{}\n",
+                csv_field(&t.model),
+                csv_field(&t.test),
+                x.run,
+                x.client,
+                x.prompt_tokens,
+                x.generated_tokens,
+                x.ttft_ms,
+                x.tpot_ms,
+                x.e2e_ms,
+                x.prompt_tokens_per_s,
+                x.decode_tokens_per_s,
+                x.queue_ms,
+                x.tokens_sha256
+            ));
+        }
+    }
+    out.push('\n');
+    if headers {
+        out.push_str(CSV_SUMMARY_HEADER);
+    }
+    for t in &r.tests {
+        for m in &t.metrics {
+            let s = m.summary.unwrap_or_default();
+            out.push_str(&format!(
+                "{sys},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3}\n",
+                csv_field(&t.model),
+                csv_field(&t.test),
+                m.name,
+                s.n,
+                s.mean,
+                s.stddev,
+                s.min,
+                s.p50,
+                s.p90,
+                s.p99,
+                s.max
+            ));
+        }
+    }
+    out
+}
+
+fn chart_file(result: &Path, output: &Path) -> CliResult {
+    let text = std::fs::read_to_string(result)
+        .map_err(|e| CliError(format!("cannot read {}: {e}", result.display())))?;
+    let (minerva, peer) = match serde_json::from_str::<Comparison>(&text) {
+        Ok(c) => (c.minerva, Some(c.peer)),
+        Err(_) => (load_result(result)?, None),
+    };
+    if output.extension().is_some_and(|e| e != "svg") {
+        return Err(CliError("only .svg output is supported".into()));
+    }
+    let svg = crate::chart::render(&minerva, peer.as_ref());
+    std::fs::write(output, svg)?;
+    println!("wrote {}", output.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(system: &str, tps: f64) -> pb::BenchResult {
+        pb::BenchResult {
+            machine: Some(pb::BenchMachine {
+                system: system.into(),
+                ..Default::default()
+            }),
+            tests: vec![pb::BenchTest {
+                model: "m".into(),
+                test: "tg8".into(),
+                metrics: vec![pb::BenchMetric {
+                    name: "decode_tokens_per_s".into(),
+                    summary: Some(pb::BenchSummary {
+                        n: 3,
+                        mean: tps,
+                        p50: tps,
+                        ..Default::default()
+                    }),
+                }],
+                runs: vec![pb::BenchRun {
+                    tokens_sha256: "ab".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ratios_are_b_over_a() {
+        let r = ratios(&result("peer", 100.0), &result("minerva", 97.0));
+        assert_eq!(r.len(), 1);
+        assert!((r[0].ratio - 0.97).abs() < 1e-12);
+    }
+
+    #[test]
+    fn csv_has_a_row_per_request_and_per_metric() {
+        let c = csv(&result("minerva 0.1.0 (llama.cpp)", 10.0));
+        let lines: Vec<&str> = c.lines().collect();
+        assert_eq!(lines[0], CSV_RUN_HEADER.trim_end());
+        assert!(lines[1].starts_with("minerva 0.1.0 (llama.cpp),m,tg8,0,0,"));
+        assert_eq!(lines[2], "");
+        assert_eq!(lines[3], CSV_SUMMARY_HEADER.trim_end());
+        assert!(lines[4].contains(",decode_tokens_per_s,3,10.000,"));
+    }
+}
