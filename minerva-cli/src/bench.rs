@@ -61,6 +61,18 @@ pub struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Perplexity of a model on a text file (chunks scored as llama.cpp's perplexity tool does).
+    Perplexity {
+        model: String,
+        file: PathBuf,
+        /// Tokens per chunk.
+        #[arg(long, default_value_t = 512)]
+        chunk: u32,
+        #[arg(long)]
+        threads: Option<u32>,
+        #[arg(long)]
+        ctx: Option<u32>,
+    },
     /// A job's result (running or finished).
     Show { id: String },
     /// Jobs, newest first.
@@ -107,6 +119,13 @@ pub async fn bench(global: &Global, args: BenchArgs) -> CliResult {
     }
     let mut client = BenchmarkServiceClient::new(client::connect(global, true).await?);
     match args.command {
+        Some(BenchCommand::Perplexity {
+            model,
+            file,
+            chunk,
+            threads,
+            ctx,
+        }) => perplexity(global, &mut client, model, &file, chunk, threads, ctx).await,
         Some(BenchCommand::Show { id }) => {
             let r = client.get(pb::BenchJobRef { id }).await?.into_inner();
             print_result(global, &r, false)
@@ -232,6 +251,72 @@ async fn run(
         }
     }
     Ok(())
+}
+
+async fn perplexity(
+    global: &Global,
+    client: &mut BenchmarkServiceClient<tonic::transport::Channel>,
+    model: String,
+    file: &Path,
+    chunk: u32,
+    threads: Option<u32>,
+    ctx: Option<u32>,
+) -> CliResult {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError(format!("cannot read {}: {e}", file.display())))?;
+    let mut stream = client
+        .perplexity(pb::PerplexityRequest {
+            model,
+            text,
+            chunk_tokens: Some(chunk),
+            options: (threads.is_some() || ctx.is_some()).then_some(pb::LoadOptions {
+                threads,
+                context_length: ctx,
+                gpu_layers: None,
+            }),
+        })
+        .await?
+        .into_inner();
+    let bar = (!global.json).then(|| {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template(
+                "perplexity [{bar:30}] {pos}/{len} chunks {msg} ({elapsed})",
+            )
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    });
+    while let Some(p) = stream.message().await? {
+        if let Some(b) = &bar {
+            b.set_length(u64::from(p.chunks_total));
+            b.set_position(u64::from(p.chunks_done));
+            b.set_message(format!("ppl {:.4}", p.perplexity));
+        }
+        if p.done {
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            if global.json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                println!(
+                    "perplexity {:.4} over {} tokens ({} chunks of {}, second halves scored; text {} tokens) in {:.1} s",
+                    p.perplexity,
+                    p.tokens_scored,
+                    p.chunks_total,
+                    p.chunk_tokens,
+                    p.text_tokens,
+                    p.elapsed_ms / 1e3
+                );
+            }
+            return Ok(());
+        }
+    }
+    Err(CliError(
+        "the daemon ended the perplexity stream without a result".into(),
+    ))
 }
 
 /// Watches the job to its end with a progress bar; Ctrl-C cancels it.

@@ -392,3 +392,98 @@ async fn bad_specs_are_refused_jobs_cancel_and_clients_are_served_meanwhile() {
     }
     assert_eq!(status, "cancelled");
 }
+
+/// Perplexity computed with llama-cpp-2 alone, in this process, the same way minervad does:
+/// chunks from an empty cache, second halves scored.
+fn llama_cpp_perplexity(text: &str, chunk: usize) -> f64 {
+    use llama_cpp_2::context::params::LlamaContextParams;
+    use llama_cpp_2::llama_backend::LlamaBackend;
+    use llama_cpp_2::llama_batch::LlamaBatch;
+    use llama_cpp_2::model::params::LlamaModelParams;
+    use llama_cpp_2::model::LlamaModel;
+    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default().with_logs_enabled(false));
+    let backend = LlamaBackend::init().expect("backend");
+    let model = LlamaModel::load_from_file(
+        &backend,
+        minerva_e2e::model_path(),
+        &LlamaModelParams::default(),
+    )
+    .unwrap();
+    let params = LlamaContextParams::default()
+        .with_n_ctx(std::num::NonZeroU32::new(4096))
+        .with_n_batch(2048)
+        .with_n_ubatch(512)
+        .with_n_threads(2)
+        .with_n_threads_batch(2);
+    let mut ctx = model.new_context(&backend, params).unwrap();
+    let tokens = model.vocab().tokenize(text.as_bytes(), true, true);
+    let (mut nll, mut n) = (0.0f64, 0u64);
+    for c in 0..tokens.len() / chunk {
+        let t = &tokens[c * chunk..(c + 1) * chunk];
+        ctx.clear_kv_cache();
+        let mut batch = LlamaBatch::new(2048, 1);
+        for (j, tok) in t.iter().enumerate() {
+            batch.add(*tok, j as i32, &[0], true).unwrap();
+        }
+        ctx.decode(&mut batch).unwrap();
+        for j in chunk / 2..chunk - 1 {
+            let row = ctx.get_logits_ith(j as i32);
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let sum: f64 = row.iter().map(|&l| (l as f64 - max).exp()).sum();
+            nll += max + sum.ln() - row[t[j + 1].0 as usize] as f64;
+            n += 1;
+        }
+    }
+    (nll / n as f64).exp()
+}
+
+#[test]
+fn perplexity_matches_llama_cpp_in_process_and_bad_input_is_refused() {
+    let d = Daemon::start(&[]);
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let text: String = readme.chars().take(3000).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("text.txt");
+    std::fs::write(&f, &text).unwrap();
+    let r = d.cli_json(&[
+        "bench",
+        "perplexity",
+        MODEL,
+        f.to_str().unwrap(),
+        "--chunk",
+        "128",
+    ]);
+    assert_eq!(r["done"], true);
+    let ppl = r["perplexity"].as_f64().unwrap();
+    let chunks = r["chunks_total"].as_u64().unwrap();
+    assert!(chunks >= 3, "{r}");
+    assert_eq!(r["tokens_scored"].as_u64(), Some(chunks * 63));
+    let direct = llama_cpp_perplexity(&text, 128);
+    assert!(ppl.is_finite() && ppl > 1.0);
+    assert!(
+        (ppl - direct).abs() / direct < 1e-6,
+        "minervad {ppl} vs llama-cpp-2 {direct}"
+    );
+    eprintln!("perplexity: minervad {ppl:.6}, llama-cpp-2 in process {direct:.6}");
+
+    std::fs::write(&f, "").unwrap();
+    let out = d.cli(&["bench", "perplexity", MODEL, f.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("empty"));
+    std::fs::write(&f, "A short text.").unwrap();
+    let out = d.cli(&["bench", "perplexity", MODEL, f.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at least one chunk"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = d.cli(&[
+        "bench",
+        "perplexity",
+        MODEL,
+        f.to_str().unwrap(),
+        "--chunk",
+        "8",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chunk_tokens"));
+}

@@ -134,6 +134,15 @@ pub trait Context: Send {
     /// Runs `chunks` through the model (as one batch where they fit) and writes, for each chunk
     /// in order, the logits after its last token into `logits[i]` (resized to the vocabulary).
     fn forward(&mut self, chunks: &[ForwardChunk<'_>], logits: &mut Vec<Vec<f32>>) -> Result<()>;
+    /// Runs one sequence's tokens from `start_pos` and writes the logits after every token,
+    /// `tokens.len()` rows of the vocabulary's width, into `logits` (for perplexity).
+    fn forward_all(
+        &mut self,
+        seq: SeqId,
+        start_pos: u32,
+        tokens: &[TokenId],
+        logits: &mut Vec<f32>,
+    ) -> Result<()>;
 }
 
 impl ModelInfo {

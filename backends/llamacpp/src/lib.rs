@@ -234,6 +234,57 @@ impl Context for LlamaCppContext {
         &self.options
     }
 
+    fn forward_all(
+        &mut self,
+        seq: SeqId,
+        start_pos: u32,
+        tokens: &[TokenId],
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        let fail = |detail: String| CoreError::Forward {
+            backend: NAME,
+            detail,
+        };
+        let end = u64::from(start_pos) + tokens.len() as u64;
+        if end > u64::from(self.options.context_length) {
+            return Err(fail(format!(
+                "positions up to {end} do not fit a context of {}",
+                self.options.context_length
+            )));
+        }
+        logits.clear();
+        let vocab = self.vocab_size as usize;
+        for (c, chunk) in tokens.chunks(self.options.batch_size as usize).enumerate() {
+            self.batch.clear();
+            let base = start_pos as usize + c * self.options.batch_size as usize;
+            for (j, &tok) in chunk.iter().enumerate() {
+                if tok >= self.vocab_size {
+                    return Err(CoreError::TokenOutOfRange {
+                        token: TokenIdDisplay(tok),
+                        vocab_size: self.vocab_size,
+                    });
+                }
+                self.batch
+                    .add(
+                        LlamaToken(tok as i32),
+                        (base + j) as i32,
+                        &[seq.0 as i32],
+                        true,
+                    )
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+            self.ctx
+                .decode(&mut self.batch)
+                .map_err(|e| fail(e.to_string()))?;
+            for j in 0..chunk.len() {
+                let row = self.ctx.get_logits_ith(j as i32);
+                logits.extend_from_slice(&row[..vocab.min(row.len())]);
+            }
+        }
+        self.batch.clear();
+        Ok(())
+    }
+
     fn clear_sequence(&mut self, seq: SeqId) -> Result<()> {
         self.ctx
             .clear_kv_cache_seq(Some(seq.0), None, None)

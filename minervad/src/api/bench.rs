@@ -25,6 +25,84 @@ impl pb::benchmark_service_server::BenchmarkService for BenchApi {
         Ok(Response::new(pb::BenchJobRef { id }))
     }
 
+    type PerplexityStream =
+        Pin<Box<dyn Stream<Item = Result<pb::PerplexityProgress, Status>> + Send>>;
+
+    async fn perplexity(
+        &self,
+        req: Request<pb::PerplexityRequest>,
+    ) -> Result<Response<Self::PerplexityStream>, Status> {
+        use crate::engine::perplexity::{PerplexityEvent, PerplexityJob};
+        use crate::error::DaemonError;
+        let req = req.into_inner();
+        if req.text.trim().is_empty() {
+            return Err(DaemonError::invalid("text", "the text is empty").into());
+        }
+        let chunk = req.chunk_tokens.unwrap_or(512);
+        let engine = self.jobs.engine();
+        let (lease, _) = engine
+            .acquire(
+                &req.model,
+                crate::api::requested_options(req.options.as_ref()),
+                None,
+            )
+            .await?;
+        let ctx = lease.model().context_options.context_length;
+        if chunk < 16 || chunk > ctx {
+            return Err(DaemonError::invalid(
+                "chunk_tokens",
+                format!("{chunk} is not in 16..={ctx} (the loaded context)"),
+            )
+            .into());
+        }
+        let model = std::sync::Arc::clone(lease.model());
+        let text = req.text;
+        let tokens = tokio::task::spawn_blocking(move || model.model.tokenize(&text, true))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(DaemonError::from)?;
+        if tokens.len() < chunk as usize {
+            return Err(DaemonError::invalid(
+                "text",
+                format!(
+                    "the text is {} tokens; perplexity needs at least one chunk of {chunk}",
+                    tokens.len()
+                ),
+            )
+            .into());
+        }
+        let text_tokens = tokens.len() as u32;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let model = std::sync::Arc::clone(lease.model());
+        model.submit_perplexity(PerplexityJob {
+            tokens,
+            chunk,
+            events: tx,
+            lease,
+        })?;
+        let stream = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+            move |ev| {
+                let (s, done) = match ev {
+                    PerplexityEvent::Progress(s) => (s, false),
+                    PerplexityEvent::Done(s) => (s, true),
+                    PerplexityEvent::Error(e) => return Err(Status::from(e)),
+                };
+                Ok(pb::PerplexityProgress {
+                    chunks_done: s.chunks_done,
+                    chunks_total: s.chunks_total,
+                    tokens_scored: s.tokens_scored,
+                    perplexity: s.perplexity,
+                    elapsed_ms: s.elapsed_ms,
+                    chunk_tokens: chunk,
+                    text_tokens,
+                    done,
+                })
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     type WatchStream = WatchStream;
 
     async fn watch(&self, req: Request<pb::BenchJobRef>) -> Result<Response<WatchStream>, Status> {

@@ -80,6 +80,10 @@ impl BenchJobs {
         })
     }
 
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<JobEntry>>> {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }

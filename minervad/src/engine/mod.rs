@@ -4,6 +4,7 @@
 //! ([`worker`]) fed through a bounded queue; a full queue is refused at once
 //! (RESOURCE_EXHAUSTED). A model idle for its keep-alive is unloaded by a reaper task.
 
+pub mod perplexity;
 mod worker;
 
 use std::collections::HashMap;
@@ -123,6 +124,12 @@ pub struct LoadTiming {
     pub context_ms: f64,
 }
 
+/// What a worker's queue carries.
+pub enum Work {
+    Generate(Job),
+    Perplexity(perplexity::PerplexityJob),
+}
+
 /// A loaded model: weights, its worker's queue, and keep-alive state.
 pub struct LoadedModel {
     pub resolved: ResolvedModel,
@@ -132,7 +139,7 @@ pub struct LoadedModel {
     pub load_ms: f64,
     pub load_timing: LoadTiming,
     chat_template: Option<std::result::Result<ChatTemplate, String>>,
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Work>,
     max_queue: usize,
     idle: Mutex<IdleState>,
 }
@@ -208,7 +215,16 @@ impl LoadedModel {
 
     /// Queues a job; a full queue is an error, never a wait.
     pub fn submit(&self, job: Job) -> Result<()> {
-        self.jobs.try_send(job).map_err(|e| match e {
+        self.submit_work(Work::Generate(job))
+    }
+
+    /// Queues a perplexity evaluation; same queue, same limits as generations.
+    pub fn submit_perplexity(&self, job: perplexity::PerplexityJob) -> Result<()> {
+        self.submit_work(Work::Perplexity(job))
+    }
+
+    fn submit_work(&self, work: Work) -> Result<()> {
+        self.jobs.try_send(work).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => DaemonError::QueueFull {
                 model: self.resolved.name.clone(),
                 queued: self.max_queue,

@@ -17,7 +17,8 @@ use minerva_core::{Context, ForwardChunk, Model, SeqId, TokenId};
 use minerva_proto::v1::StopReason;
 use tokio::sync::mpsc;
 
-use super::{Event, Job, Stats};
+use super::perplexity::{self, PerplexityEvent};
+use super::{Event, Job, Stats, Work};
 use crate::error::DaemonError;
 
 /// Sequences decoded together. See the module comment.
@@ -81,7 +82,7 @@ pub fn run(
     model_name: String,
     model: Arc<dyn Model>,
     mut ctx: Box<dyn Context>,
-    mut jobs: mpsc::Receiver<Job>,
+    mut jobs: mpsc::Receiver<Work>,
 ) {
     let mut active: Vec<Sequence> = Vec::new();
     let mut logits: Vec<Vec<f32>> = Vec::new();
@@ -89,15 +90,37 @@ pub fn run(
     loop {
         // Admit: block when idle, otherwise only take what is already queued.
         while active.len() < MAX_ACTIVE {
-            let job = if active.is_empty() {
+            let work = if active.is_empty() {
                 match jobs.blocking_recv() {
-                    Some(job) => job,
+                    Some(work) => work,
                     None => return,
                 }
             } else {
                 match jobs.try_recv() {
-                    Ok(job) => job,
+                    Ok(work) => work,
                     Err(_) => break,
+                }
+            };
+            let job = match work {
+                Work::Generate(job) => job,
+                Work::Perplexity(p) => {
+                    // Runs whole, between generations (this worker has one sequence at a time).
+                    let vocab = model.info().vocab_size as usize;
+                    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        perplexity::run(&mut *ctx, vocab, &p)
+                    }));
+                    let error = match outcome {
+                        Ok(Ok(())) => None,
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(panic) => Some(panic_message(&panic)),
+                    };
+                    if let Some(reason) = error {
+                        let _ = p
+                            .events
+                            .send(PerplexityEvent::Error(DaemonError::Internal(reason)));
+                        let _ = ctx.clear_sequence(SeqId(0));
+                    }
+                    continue;
                 }
             };
             if job.events.is_closed() {
@@ -126,11 +149,15 @@ pub fn run(
             // Jobs still queued get the same answer; then the worker ends and the engine
             // notices (its sender reports closed) and loads the model afresh next time.
             jobs.close();
-            while let Ok(job) = jobs.try_recv() {
-                let _ = job.events.send(Event::Error(DaemonError::WorkerGone {
+            while let Ok(work) = jobs.try_recv() {
+                let gone = DaemonError::WorkerGone {
                     model: model_name.clone(),
                     reason: reason.clone(),
-                }));
+                };
+                match work {
+                    Work::Generate(job) => drop(job.events.send(Event::Error(gone))),
+                    Work::Perplexity(p) => drop(p.events.send(PerplexityEvent::Error(gone))),
+                }
             }
             return;
         }
