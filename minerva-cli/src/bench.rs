@@ -481,16 +481,8 @@ async fn run_peer(
 
 /// The prompt text of a prompt test (standard scenarios and prompt-file lines).
 fn standard_prompt(test: &str, args: &RunArgs) -> Option<String> {
-    const STANDARD: [(&str, &str); 4] = [
-        ("greeting", "Hello, how are you?"),
-        ("knowledge", "Explain quantum computing in simple terms."),
-        (
-            "code",
-            "Write a Rust function to calculate Fibonacci numbers",
-        ),
-        ("long", "Summarize the history of artificial intelligence"),
-    ];
-    if let Some((_, p)) = STANDARD.iter().find(|(n, _)| *n == test) {
+    use minerva_proto::scenarios::STANDARD;
+    if let Some((_, p, _)) = STANDARD.iter().find(|(n, _, _)| *n == test) {
         return Some(p.to_string());
     }
     let line: usize = test.strip_prefix("file:")?.parse().ok()?;

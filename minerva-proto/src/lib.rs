@@ -4,6 +4,7 @@
 //! the wire format.
 
 pub mod addr;
+pub mod scenarios;
 
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]

@@ -37,25 +37,7 @@ impl TestKind {
     }
 }
 
-/// The four standard scenarios: name, prompt, new tokens.
-pub const STANDARD: [(&str, &str, u32); 4] = [
-    ("greeting", "Hello, how are you?", 20),
-    (
-        "knowledge",
-        "Explain quantum computing in simple terms.",
-        100,
-    ),
-    (
-        "code",
-        "Write a Rust function to calculate Fibonacci numbers",
-        150,
-    ),
-    (
-        "long",
-        "Summarize the history of artificial intelligence",
-        200,
-    ),
-];
+pub use minerva_proto::scenarios::STANDARD;
 
 fn count(s: &str, what: &str, test: &str) -> Result<u32> {
     let n: u32 = s.parse().map_err(|_| {
