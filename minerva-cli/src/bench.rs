@@ -128,7 +128,7 @@ pub async fn bench(global: &Global, args: BenchArgs) -> CliResult {
         }) => perplexity(global, &mut client, model, &file, chunk, threads, ctx).await,
         Some(BenchCommand::Show { id }) => {
             let r = client.get(pb::BenchJobRef { id }).await?.into_inner();
-            print_result(global, &r, false)
+            print_result(global, &r)
         }
         Some(BenchCommand::List) => {
             let l = client.list(pb::ListBenchJobsRequest {}).await?.into_inner();
@@ -242,10 +242,10 @@ async fn run(
             print!("{}", csv_rows(p, false));
         }
     } else {
-        print_result(global, &result, true)?;
+        print_result(global, &result)?;
         if let Some(p) = &peer {
             println!();
-            print_result(global, p, true)?;
+            print_result(global, p)?;
             println!("\nMinerva / llama.cpp (same file, threads, tests; rates by mean, latencies by p50):");
             print!("{}", ratio_table(&ratios(p, &result)));
         }
@@ -592,7 +592,7 @@ fn system(r: &pb::BenchResult) -> String {
         .unwrap_or_default()
 }
 
-fn print_result(global: &Global, r: &pb::BenchResult, _fresh: bool) -> CliResult {
+fn print_result(global: &Global, r: &pb::BenchResult) -> CliResult {
     if global.json {
         println!("{}", serde_json::to_string_pretty(r)?);
         return Ok(());

