@@ -29,4 +29,19 @@ fn main() {
         println!("cargo:rerun-if-changed={path}");
     }
     println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
+
+    // How llama-cpp-sys-2 was asked to build llama.cpp (.cargo/config.toml sets both).
+    let target = std::env::var("TARGET")
+        .unwrap_or_default()
+        .replace('-', "_");
+    let cxx_var = format!("CXXFLAGS_{target}");
+    let profile =
+        std::env::var("LLAMA_LIB_PROFILE").unwrap_or_else(|_| "llama-cpp-sys-2's default".into());
+    let cxxflags = std::env::var(&cxx_var)
+        .or_else(|_| std::env::var("CXXFLAGS"))
+        .unwrap_or_default();
+    println!("cargo:rustc-env=MINERVA_LLAMA_CMAKE=CMake {profile}; CXXFLAGS [{cxxflags}]");
+    for var in ["LLAMA_LIB_PROFILE", "CXXFLAGS", &cxx_var] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
 }

@@ -123,6 +123,14 @@ def run_test(spec, index, extra_bufts):
     }, load_ms
 
 
+def build_flags():
+    """How install-llama-cpp-python.sh built this peer (empty for a venv made some other way)."""
+    try:
+        return open(os.path.join(sys.prefix, "minerva-build.txt")).read().strip()
+    except OSError:
+        return ""
+
+
 def main():
     if sys.argv[1] == "--one":
         spec = json.load(open(sys.argv[2]))
@@ -133,10 +141,11 @@ def main():
     spec = json.load(open(spec_path))
     started = time.time()
     tests, load_ms, notes = [], None, []
-    # Each test runs in a child process with llama.cpp's defaults. llama.cpp can crash in
-    # kernels chosen for this CPU (llama-cpp-python 0.3.36's AMX matmul faults on the VMs this
-    # project runs on, for batches of more than one token); such a test is run again with the
-    # extra buffer types (AMX, weight repacking) off, and its backend field says so.
+    # Each test runs in a child process with llama.cpp's defaults. If llama.cpp crashes in a
+    # kernel chosen for this CPU (a GCC 12 -O3 build without install-llama-cpp-python.sh's
+    # CXXFLAGS faults in the AMX matmul on batches of more than one token), the test is run
+    # again with the extra buffer types (AMX, weight repacking) off, and says so in its backend
+    # field and the result's error: such a ratio is not like for like.
     for i in range(len(spec["tests"])):
         for extra in (True, False):
             p = subprocess.run([sys.executable, __file__, "--one", spec_path, str(i), "1" if extra else "0"],
@@ -160,7 +169,8 @@ def main():
             "cpu_model": platform.processor() or platform.machine(), "cpu_threads": os.cpu_count() or 0,
             "os": f"{platform.system()} {platform.release()}",
             "system": f"llama.cpp via llama-cpp-python {version}", "version": version,
-            "build": llama_cpp.llama_print_system_info().decode().strip(),
+            "build": "; ".join(filter(None, [llama_cpp.llama_print_system_info().decode().strip(),
+                                             build_flags()])),
         },
         "loads": [{"model": spec["model"], "path": spec["path"], "load_ms": load_ms or 0.0,
                    "loaded_by_job": True, "threads": spec["threads"],
