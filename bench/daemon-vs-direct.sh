@@ -4,7 +4,7 @@
 # direct run loading fresh each round (its load time is reported apart and not compared).
 # Rounds alternate so drift on the machine hits both sides alike. Run on a quiet machine.
 #
-#   bench/daemon-vs-direct.sh [ROUNDS=5] [TOKENS=128] [THREADS=2]
+#   bench/daemon-vs-direct.sh [ROUNDS=5] [TOKENS=128] [THREADS=2]   (MINERVAD_ARGS adds daemon flags)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
@@ -18,7 +18,7 @@ HOME_DIR=$(mktemp -d)
 trap 'kill "$DAEMON" 2>/dev/null || true; rm -rf "$HOME_DIR"' EXIT
 export MINERVA_HOME="$HOME_DIR"
 MODELS=${MINERVA_MODELS:-$HOME/.minerva/models}
-$BIN/minervad --socket "$HOME_DIR/d.sock" --models-dir "$MODELS" --threads "$THREADS" 2>"$HOME_DIR/log" &
+$BIN/minervad --socket "$HOME_DIR/d.sock" --models-dir "$MODELS" --threads "$THREADS" ${MINERVAD_ARGS:-} 2>"$HOME_DIR/log" &
 DAEMON=$!
 export MINERVA_ADDR="$HOME_DIR/d.sock"
 $BIN/minerva pull smollm2-135m >&2

@@ -35,6 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "BenchTest",
         "BenchModelLoad",
         "BenchResources",
+        "BenchGpu",
         "BenchMachine",
         "BenchResult",
         "LoadOptions",

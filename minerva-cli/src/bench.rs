@@ -680,6 +680,22 @@ fn print_result(global: &Global, r: &pb::BenchResult) -> CliResult {
             res.samples,
             res.gpu
         );
+        for g in &res.gpus {
+            let power = match (g.power_watts_mean, g.power_watts_peak) {
+                (Some(mean), Some(peak)) => format!(", power mean {mean:.0} W peak {peak:.0} W"),
+                _ => ", power not reported".into(),
+            };
+            println!(
+                "  GPU {} {}: utilisation mean {:.0}% peak {:.0}%, memory used peak {} of {}{power} ({} samples)",
+                g.index,
+                g.name,
+                g.utilization_percent_mean,
+                g.utilization_percent_peak,
+                render::bytes(g.memory_used_peak_bytes),
+                render::bytes(g.memory_total_bytes),
+                g.samples
+            );
+        }
     }
     Ok(())
 }

@@ -8,6 +8,8 @@ mod pull;
 mod render;
 mod run;
 mod status;
+mod synth;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use minerva_proto::addr::DaemonAddr;
@@ -52,6 +54,12 @@ enum Command {
     Status,
     /// Benchmark models in the daemon (warm, load time apart); compare with llama.cpp.
     Bench(bench::BenchArgs),
+    /// Write a synthetic model (random weights, real shapes and tokenizer) to benchmark without
+    /// downloading weights; runs here, no daemon needed.
+    Synth(synth::SynthArgs),
+    /// Check a model's files (GGUF, SafeTensors, MLX folder, PyTorch .bin) without loading it.
+    /// Exit code 0: valid; 1: the model is invalid; 2: usage or daemon error.
+    Verify(verify::VerifyArgs),
 }
 
 /// What every verb gets.
@@ -93,10 +101,14 @@ fn main() -> std::process::ExitCode {
             Command::Pull { model } => pull::pull(&global, &model).await,
             Command::Status => status::status(&global).await,
             Command::Bench(args) => bench::bench(&global, args).await,
+            Command::Synth(args) => synth::synth(&global, args).await,
+            // Its own exit codes: 0 valid, 1 invalid model, 2 usage or daemon error.
+            Command::Verify(args) => return Ok(verify::verify(&global, args).await),
         }
+        .map(|()| std::process::ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("minerva: {e}");
             std::process::ExitCode::FAILURE

@@ -16,6 +16,10 @@ pub enum ModelsCommand {
     Load(LoadArgs),
     /// Unload a model now.
     Unload { model: String },
+    /// Delete a pulled model from disk (a catalog model, or hf:OWNER/REPO[:FILE] from the
+    /// Hugging Face cache).
+    #[command(alias = "remove")]
+    Rm { model: String },
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +139,19 @@ pub async fn models(global: &Global, cmd: ModelsCommand) -> CliResult {
                         render::keep_alive(&m)
                     );
                 }
+            }
+        }
+        ModelsCommand::Rm { model } => {
+            let r = client
+                .remove(pb::RemoveModelRequest {
+                    model: model.clone(),
+                })
+                .await?
+                .into_inner();
+            if global.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("removed {model} ({} freed)", render::bytes(r.freed_bytes));
             }
         }
         ModelsCommand::Unload { model } => {

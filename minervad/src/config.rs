@@ -45,6 +45,12 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub io_threads: u32,
 
+    /// Sequences one model decodes together (continuous batching). They share the model's
+    /// context: a request is admitted while the prompt plus max_tokens of everything running
+    /// fits it (a request without max_tokens reserves the whole context, so it runs alone).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub parallel: u32,
+
     /// Default context length in tokens (capped at the model's trained context).
     #[arg(long = "ctx", value_name = "TOKENS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..))]
     pub context_length: u32,
@@ -82,6 +88,7 @@ impl Args {
             max_queue: self.max_queue as usize,
             threads: self.threads.unwrap_or_else(default_threads),
             context_length: self.context_length,
+            parallel: self.parallel,
         }
     }
 }

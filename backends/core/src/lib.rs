@@ -11,8 +11,14 @@ pub mod chat;
 pub mod engine;
 pub mod error;
 pub mod gguf;
+pub mod mlx;
+pub mod pickle;
+pub mod pypi;
+pub mod safetensors;
 pub mod sampling;
 pub mod text;
+pub mod torchzip;
+pub mod verify;
 
 pub use engine::{
     Backend, Context, ContextOptions, ForwardChunk, LoadOptions, Model, ModelFormat, ModelInfo,

@@ -191,6 +191,9 @@ impl LlamaCppContext {
             .with_n_batch(batch_size)
             .with_n_ubatch(batch_size.min(512))
             .with_n_seq_max(options.max_sequences.max(1))
+            // One pool of KV cells for all sequences (not n_ctx / n_seq each): the daemon
+            // admits sequences while their reservations fit the whole context.
+            .with_kv_unified(true)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
         let backend = llama_backend()?;

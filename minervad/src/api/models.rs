@@ -1,4 +1,4 @@
-//! ModelService: list, show, load, unload, pull.
+//! ModelService: list, show, load, unload, pull (catalog and Hugging Face), remove.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -100,7 +100,13 @@ fn listing_details(l: &StoreListing) -> pb::ModelDetails {
     pb::ModelDetails {
         name: l.name.clone(),
         path: l.path.display().to_string(),
-        format: ModelFormat::Gguf.as_str().into(),
+        // A folder is a safetensors (or MLX) repository from the Hugging Face cache.
+        format: if l.path.is_dir() {
+            "safetensors".into()
+        } else {
+            ModelFormat::Gguf.as_str().into()
+        },
+        file_size_bytes: l.size_bytes,
         source: if l.pulled {
             l.source.clone()
         } else {
@@ -109,6 +115,77 @@ fn listing_details(l: &StoreListing) -> pb::ModelDetails {
         ..Default::default()
     }
 }
+
+impl ModelApi {
+    /// A Hugging Face pull: async downloads on the daemon's runtime, progress streamed.
+    fn pull_hub(
+        &self,
+        name: String,
+        hub_ref: crate::hub::HubRef,
+    ) -> Result<Response<PullStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<pb::PullProgress, Status>>();
+        let engine = Arc::clone(&self.engine);
+        tokio::spawn(async move {
+            let store = Arc::clone(engine.store());
+            let progress_tx = tx.clone();
+            let result = match store.hub() {
+                Ok(hub) => {
+                    hub.pull(&hub_ref, &mut |ev| {
+                        let _ = progress_tx.send(Ok(pb::PullProgress {
+                            phase: ev.phase.into(),
+                            completed_bytes: ev.completed,
+                            total_bytes: ev.total,
+                            message: ev.message,
+                            done: None,
+                        }));
+                    })
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            let last = match result {
+                Ok(path) if path.is_dir() => {
+                    let commit =
+                        crate::hub::snapshot_commit(&path).unwrap_or(hub_ref.revision.clone());
+                    let listing = StoreListing {
+                        name: name.clone(),
+                        size_bytes: store
+                            .list()
+                            .iter()
+                            .find(|l| l.path == path)
+                            .map_or(0, |l| l.size_bytes),
+                        path,
+                        pulled: true,
+                        source: format!("hf:{}@{commit}", hub_ref.repo_id()),
+                        description: String::new(),
+                    };
+                    let d = listing_details(&listing);
+                    Ok(pb::PullProgress {
+                        phase: "done".into(),
+                        completed_bytes: d.file_size_bytes,
+                        total_bytes: d.file_size_bytes,
+                        message: "pulled and verified".into(),
+                        done: Some(d),
+                    })
+                }
+                Ok(_) => show(&engine, &name).await.map(|d| pb::PullProgress {
+                    phase: "done".into(),
+                    completed_bytes: d.file_size_bytes,
+                    total_bytes: d.file_size_bytes,
+                    message: "pulled and verified".into(),
+                    done: Some(d),
+                }),
+                Err(e) => Err(e),
+            };
+            let _ = tx.send(last.map_err(Status::from));
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        )))
+    }
+}
+
+type PullStream = Pin<Box<dyn Stream<Item = Result<pb::PullProgress, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::model_service_server::ModelService for ModelApi {
@@ -124,7 +201,7 @@ impl pb::model_service_server::ModelService for ModelApi {
                 let mut d = loaded_details(engine, m);
                 d.name = l.name.clone();
                 models.push(d);
-            } else if l.pulled {
+            } else if l.pulled && !l.path.is_dir() {
                 match show(engine, &l.name).await {
                     Ok(d) => models.push(d),
                     Err(e) => {
@@ -189,13 +266,45 @@ impl pb::model_service_server::ModelService for ModelApi {
         Ok(Response::new(pb::UnloadModelResponse { unloaded }))
     }
 
-    type PullStream = Pin<Box<dyn Stream<Item = Result<pb::PullProgress, Status>> + Send>>;
+    type PullStream = PullStream;
+
+    async fn remove(
+        &self,
+        req: Request<pb::RemoveModelRequest>,
+    ) -> Result<Response<pb::RemoveModelResponse>, Status> {
+        let name = req.into_inner().model;
+        let store = Arc::clone(self.engine.store());
+        let resolved = store.resolve(&name)?;
+        let loaded = self.engine.loaded_models();
+        if loaded
+            .iter()
+            .any(|m| m.resolved.path.starts_with(&resolved.path))
+        {
+            return Err(DaemonError::ModelLoaded { name }.into());
+        }
+        let freed_bytes = tokio::task::spawn_blocking(move || store.remove(&name))
+            .await
+            .map_err(|e| DaemonError::Internal(format!("remove task failed: {e}")))??;
+        Ok(Response::new(pb::RemoveModelResponse { freed_bytes }))
+    }
+
+    async fn verify(
+        &self,
+        req: Request<pb::VerifyModelRequest>,
+    ) -> Result<Response<pb::VerifyModelResponse>, Status> {
+        Ok(Response::new(
+            verify_model(&self.engine, &req.into_inner().model).await?,
+        ))
+    }
 
     async fn pull(
         &self,
         req: Request<pb::PullModelRequest>,
     ) -> Result<Response<Self::PullStream>, Status> {
         let name = req.into_inner().model;
+        if let Some(hub_ref) = crate::hub::HubRef::parse(&name) {
+            return self.pull_hub(name, hub_ref?);
+        }
         if crate::store::catalog_entry(&name).is_none() {
             return Err(DaemonError::UnknownModel {
                 name,
@@ -250,4 +359,63 @@ impl pb::model_service_server::ModelService for ModelApi {
             tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
         )))
     }
+}
+
+/// Checks a model's files on a blocking thread. `model` is an existing file or folder, or a
+/// store name. An invalid model is a report with `valid = false`, not an error: the caller
+/// asked whether it is valid, and the answer carries the precise problem.
+async fn verify_model(
+    engine: &Engine,
+    model: &str,
+) -> Result<pb::VerifyModelResponse, DaemonError> {
+    let given = std::path::Path::new(model);
+    let path = if !model.trim().is_empty() && given.exists() {
+        given
+            .canonicalize()
+            .map_err(|source| minerva_core::CoreError::Io {
+                path: given.to_path_buf(),
+                source,
+            })?
+    } else {
+        engine.store().resolve(model)?.path
+    };
+    let context = engine.config().context_length;
+    let report = tokio::task::spawn_blocking(move || {
+        minerva_core::verify::verify_path_with_context(&path, context)
+    })
+    .await
+    .map_err(|e| DaemonError::Internal(format!("verify task failed: {e}")))?
+    .map_err(|e| match e {
+        minerva_core::verify::VerifyError::NotFound { path } => {
+            DaemonError::Core(minerva_core::CoreError::FileNotFound { path })
+        }
+        minerva_core::verify::VerifyError::Io { path, source } => {
+            DaemonError::Core(minerva_core::CoreError::Io { path, source })
+        }
+    })?;
+    let s = report.summary;
+    Ok(pb::VerifyModelResponse {
+        path: report.path,
+        format: report.format,
+        valid: report.valid,
+        error: report.error.map(|p| pb::VerifyProblem {
+            kind: p.kind,
+            message: p.message,
+            file: p.file,
+            tensor: p.tensor,
+            offset: p.offset,
+            expected: p.expected,
+            found: p.found,
+        }),
+        files: report.files,
+        architecture: s.architecture,
+        parameter_count: s.parameter_count,
+        quantization: s.quantization,
+        context_length: s.context_length,
+        tensor_count: s.tensor_count,
+        file_size_bytes: s.file_size_bytes,
+        estimated_memory_bytes: s.estimated_memory_bytes,
+        estimated_for_context: s.estimated_for_context,
+        notes: report.notes,
+    })
 }

@@ -64,6 +64,8 @@ pub struct EngineConfig {
     pub max_queue: usize,
     pub threads: u32,
     pub context_length: u32,
+    /// Sequences a model's worker decodes together.
+    pub parallel: u32,
 }
 
 /// A token event or the end of a generation, sent from the worker to the request's stream.
@@ -414,7 +416,7 @@ impl Engine {
             context_length,
             threads,
             batch_size: context_length.min(2048),
-            max_sequences: 1,
+            max_sequences: self.config.parallel.max(1),
         };
         // A model loaded with other options is replaced; its worker finishes what it has queued.
         if let Some(old) = self.lock_loaded().remove(&resolved.path) {

@@ -3,9 +3,13 @@
 //! (a prompt chunk for sequences still prefilling, the last sampled token for decoding ones),
 //! runs it, samples, streams, and retires finished or abandoned sequences.
 //!
-//! Today one sequence is active at a time (`MAX_ACTIVE`), which keeps outputs bit-identical to
-//! a plain llama.cpp loop. Continuous batching raises that limit and gives each sequence its
-//! own KV budget; prefix caching keeps a finished sequence's cells instead of clearing them.
+//! Continuous batching: up to `max_sequences` (the daemon's `--parallel`) sequences are active
+//! at once and share one pool of KV cells, the context. A request is admitted when its
+//! reservation (prompt + max_tokens, or the whole context when it has no max_tokens) fits
+//! beside the reservations of those running, so a forward pass never runs out of cells; the
+//! queue stays first in, first out (a request that does not fit yet waits at the head). A
+//! sequence alone in the worker decodes exactly as a plain llama.cpp loop does. Perplexity
+//! jobs need the whole context and run between generations.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -21,8 +25,14 @@ use super::perplexity::{self, PerplexityEvent};
 use super::{Event, Job, Stats, Work};
 use crate::error::DaemonError;
 
-/// Sequences decoded together. See the module comment.
-const MAX_ACTIVE: usize = 1;
+/// KV cells a job may need: its prompt plus what it may generate, at most its context.
+fn reservation(job: &Job) -> usize {
+    let ctx = job.context_length as usize;
+    match job.max_tokens {
+        Some(m) => (job.prompt.len() + m as usize).min(ctx),
+        None => ctx,
+    }
+}
 
 enum Phase {
     /// `done` prompt tokens are in the KV cache.
@@ -87,10 +97,16 @@ pub fn run(
     let mut active: Vec<Sequence> = Vec::new();
     let mut logits: Vec<Vec<f32>> = Vec::new();
     let batch = ctx.options().batch_size as usize;
+    let max_active = ctx.options().max_sequences.max(1) as usize;
+    let cells = ctx.options().context_length as usize;
+    // Taken from the queue but not admitted yet (no room): it goes first next time.
+    let mut held: Option<Work> = None;
     loop {
         // Admit: block when idle, otherwise only take what is already queued.
-        while active.len() < MAX_ACTIVE {
-            let work = if active.is_empty() {
+        while active.len() < max_active {
+            let work = if let Some(work) = held.take() {
+                work
+            } else if active.is_empty() {
                 match jobs.blocking_recv() {
                     Some(work) => work,
                     None => return,
@@ -103,8 +119,12 @@ pub fn run(
             };
             let job = match work {
                 Work::Generate(job) => job,
+                Work::Perplexity(p) if !active.is_empty() => {
+                    held = Some(Work::Perplexity(p));
+                    break;
+                }
                 Work::Perplexity(p) => {
-                    // Runs whole, between generations (this worker has one sequence at a time).
+                    // Runs whole, with no generation active: it needs the whole context.
                     let vocab = model.info().vocab_size as usize;
                     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
                         perplexity::run(&mut *ctx, vocab, &p)
@@ -125,6 +145,11 @@ pub fn run(
             };
             if job.events.is_closed() {
                 continue; // the client left while queued
+            }
+            let reserved: usize = active.iter().map(|s| reservation(&s.job)).sum();
+            if !active.is_empty() && reserved + reservation(&job) > cells {
+                held = Some(Work::Generate(job));
+                break;
             }
             let slot = free_slot(&active);
             active.push(Sequence::new(job, slot));
