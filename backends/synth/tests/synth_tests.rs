@@ -337,3 +337,34 @@ fn v3_tokenizer_has_32768_pieces_with_control_tokens() {
     assert_eq!(v1.pieces[1].text, "<s>");
     assert_eq!(v1.pieces[0x0A + 3].text, "<0x0A>");
 }
+
+#[test]
+fn every_output_passes_minerva_verify() {
+    let expected = [
+        ("gguf-f16", "gguf", "F16", "llama"),
+        ("gguf-q8_0", "gguf", "Q8_0", "llama"),
+        ("gguf-q4_k_m", "gguf", "Q4_K_M", "llama"),
+        // Hugging Face configs name the model type; GGUF files name llama.cpp's architecture.
+        ("safetensors", "safetensors", "", "mistral"),
+        ("mlx", "mlx", "", "mistral"),
+    ];
+    for (format, kind, quant, arch) in expected {
+        let report = minerva_core::verify::verify_path(&path(format))
+            .unwrap_or_else(|e| panic!("verify could not read synth {format}: {e}"));
+        assert!(
+            report.valid,
+            "verify rejects synth {format}: {:?}",
+            report.error
+        );
+        assert_eq!(report.format, kind, "{format}");
+        if !quant.is_empty() {
+            assert_eq!(report.summary.quantization, quant, "{format}");
+        }
+        assert_eq!(report.summary.architecture, arch, "{format}");
+        assert_eq!(
+            report.summary.parameter_count,
+            tiny().parameter_count(),
+            "{format}"
+        );
+    }
+}
