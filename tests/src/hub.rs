@@ -65,6 +65,8 @@ struct State {
     cut: Option<(u64, u32)>,
     /// Paths served with a flipped byte.
     corrupt: Vec<String>,
+    /// "owner/repo" -> the token a gated repository requires (401 without it, 403 with another).
+    gated: HashMap<String, String>,
     log: Vec<Logged>,
 }
 
@@ -107,6 +109,11 @@ impl StandInHub {
         self.lock().cut = Some((after_bytes, times));
     }
 
+    /// Makes a repository gated: every request for it needs `Authorization: Bearer TOKEN`.
+    pub fn gate(&self, id: &str, token: &str) {
+        self.lock().gated.insert(id.to_string(), token.to_string());
+    }
+
     pub fn corrupt(&self, path: &str) {
         self.lock().corrupt.push(path.to_string());
     }
@@ -129,12 +136,16 @@ fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     let method = parts.next().unwrap_or_default().to_string();
     let target = parts.next().unwrap_or_default().to_string();
     let mut range = None;
+    let mut auth = None;
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
             break;
         }
         if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("authorization") {
+                auth = Some(v.trim().to_string());
+            }
             if k.eq_ignore_ascii_case("range") {
                 range = Some(v.trim().to_string());
             }
@@ -152,6 +163,44 @@ fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     let path = target.split('?').next().unwrap_or_default();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let head = method == "HEAD";
+
+    // Gated repositories, as the Hub answers them: 401 without a token, 403 with a wrong one.
+    let repo_of = |segs: &[&str]| match segs {
+        ["api", "models", o, r, ..] => Some(format!("{o}/{r}")),
+        [o, r, "resolve", ..] => Some(format!("{o}/{r}")),
+        _ => None,
+    };
+    if let Some(id) = repo_of(&segs) {
+        let need = state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .gated
+            .get(&id)
+            .cloned();
+        if let Some(token) = need {
+            match auth.as_deref() {
+                None => {
+                    return respond(
+                        &mut out,
+                        "401 Unauthorized",
+                        &[("X-Error-Code", "GatedRepo".into())],
+                        br#"{"error":"Access to this repository is restricted"}"#,
+                        head,
+                    )
+                }
+                Some(a) if a != format!("Bearer {token}") => {
+                    return respond(
+                        &mut out,
+                        "403 Forbidden",
+                        &[("X-Error-Code", "GatedRepo".into())],
+                        br#"{"error":"Your token has no access to this repository"}"#,
+                        head,
+                    )
+                }
+                Some(_) => {}
+            }
+        }
+    }
 
     if segs.len() >= 4 && segs[0] == "api" && segs[1] == "models" {
         let id = format!("{}/{}", segs[2], segs[3]);

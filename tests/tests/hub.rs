@@ -307,3 +307,30 @@ fn a_whole_safetensors_repository_is_pulled_listed_and_removed() {
         "still listed after rm: {list}"
     );
 }
+
+#[test]
+fn a_gated_repository_needs_hf_token() {
+    let hub = StandInHub::start();
+    let model = gguf_repo(&hub);
+    hub.gate(REPO, "hf_test_token");
+    let name = format!("hf:{REPO}:Q4_1");
+    let hf_home = tempfile::tempdir().unwrap();
+    {
+        let d = daemon(&hub, hf_home.path(), &[]);
+        let out = d.cli(&["pull", &name]);
+        assert!(
+            !out.status.success(),
+            "a gated repo was pulled without a token"
+        );
+        assert!(stderr(&out).contains("HF_TOKEN"), "{}", stderr(&out));
+    }
+    {
+        let d = daemon(&hub, hf_home.path(), &[("HF_TOKEN", "hf_wrong")]);
+        let out = d.cli(&["pull", &name]);
+        assert!(!out.status.success(), "a wrong token was accepted");
+        assert!(stderr(&out).contains("HF_TOKEN"), "{}", stderr(&out));
+    }
+    let d = daemon(&hub, hf_home.path(), &[("HF_TOKEN", "hf_test_token")]);
+    let done = d.cli_json(&["pull", &name]);
+    assert_eq!(done["file_size_bytes"], model.data.len() as u64);
+}
