@@ -1,6 +1,6 @@
 //! `minerva pull MODEL`: progress bars on stderr, the result on stdout.
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use minerva_proto::v1::model_service_client::ModelServiceClient;
 use minerva_proto::v1::PullModelRequest;
 
@@ -16,13 +16,7 @@ pub async fn pull(global: &Global, model: &str) -> CliResult {
         .into_inner();
     let show = !global.json;
     let mut bar: Option<((String, bool), ProgressBar)> = None;
-    let bytes_style = ProgressStyle::with_template(
-        "{msg:10} [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    )
-    .map(|s| s.progress_chars("=> "))
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    let spin_style = ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
-        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let (bytes_style, spin_style) = (render::bytes_bar_style(), render::spinner_style());
     while let Some(p) = stream.message().await? {
         if let Some(done) = p.done {
             if let Some((_, b)) = bar.take() {

@@ -101,6 +101,21 @@ pub fn stats_line(s: &pb::GenerationStats) -> String {
     parts.join(" | ")
 }
 
+/// Byte progress: phase, bar, bytes done / total, rate, ETA (pulls, synth).
+pub fn bytes_bar_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(
+        "{msg:10} [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+}
+
+/// A spinner with a message and the time spent, for phases of unknown length.
+pub fn spinner_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

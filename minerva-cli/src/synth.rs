@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use minerva_synth::{Format, Progress, Shape, SynthOptions};
 
 use crate::{render, CliError, CliResult, Global};
@@ -49,13 +49,7 @@ pub async fn synth(global: &Global, args: SynthArgs) -> CliResult {
     } else {
         ProgressBar::new_spinner()
     };
-    let bytes_style = ProgressStyle::with_template(
-        "{msg:10} [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    )
-    .map(|s| s.progress_chars("=> "))
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    let spin_style = ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
-        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let (bytes_style, spin_style) = (render::bytes_bar_style(), render::spinner_style());
     let mut phase = "";
     let mut on_progress = |p: Progress| {
         if p.phase != phase {

@@ -707,11 +707,10 @@ impl Hub {
                 let snapshot = path.join("snapshots").join(&commit);
                 let files = walk_files(&snapshot);
                 let source = format!("hf:{owner}/{repo}@{commit}");
-                let weights: u64 = files
+                let has_weights = files
                     .iter()
-                    .filter(|(rel, _)| rel.ends_with(".safetensors") || rel.ends_with(".bin"))
-                    .count() as u64;
-                if weights > 0 {
+                    .any(|(rel, _)| rel.ends_with(".safetensors") || rel.ends_with(".bin"));
+                if has_weights {
                     out.push(CachedModel {
                         name: format!("hf:{owner}/{repo}"),
                         size_bytes: files.iter().map(|(_, p)| file_len(p)).sum(),

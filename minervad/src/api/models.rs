@@ -144,37 +144,23 @@ impl ModelApi {
                 Err(e) => Err(e),
             };
             let last = match result {
-                Ok(path) if path.is_dir() => {
-                    let commit =
-                        crate::hub::snapshot_commit(&path).unwrap_or(hub_ref.revision.clone());
-                    let listing = StoreListing {
-                        name: name.clone(),
-                        size_bytes: store
-                            .list()
-                            .iter()
-                            .find(|l| l.path == path)
-                            .map_or(0, |l| l.size_bytes),
-                        path,
-                        pulled: true,
-                        source: format!("hf:{}@{commit}", hub_ref.repo_id()),
-                        description: String::new(),
-                    };
-                    let d = listing_details(&listing);
-                    Ok(pb::PullProgress {
-                        phase: "done".into(),
-                        completed_bytes: d.file_size_bytes,
-                        total_bytes: d.file_size_bytes,
-                        message: "pulled and verified".into(),
-                        done: Some(d),
+                // A whole repository: the store's listing of its snapshot folder.
+                Ok(path) if path.is_dir() => store
+                    .list()
+                    .into_iter()
+                    .find(|l| l.path == path)
+                    .map(|l| {
+                        let mut d = listing_details(&l);
+                        d.name = name.clone();
+                        pulled(d)
                     })
-                }
-                Ok(_) => show(&engine, &name).await.map(|d| pb::PullProgress {
-                    phase: "done".into(),
-                    completed_bytes: d.file_size_bytes,
-                    total_bytes: d.file_size_bytes,
-                    message: "pulled and verified".into(),
-                    done: Some(d),
-                }),
+                    .ok_or_else(|| {
+                        DaemonError::Internal(format!(
+                            "{} is not listed after its pull",
+                            path.display()
+                        ))
+                    }),
+                Ok(_) => show(&engine, &name).await.map(pulled),
                 Err(e) => Err(e),
             };
             let _ = tx.send(last.map_err(Status::from));
@@ -182,6 +168,17 @@ impl ModelApi {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
         )))
+    }
+}
+
+/// The last message of a pull: the model as the store now has it.
+fn pulled(d: pb::ModelDetails) -> pb::PullProgress {
+    pb::PullProgress {
+        phase: "done".into(),
+        completed_bytes: d.file_size_bytes,
+        total_bytes: d.file_size_bytes,
+        message: "pulled and verified".into(),
+        done: Some(d),
     }
 }
 
@@ -343,13 +340,7 @@ impl pb::model_service_server::ModelService for ModelApi {
             })
             .await;
             let last = match result {
-                Ok(Ok(_)) => show(&engine, &name).await.map(|d| pb::PullProgress {
-                    phase: "done".into(),
-                    completed_bytes: d.file_size_bytes,
-                    total_bytes: d.file_size_bytes,
-                    message: "pulled and verified".into(),
-                    done: Some(d),
-                }),
+                Ok(Ok(_)) => show(&engine, &name).await.map(pulled),
                 Ok(Err(e)) => Err(e),
                 Err(e) => Err(DaemonError::Internal(format!("pull task failed: {e}"))),
             };
