@@ -23,7 +23,7 @@ pub struct BenchArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Models to benchmark (store names or .gguf paths).
+    /// Models to benchmark (store names, .gguf paths or model folders).
     #[arg(required = true)]
     pub models: Vec<String>,
     /// Tests, comma-separated: standard, greeting, knowledge, code, long, ppN, tgN, ppN+tgM
@@ -46,6 +46,10 @@ pub struct RunArgs {
     pub threads: Option<u32>,
     #[arg(long)]
     pub ctx: Option<u32>,
+    /// Backends to run every model on, comma-separated (llama.cpp, candle) [default: each
+    /// model's default backend].
+    #[arg(long, value_delimiter = ',')]
+    pub backend: Vec<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Also run this peer on the same model file and tests, and print Minerva/peer ratios.
@@ -72,6 +76,9 @@ pub enum BenchCommand {
         threads: Option<u32>,
         #[arg(long)]
         ctx: Option<u32>,
+        /// Backend (llama.cpp, candle) [default: by format].
+        #[arg(long)]
+        backend: Option<String>,
     },
     /// A job's result (running or finished).
     Show { id: String },
@@ -125,7 +132,16 @@ pub async fn bench(global: &Global, args: BenchArgs) -> CliResult {
             chunk,
             threads,
             ctx,
-        }) => perplexity(global, &mut client, model, &file, chunk, threads, ctx).await,
+            backend,
+        }) => {
+            let options = pb::LoadOptions {
+                threads,
+                context_length: ctx,
+                gpu_layers: None,
+                backend,
+            };
+            perplexity(global, &mut client, model, &file, chunk, options).await
+        }
         Some(BenchCommand::Show { id }) => {
             let r = client.get(pb::BenchJobRef { id }).await?.into_inner();
             print_result(global, &r)
@@ -203,8 +219,10 @@ async fn run(
             threads: args.threads,
             context_length: args.ctx,
             gpu_layers: None,
+            backend: None,
         }),
         seed: Some(args.seed),
+        backends: args.backend.clone(),
     };
     if args.peer.is_some() && args.concurrency != 1 {
         return Err(CliError(
@@ -259,8 +277,7 @@ async fn perplexity(
     model: String,
     file: &Path,
     chunk: u32,
-    threads: Option<u32>,
-    ctx: Option<u32>,
+    options: pb::LoadOptions,
 ) -> CliResult {
     let text = std::fs::read_to_string(file)
         .map_err(|e| CliError(format!("cannot read {}: {e}", file.display())))?;
@@ -269,11 +286,7 @@ async fn perplexity(
             model,
             text,
             chunk_tokens: Some(chunk),
-            options: (threads.is_some() || ctx.is_some()).then_some(pb::LoadOptions {
-                threads,
-                context_length: ctx,
-                gpu_layers: None,
-            }),
+            options: Some(options),
         })
         .await?
         .into_inner();

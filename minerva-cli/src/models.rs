@@ -44,17 +44,24 @@ pub struct LoadFlags {
     /// Layers to offload to a GPU.
     #[arg(long)]
     pub gpu_layers: Option<u32>,
+    /// Backend: llama.cpp or candle [default: by format: GGUF -> llama.cpp, Hugging Face
+    /// folders -> candle].
+    #[arg(long)]
+    pub backend: Option<String>,
 }
 
 impl LoadFlags {
     pub fn to_proto(&self) -> Option<pb::LoadOptions> {
-        (self.threads.is_some() || self.ctx.is_some() || self.gpu_layers.is_some()).then_some(
-            pb::LoadOptions {
-                threads: self.threads,
-                context_length: self.ctx,
-                gpu_layers: self.gpu_layers,
-            },
-        )
+        (self.threads.is_some()
+            || self.ctx.is_some()
+            || self.gpu_layers.is_some()
+            || self.backend.is_some())
+        .then(|| pb::LoadOptions {
+            threads: self.threads,
+            context_length: self.ctx,
+            gpu_layers: self.gpu_layers,
+            backend: self.backend.clone(),
+        })
     }
 }
 

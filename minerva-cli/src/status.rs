@@ -43,7 +43,7 @@ pub async fn status(global: &Global) -> CliResult {
             .loaded_models
             .iter()
             .map(|m| {
-                let o = m.loaded_options.unwrap_or_default();
+                let o = m.loaded_options.clone().unwrap_or_default();
                 vec![
                     m.name.clone(),
                     o.context_length.unwrap_or(0).to_string(),

@@ -7,7 +7,7 @@ use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("unknown model {name:?}: it is not a path to a .gguf file, nor a model in the store ({known}). See `minerva models list`")]
+    #[error("unknown model {name:?}: it is not a path to a .gguf file or a model folder, nor a model in the store ({known}). See `minerva models list`")]
     UnknownModel { name: String, known: String },
 
     #[error("model {name:?} is not pulled yet: run `minerva pull {name}`")]
@@ -57,6 +57,10 @@ pub enum DaemonError {
     #[error("no benchmark job {id:?}; see `minerva bench list`")]
     UnknownBenchJob { id: String },
 
+    /// The request is fine but this daemon cannot serve it as built or configured.
+    #[error("{0}")]
+    FailedPrecondition(String),
+
     #[error("{0}")]
     Internal(String),
 }
@@ -73,13 +77,15 @@ impl DaemonError {
             DaemonError::QueueFull { .. } => Code::ResourceExhausted,
             DaemonError::WorkerGone { .. } => Code::Unavailable,
             DaemonError::PullFailed { .. } => Code::Unavailable,
-            DaemonError::ModelLoaded { .. } => Code::FailedPrecondition,
+            DaemonError::ModelLoaded { .. } | DaemonError::FailedPrecondition(_) => {
+                Code::FailedPrecondition
+            }
             DaemonError::PullVerifyFailed { .. } => Code::DataLoss,
             DaemonError::Internal(_) => Code::Internal,
             DaemonError::Core(e) => match e {
                 CoreError::FileNotFound { .. } => Code::NotFound,
                 CoreError::Io { .. } => Code::FailedPrecondition,
-                CoreError::BadGguf { .. } => Code::InvalidArgument,
+                CoreError::BadGguf { .. } | CoreError::BadModel { .. } => Code::InvalidArgument,
                 CoreError::LoadFailed { .. } => Code::FailedPrecondition,
                 CoreError::ContextFailed { .. } => Code::ResourceExhausted,
                 CoreError::InvalidParameter { .. } | CoreError::TokenOutOfRange { .. } => {

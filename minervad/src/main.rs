@@ -38,7 +38,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let store = Arc::new(ModelStore::new(args.models_dir()));
-    let engine = Engine::new(backend(), store, args.engine_config());
+    let engine = Engine::new(backends(), store, args.engine_config());
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         models_dir = %args.models_dir().display(),
@@ -63,15 +63,20 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-#[cfg(feature = "llamacpp")]
-fn backend() -> Arc<dyn minerva_core::Backend> {
-    Arc::new(minerva_llamacpp::LlamaCppBackend)
+/// The backends this build has, in order of preference for GGUF files.
+#[allow(clippy::vec_init_then_push)] // each push is behind its own feature
+fn backends() -> Vec<Arc<dyn minerva_core::Backend>> {
+    #[allow(unused_mut)]
+    let mut v: Vec<Arc<dyn minerva_core::Backend>> = Vec::new();
+    #[cfg(feature = "llamacpp")]
+    v.push(Arc::new(minerva_llamacpp::LlamaCppBackend));
+    #[cfg(feature = "candle")]
+    v.push(Arc::new(minerva_candle::CandleBackend));
+    v
 }
 
-#[cfg(not(feature = "llamacpp"))]
-fn backend() -> Arc<dyn minerva_core::Backend> {
-    compile_error!("minervad needs at least one backend feature (llamacpp)");
-}
+#[cfg(not(any(feature = "llamacpp", feature = "candle")))]
+compile_error!("minervad needs at least one backend feature (llamacpp, candle)");
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

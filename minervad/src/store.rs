@@ -143,7 +143,8 @@ impl ModelStore {
         }
         if name.contains('/') || name.ends_with(".gguf") {
             let path = Path::new(name);
-            if !path.is_file() {
+            // A model file, or a model folder (Hugging Face layout: config.json + weights).
+            if !path.exists() {
                 return Err(minerva_core::CoreError::FileNotFound {
                     path: path.to_path_buf(),
                 }

@@ -19,12 +19,55 @@ pub struct SeqId(pub u32);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelFormat {
     Gguf,
+    /// A Hugging Face folder with SafeTensors weights.
+    SafeTensors,
+    /// A Hugging Face folder with PyTorch `.bin` (torch.save zip) weights.
+    PyTorch,
+    /// An MLX folder (SafeTensors with MLX quantization).
+    Mlx,
 }
 
 impl ModelFormat {
     pub fn as_str(self) -> &'static str {
         match self {
             ModelFormat::Gguf => "gguf",
+            ModelFormat::SafeTensors => "safetensors",
+            ModelFormat::PyTorch => "pytorch",
+            ModelFormat::Mlx => "mlx",
+        }
+    }
+
+    /// What the files at `path` are, from names alone (a file's extension, or what a folder
+    /// holds); None when nothing here is a model.
+    pub fn detect(path: &Path) -> Option<ModelFormat> {
+        if path.is_file() {
+            return match path.extension().and_then(|e| e.to_str()) {
+                Some("gguf") => Some(ModelFormat::Gguf),
+                Some("safetensors") => path.parent().and_then(ModelFormat::detect),
+                Some("bin") => Some(ModelFormat::PyTorch),
+                _ => None,
+            };
+        }
+        if !path.join("config.json").is_file() {
+            return None;
+        }
+        let config = std::fs::read_to_string(path.join("config.json")).unwrap_or_default();
+        let mlx = serde_json::from_str::<serde_json::Value>(&config)
+            .ok()
+            .is_some_and(|v| v.get("quantization").is_some());
+        let has = |name: &str| path.join(name).is_file();
+        if has("model.safetensors") || has("model.safetensors.index.json") {
+            Some(if mlx {
+                ModelFormat::Mlx
+            } else {
+                ModelFormat::SafeTensors
+            })
+        } else if has("pytorch_model.bin") || has("pytorch_model.bin.index.json") {
+            Some(ModelFormat::PyTorch)
+        } else if mlx {
+            Some(ModelFormat::Mlx)
+        } else {
+            None
         }
     }
 }

@@ -26,6 +26,15 @@ pub enum CoreError {
         source: GgufError,
     },
 
+    /// The files are readable but do not make a model this backend can run: unsupported
+    /// architecture, missing or mis-shaped tensors, a missing shard or config.
+    #[error("{path} is not a model {backend} can load: {detail}")]
+    BadModel {
+        backend: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+
     #[error("backend {backend} failed to load {path}: {detail}")]
     LoadFailed {
         backend: &'static str,

@@ -16,6 +16,8 @@ pub mod pickle;
 pub mod pypi;
 pub mod safetensors;
 pub mod sampling;
+pub mod sentencepiece;
+pub mod spm_tokenizer;
 pub mod text;
 pub mod torchzip;
 pub mod verify;

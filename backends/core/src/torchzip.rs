@@ -283,6 +283,17 @@ pub fn read_zip(src: &(impl ReadAt + ?Sized)) -> Result<Vec<ZipEntry>, Problem> 
 pub struct Checked {
     pub summary: Summary,
     pub notes: Vec<String>,
+    /// Every tensor, checked against its storage, with where the storage's bytes start in the
+    /// file (storages are stored uncompressed: a loader can map them).
+    pub tensors: Vec<StoredTensor>,
+}
+
+/// A tensor of a checked checkpoint and where its storage lies in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTensor {
+    pub tensor: pickle::TensorRef,
+    /// Absolute offset of the storage's first byte.
+    pub storage_start: u64,
 }
 
 /// Verifies the torch zip checkpoint at `path`.
@@ -369,6 +380,7 @@ pub fn verify(src: &(impl ReadAt + ?Sized)) -> Result<Checked, Problem> {
     let mut weight_bytes = 0u64;
     let mut bytes_by_dtype: HashMap<&str, u64> = HashMap::new();
     let mut storages_seen = std::collections::HashSet::new();
+    let mut located = Vec::with_capacity(scan.tensors.len());
     for t in &scan.tensors {
         let file = format!("{prefix}data/{}", t.storage_key);
         let Some(e) = by_name.get(file.as_str()) else {
@@ -415,6 +427,22 @@ pub fn verify(src: &(impl ReadAt + ?Sized)) -> Result<Checked, Problem> {
             .expected(format!("at most {} elements", t.storage_numel))
             .found(extent.map_or("overflow".into(), |x| format!("{x} elements"))));
         }
+        if e.method != 0 {
+            return Err(Problem::new(
+                "unsupported",
+                format!(
+                    "storage {file} of tensor {} is compressed (method {}); torch.save stores storages uncompressed",
+                    t.label(),
+                    e.method
+                ),
+            )
+            .tensor(t.label())
+            .at(e.data_start));
+        }
+        located.push(StoredTensor {
+            tensor: t.clone(),
+            storage_start: e.data_start,
+        });
         params = params.saturating_add(t.n_elements().unwrap_or(0));
         if storages_seen.insert(t.storage_key.as_str()) {
             weight_bytes = weight_bytes.saturating_add(e.size);
@@ -441,5 +469,6 @@ pub fn verify(src: &(impl ReadAt + ?Sized)) -> Result<Checked, Problem> {
             ..Default::default()
         },
         notes,
+        tensors: located,
     })
 }

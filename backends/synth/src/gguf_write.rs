@@ -6,10 +6,10 @@
 
 use std::io::Write;
 
-use crate::sentencepiece::SpModel;
 use crate::shape::{Shape, TensorKind, TensorSpec};
 use crate::weights::{extend_le_u16, Half, Rng, CHUNK_ELEMENTS};
 use crate::Progress;
+use minerva_core::sentencepiece::SpModel;
 
 /// GGUF's default `general.alignment`.
 const ALIGNMENT: u64 = 32;

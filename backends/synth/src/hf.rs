@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::sentencepiece::SpModel;
 use crate::shape::{Shape, TensorKind};
 use crate::weights::{extend_le_u16, Half, Rng, CHUNK_ELEMENTS};
 use crate::{hf_tokenizer, io_err, Progress, SynthError};
+use minerva_core::sentencepiece::SpModel;
 
 /// transformers' default `max_shard_size` ("5GB").
 pub const MAX_SHARD_BYTES: u64 = 5_000_000_000;
@@ -234,7 +234,11 @@ pub(crate) fn write_common(
         write_json(
             dir,
             "tokenizer.json",
-            &hf_tokenizer::tokenizer_json(shape, vocab),
+            &minerva_core::spm_tokenizer::tokenizer_json(
+                vocab,
+                shape.bos_token_id,
+                shape.unk_token_id,
+            ),
         )?,
         write_json(
             dir,

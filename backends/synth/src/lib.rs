@@ -12,7 +12,6 @@ pub mod hf;
 pub mod hf_tokenizer;
 pub mod mlx;
 pub mod quantize;
-pub mod sentencepiece;
 pub mod shape;
 pub mod tokenizer_source;
 pub mod weights;
@@ -23,8 +22,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+pub use minerva_core::sentencepiece::SpModel;
 pub use quantize::QuantType;
-pub use sentencepiece::SpModel;
 pub use shape::{Shape, TensorSpec, SHAPE_NAMES};
 
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +155,7 @@ pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 /// Loads the shape's real tokenizer (fetching it once).
 pub fn load_tokenizer(shape: &Shape) -> Result<(Vec<u8>, SpModel), SynthError> {
     let bytes = tokenizer_source::tokenizer_bytes(shape.tokenizer)?;
-    let model = SpModel::parse(&bytes)?;
+    let model = SpModel::parse(&bytes).map_err(|detail| SynthError::Tokenizer { detail })?;
     if model.pieces.len() as u64 != shape.vocab_size {
         return Err(SynthError::Tokenizer {
             detail: format!(

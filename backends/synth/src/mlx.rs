@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use crate::hf::{self, Data, Entry};
-use crate::sentencepiece::SpModel;
 use crate::shape::{Shape, TensorKind};
 use crate::weights::{Half, AMPLITUDE};
 use crate::{io_err, Progress, SynthError};
+use minerva_core::sentencepiece::SpModel;
 
 pub const BITS: u64 = 4;
 pub const GROUP_SIZE: u64 = 64;

@@ -45,7 +45,11 @@ impl pb::daemon_service_server::DaemonService for DaemonApi {
                 .collect(),
             rss_bytes: rss_bytes(),
             default_keep_alive_seconds: engine.config().keep_alive.as_seconds(),
-            backends: vec![engine.backend_name().into()],
+            backends: engine
+                .backend_names()
+                .into_iter()
+                .map(String::from)
+                .collect(),
             models_dir: engine.store().models_dir().display().to_string(),
         }))
     }

@@ -137,7 +137,7 @@ impl GenerateApi {
             .engine
             .acquire(
                 &req.model,
-                requested_options(req.options.as_ref()),
+                requested_options(req.options.as_ref())?,
                 keep_alive,
             )
             .await?;
@@ -238,7 +238,7 @@ impl pb::generate_service_server::GenerateService for GenerateApi {
         let input = input_of(prompt, chat)?;
         let (lease, _) = self
             .engine
-            .acquire(&req.model, requested_options(req.options.as_ref()), None)
+            .acquire(&req.model, requested_options(req.options.as_ref())?, None)
             .await?;
         let (text, tokens) = tokenize(&lease, input).await?;
         Ok(Response::new(pb::TokenizeResponse { tokens, text }))
@@ -251,7 +251,7 @@ impl pb::generate_service_server::GenerateService for GenerateApi {
         let req = req.into_inner();
         let (lease, _) = self
             .engine
-            .acquire(&req.model, requested_options(req.options.as_ref()), None)
+            .acquire(&req.model, requested_options(req.options.as_ref())?, None)
             .await?;
         let model = Arc::clone(lease.model());
         let text = tokio::task::spawn_blocking(move || -> Result<String> {

@@ -24,6 +24,8 @@ use spec::{TestKind, MAX_CONCURRENCY, MAX_RUNS};
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub models: Vec<String>,
+    /// Backends to run each model on, in turn; `[None]` = each model's default.
+    pub backends: Vec<Option<&'static str>>,
     pub tests: Vec<TestKind>,
     pub runs: u32,
     pub warmup_runs: u32,
@@ -35,7 +37,7 @@ pub struct Plan {
 impl Plan {
     pub fn requests_total(&self) -> u32 {
         let per_test = self.warmup_runs + self.runs * self.concurrency;
-        (self.models.len() * self.tests.len()) as u32 * per_test
+        (self.models.len() * self.backends.len() * self.tests.len()) as u32 * per_test
     }
 }
 
@@ -103,8 +105,8 @@ impl BenchJobs {
             status: "queued".into(),
             spec: Some(spec),
             machine: Some(machine::machine(
-                self.engine.backend_name(),
-                &self.engine.backend_build_info(),
+                &self.engine.backend_names().join(", "),
+                &self.engine.backend_build_info().replace('\n', "; "),
             )),
             started_unix_s: unix,
             ..Default::default()
@@ -175,14 +177,26 @@ impl BenchJobs {
                 format!("{concurrency} clients would overflow the daemon's queue of {max_queue} (--max-queue)"),
             ));
         }
+        let options = crate::api::requested_options(spec.options.as_ref())?;
+        let mut backends = Vec::new();
+        for b in &spec.backends {
+            let id = crate::engine::backend_id(b)?;
+            if !backends.contains(&Some(id)) {
+                backends.push(Some(id));
+            }
+        }
+        if backends.is_empty() {
+            backends.push(options.backend);
+        }
         Ok(Plan {
             models: spec.models.clone(),
+            backends,
             tests,
             runs,
             warmup_runs,
             concurrency,
             seed: spec.seed.unwrap_or(0),
-            options: crate::api::requested_options(spec.options.as_ref()),
+            options,
         })
     }
 

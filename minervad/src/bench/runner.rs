@@ -77,8 +77,16 @@ async fn run_plan(
     cancel: &mut watch::Receiver<bool>,
 ) -> Result<()> {
     let mut tracker = Tracker { entry, done: 0 };
-    for name in &plan.models {
-        let (lease, loaded_now) = jobs.engine.acquire(name, plan.options, None).await?;
+    let mut targets: Vec<(&String, Option<&'static str>)> = Vec::new();
+    for m in &plan.models {
+        targets.extend(plan.backends.iter().map(|b| (m, *b)));
+    }
+    for (name, backend) in targets {
+        let options = crate::engine::RequestedOptions {
+            backend: backend.or(plan.options.backend),
+            ..plan.options
+        };
+        let (lease, loaded_now) = jobs.engine.acquire(name, options, None).await?;
         let model = Arc::clone(lease.model());
         drop(lease);
         let info = model.info();
@@ -94,6 +102,7 @@ async fn run_plan(
                 loaded_by_job: loaded_now.is_some(),
                 threads: model.context_options.threads,
                 context_length: model.context_options.context_length,
+                backend: model.model.backend().into(),
             })
         });
         for test in &plan.tests {

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use minerva_core::chat::{ChatMessage, ChatTemplate};
 use minerva_core::sampling::SamplingConfig;
-use minerva_core::{Backend, ContextOptions, CoreError, LoadOptions, Model, ModelInfo, TokenId};
+use minerva_core::{
+    Backend, ContextOptions, CoreError, LoadOptions, Model, ModelFormat, ModelInfo, TokenId,
+};
 use minerva_proto::v1::StopReason;
 use tokio::sync::mpsc;
 
@@ -56,6 +58,35 @@ pub struct RequestedOptions {
     pub threads: Option<u32>,
     pub context_length: Option<u32>,
     pub gpu_layers: Option<u32>,
+    /// A backend's name as [`backend_id`] spells it.
+    pub backend: Option<&'static str>,
+}
+
+/// Every backend Minerva has, whether or not this build includes it, with the cargo feature
+/// that brings it in.
+pub const KNOWN_BACKENDS: &[(&str, &str)] = &[
+    ("llama.cpp", "llamacpp"),
+    ("candle", "candle"),
+    ("mlx", "mlx"),
+];
+
+/// The canonical name of a backend as a request spells it ("llamacpp", "llama-cpp" and
+/// "llama.cpp" are one backend).
+pub fn backend_id(name: &str) -> Result<&'static str> {
+    let n = name.trim().to_ascii_lowercase().replace(['-', '_'], ".");
+    let canonical = match n.as_str() {
+        "llama.cpp" | "llamacpp" | "llama" => "llama.cpp",
+        "candle" | "rust" => "candle",
+        "mlx" => "mlx",
+        _ => {
+            let names: Vec<&str> = KNOWN_BACKENDS.iter().map(|(n, _)| *n).collect();
+            return Err(DaemonError::invalid(
+                "options.backend",
+                format!("unknown backend {name:?}; backends: {}", names.join(", ")),
+            ));
+        }
+    };
+    Ok(canonical)
 }
 
 #[derive(Debug, Clone)]
@@ -263,7 +294,7 @@ impl Drop for Lease {
 }
 
 pub struct Engine {
-    backend: Arc<dyn Backend>,
+    backends: Vec<Arc<dyn Backend>>,
     store: Arc<ModelStore>,
     config: EngineConfig,
     loaded: Mutex<HashMap<PathBuf, Arc<LoadedModel>>>,
@@ -272,13 +303,14 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// `backends` in order of preference for formats more than one can run.
     pub fn new(
-        backend: Arc<dyn Backend>,
+        backends: Vec<Arc<dyn Backend>>,
         store: Arc<ModelStore>,
         config: EngineConfig,
     ) -> Arc<Self> {
         Arc::new(Self {
-            backend,
+            backends,
             store,
             config,
             loaded: Mutex::new(HashMap::new()),
@@ -295,12 +327,68 @@ impl Engine {
         &self.store
     }
 
-    pub fn backend_name(&self) -> &'static str {
-        self.backend.name()
+    /// The backends this build has.
+    pub fn backend_names(&self) -> Vec<&'static str> {
+        self.backends.iter().map(|b| b.name()).collect()
     }
 
+    /// How each backend was built, one per line.
     pub fn backend_build_info(&self) -> String {
-        self.backend.build_info()
+        self.backends
+            .iter()
+            .map(|b| b.build_info())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The backend for a model of `format`: the requested one, or the format's default (GGUF:
+    /// llama.cpp, else candle; Hugging Face folders: candle; MLX folders: mlx).
+    pub fn choose_backend(
+        &self,
+        format: ModelFormat,
+        requested: Option<&'static str>,
+    ) -> Result<Arc<dyn Backend>> {
+        let find = |name: &str| self.backends.iter().find(|b| b.name() == name).cloned();
+        let not_built = |name: &str| {
+            let feature = KNOWN_BACKENDS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(name, |(_, f)| *f);
+            DaemonError::FailedPrecondition(format!(
+                "this minervad was built without the {name} backend (cargo feature {feature:?}); it has: {}",
+                self.backend_names().join(", ")
+            ))
+        };
+        if let Some(name) = requested {
+            let b = find(name).ok_or_else(|| not_built(name))?;
+            let can = match format {
+                ModelFormat::Gguf => name != "mlx",
+                ModelFormat::SafeTensors | ModelFormat::PyTorch => name == "candle",
+                ModelFormat::Mlx => name == "mlx",
+            };
+            if !can {
+                return Err(DaemonError::invalid(
+                    "options.backend",
+                    format!("the {name} backend cannot run a {} model", format.as_str()),
+                ));
+            }
+            return Ok(b);
+        }
+        let order: &[&str] = match format {
+            ModelFormat::Gguf => &["llama.cpp", "candle"],
+            ModelFormat::SafeTensors | ModelFormat::PyTorch => &["candle"],
+            ModelFormat::Mlx => &["mlx"],
+        };
+        order
+            .iter()
+            .find_map(|n| find(n))
+            .ok_or_else(|| not_built(order[0]))
+    }
+
+    /// The backend name a model would load with (for listings of unloaded models).
+    pub fn default_backend_name(&self, format: ModelFormat) -> &'static str {
+        self.choose_backend(format, None)
+            .map_or("none", |b| b.name())
     }
 
     pub fn next_request_id(&self) -> u64 {
@@ -349,6 +437,7 @@ impl Engine {
     fn usable(&self, resolved: &ResolvedModel, req: &RequestedOptions) -> Option<Arc<LoadedModel>> {
         let m = self.loaded_at(&resolved.path)?;
         let fits = m.worker_alive()
+            && req.backend.is_none_or(|b| b == m.model.backend())
             && req.threads.is_none_or(|t| t == m.context_options.threads)
             && req
                 .context_length
@@ -365,17 +454,18 @@ impl Engine {
         req: RequestedOptions,
         keep_alive: Option<KeepAlive>,
     ) -> Result<Arc<LoadedModel>> {
-        let header_info = {
+        let format = ModelFormat::detect(&resolved.path).ok_or_else(|| CoreError::BadModel {
+            backend: "minervad",
+            path: resolved.path.clone(),
+            detail: "not a model: expected a .gguf file, or a folder with config.json and model.safetensors or pytorch_model.bin".into(),
+        })?;
+        let backend = self.choose_backend(format, req.backend)?;
+        let trained = {
             let path = resolved.path.clone();
-            tokio::task::spawn_blocking(move || {
-                minerva_core::gguf::read_header(&path)
-                    .map(|h| ModelInfo::from_gguf(&h))
-                    .map_err(|source| CoreError::BadGguf { path, source })
-            })
-            .await
-            .map_err(|e| DaemonError::Internal(e.to_string()))??
+            tokio::task::spawn_blocking(move || trained_context(&path, format))
+                .await
+                .map_err(|e| DaemonError::Internal(e.to_string()))??
         };
-        let trained = header_info.trained_context_length;
         let context_length = match req.context_length {
             Some(0) => {
                 return Err(DaemonError::invalid(
@@ -427,7 +517,6 @@ impl Engine {
         // loader thread makes libgomp throttle its spinning, which cost 4x in decode speed.
         let (tx, rx) = mpsc::channel(self.config.max_queue.max(1));
         let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
-        let backend = Arc::clone(&self.backend);
         let path = resolved.path.clone();
         let (lo, co) = (load_options.clone(), context_options.clone());
         let name = resolved.name.clone();
@@ -517,4 +606,30 @@ impl Engine {
     pub fn unload_all(&self) {
         self.lock_loaded().clear();
     }
+}
+
+/// The context length a model was trained with, from its files (0 when they do not say); a
+/// file that fails the checks of `minerva verify` is refused here, before any backend sees it.
+fn trained_context(path: &std::path::Path, format: ModelFormat) -> Result<u32> {
+    if format == ModelFormat::Gguf {
+        let h = minerva_core::gguf::read_header(path).map_err(|source| CoreError::BadGguf {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        return Ok(ModelInfo::from_gguf(&h).trained_context_length);
+    }
+    let report = minerva_core::verify::verify_path(path).map_err(|e| CoreError::BadModel {
+        backend: "minervad",
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    if let Some(p) = report.error {
+        return Err(CoreError::BadModel {
+            backend: "minervad",
+            path: path.to_path_buf(),
+            detail: p.to_string(),
+        }
+        .into());
+    }
+    Ok(report.summary.context_length)
 }

@@ -4,8 +4,6 @@
 
 use prost::Message;
 
-use crate::SynthError;
-
 #[derive(Clone, PartialEq, prost::Message)]
 struct ModelProto {
     #[prost(message, repeated, tag = "1")]
@@ -60,8 +58,9 @@ pub struct SpModel {
 }
 
 impl SpModel {
-    pub fn parse(bytes: &[u8]) -> Result<SpModel, SynthError> {
-        let bad = |detail: String| SynthError::Tokenizer { detail };
+    /// Reads a `tokenizer.model`; the error says what is wrong with it.
+    pub fn parse(bytes: &[u8]) -> Result<SpModel, String> {
+        let bad = |detail: String| detail;
         let proto = ModelProto::decode(bytes)
             .map_err(|e| bad(format!("not a SentencePiece model: {e}")))?;
         if proto.pieces.is_empty() {

@@ -1,0 +1,376 @@
+//! Tokenizers for the pure-Rust backend, all through the `tokenizers` crate: a folder's
+//! `tokenizer.json`, a SentencePiece `tokenizer.model` (converted the way transformers' Llama
+//! converter does), or a GGUF file's vocabulary (SentencePiece "llama" or byte-level BPE "gpt2").
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file;
+use minerva_core::sentencepiece::{Piece, PieceType, SpModel};
+use serde_json::{json, Value};
+
+pub struct Tok {
+    inner: tokenizers::Tokenizer,
+    /// What each token contributes to generated text (empty for special tokens).
+    bytes: Vec<Vec<u8>>,
+    special: Vec<bool>,
+}
+
+/// Chat and special-token settings that come with the tokenizer files.
+#[derive(Debug, Clone, Default)]
+pub struct TokSettings {
+    pub chat_template: Option<String>,
+    pub add_bos: bool,
+    pub bos_token: Option<u32>,
+    pub eos_token: Option<u32>,
+}
+
+type TResult<T> = Result<T, String>;
+
+impl Tok {
+    fn from_json(v: &Value) -> TResult<Tok> {
+        let text = v.to_string();
+        let inner = tokenizers::Tokenizer::from_bytes(text.as_bytes())
+            .map_err(|e| format!("tokenizer: {e}"))?;
+        let byte_level = v
+            .get("decoder")
+            .map(|d| d.to_string().contains("\"ByteLevel\""))
+            .unwrap_or(false);
+        Ok(Self::with_tables(inner, byte_level))
+    }
+
+    fn with_tables(inner: tokenizers::Tokenizer, byte_level: bool) -> Tok {
+        let n = inner.get_vocab_size(true);
+        let special_ids: std::collections::HashSet<u32> = inner
+            .get_added_tokens_decoder()
+            .iter()
+            .filter(|(_, t)| t.special)
+            .map(|(&id, _)| id)
+            .collect();
+        let unbyte = byte_decoder();
+        let mut bytes = Vec::with_capacity(n);
+        let mut special = Vec::with_capacity(n);
+        for id in 0..n as u32 {
+            let is_special = special_ids.contains(&id);
+            special.push(is_special);
+            let piece = inner.id_to_token(id).unwrap_or_default();
+            bytes.push(if is_special {
+                Vec::new()
+            } else if byte_level {
+                piece
+                    .chars()
+                    .map(|c| unbyte.get(&c).copied())
+                    .collect::<Option<Vec<u8>>>()
+                    .unwrap_or_else(|| piece.as_bytes().to_vec())
+            } else if let Some(b) = byte_piece(&piece) {
+                vec![b]
+            } else {
+                piece.replace('▁', " ").into_bytes()
+            });
+        }
+        Tok {
+            inner,
+            bytes,
+            special,
+        }
+    }
+
+    /// A Hugging Face folder: tokenizer.json, else tokenizer.model; and tokenizer_config.json.
+    pub fn from_hf_folder(dir: &Path, bos_default: Option<u32>) -> TResult<(Tok, TokSettings)> {
+        let config: Value = match std::fs::read_to_string(dir.join("tokenizer_config.json")) {
+            Ok(t) => serde_json::from_str(&t)
+                .map_err(|e| format!("tokenizer_config.json is not valid JSON: {e}"))?,
+            Err(_) => Value::Null,
+        };
+        let tok = if dir.join("tokenizer.json").is_file() {
+            let text = std::fs::read_to_string(dir.join("tokenizer.json"))
+                .map_err(|e| format!("cannot read tokenizer.json: {e}"))?;
+            let v: Value = serde_json::from_str(&text)
+                .map_err(|e| format!("tokenizer.json is not valid JSON: {e}"))?;
+            Self::from_json(&v)?
+        } else if dir.join("tokenizer.model").is_file() {
+            let bytes = std::fs::read(dir.join("tokenizer.model"))
+                .map_err(|e| format!("cannot read tokenizer.model: {e}"))?;
+            let sp = SpModel::parse(&bytes).map_err(|e| format!("tokenizer.model: {e}"))?;
+            Self::from_sentencepiece(&sp, bos_default.unwrap_or(1))?
+        } else {
+            return Err(format!(
+                "{} has neither tokenizer.json nor tokenizer.model",
+                dir.display()
+            ));
+        };
+        let token_of = |key: &str| -> Option<u32> {
+            let v = config.get(key)?;
+            let s = v
+                .as_str()
+                .or_else(|| v.get("content").and_then(Value::as_str))?;
+            tok.inner.token_to_id(s)
+        };
+        let chat_template = match config.get("chat_template") {
+            Some(Value::String(s)) => Some(s.clone()),
+            // A list of named templates: the default one.
+            Some(Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                .or_else(|| list.first())
+                .and_then(|t| t.get("template").and_then(Value::as_str))
+                .map(str::to_string),
+            _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+        };
+        let settings = TokSettings {
+            chat_template,
+            add_bos: config
+                .get("add_bos_token")
+                .and_then(Value::as_bool)
+                .unwrap_or(tok.adds_bos()),
+            bos_token: token_of("bos_token").or(bos_default),
+            eos_token: token_of("eos_token"),
+        };
+        Ok((tok, settings))
+    }
+
+    fn from_sentencepiece(sp: &SpModel, bos: u32) -> TResult<Tok> {
+        let unk = sp
+            .pieces
+            .iter()
+            .position(|p| p.kind == PieceType::Unknown)
+            .unwrap_or(0) as u32;
+        if bos as usize >= sp.pieces.len() {
+            return Err(format!(
+                "BOS id {bos} is outside the vocabulary of {}",
+                sp.pieces.len()
+            ));
+        }
+        Self::from_json(&minerva_core::spm_tokenizer::tokenizer_json(sp, bos, unk))
+    }
+
+    /// A GGUF file's vocabulary.
+    pub fn from_gguf(content: &gguf_file::Content) -> TResult<(Tok, TokSettings)> {
+        let md = &content.metadata;
+        let strings = |key: &str| -> TResult<Vec<String>> {
+            match md.get(key) {
+                Some(gguf_file::Value::Array(a)) => a
+                    .iter()
+                    .map(|v| v.to_string().cloned().map_err(|e| format!("{key}: {e}")))
+                    .collect(),
+                _ => Err(format!("GGUF metadata has no {key}")),
+            }
+        };
+        let token = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
+        let flag = |key: &str| md.get(key).and_then(|v| v.to_bool().ok());
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
+            Some(gguf_file::Value::Array(a)) => a
+                .iter()
+                .map(|v| match v {
+                    gguf_file::Value::I32(i) => *i,
+                    gguf_file::Value::U32(u) => *u as i32,
+                    _ => 1,
+                })
+                .collect(),
+            _ => vec![1; tokens.len()],
+        };
+        let model = md
+            .get("tokenizer.ggml.model")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
+        let bos = token("tokenizer.ggml.bos_token_id");
+        let settings = TokSettings {
+            chat_template: md
+                .get("tokenizer.chat_template")
+                .and_then(|v| v.to_string().ok())
+                .cloned(),
+            add_bos: flag("tokenizer.ggml.add_bos_token").unwrap_or(model == "llama"),
+            bos_token: bos,
+            eos_token: token("tokenizer.ggml.eos_token_id"),
+        };
+        let tok = match model.as_str() {
+            "llama" => {
+                let scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
+                    Some(gguf_file::Value::Array(a)) => {
+                        a.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect()
+                    }
+                    _ => vec![0.0; tokens.len()],
+                };
+                let pieces = tokens
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| Piece {
+                        text: t.clone(),
+                        score: scores.get(i).copied().unwrap_or(0.0),
+                        kind: piece_type(types.get(i).copied().unwrap_or(1)),
+                    })
+                    .collect();
+                let sp = SpModel {
+                    pieces,
+                    add_dummy_prefix: flag("tokenizer.ggml.add_space_prefix").unwrap_or(true),
+                };
+                let mut tok = Self::from_sentencepiece(&sp, bos.unwrap_or(1))?;
+                if !settings.add_bos {
+                    tok.inner
+                        .with_post_processor(None::<tokenizers::PostProcessorWrapper>);
+                }
+                tok
+            }
+            "gpt2" => {
+                let pre = md
+                    .get("tokenizer.ggml.pre")
+                    .and_then(|v| v.to_string().ok())
+                    .cloned()
+                    .unwrap_or_else(|| "default".into());
+                let merges = strings("tokenizer.ggml.merges")?;
+                let v = byte_level_json(
+                    &tokens,
+                    &types,
+                    &merges,
+                    &pre,
+                    settings.add_bos.then_some(bos).flatten(),
+                )?;
+                Self::from_json(&v)?
+            }
+            other => {
+                return Err(format!(
+                    "GGUF tokenizer model {other:?} is not supported (\"llama\" and \"gpt2\" are)"
+                ))
+            }
+        };
+        Ok((tok, settings))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn adds_bos(&self) -> bool {
+        self.inner.get_post_processor().is_some()
+    }
+
+    pub fn encode(&self, text: &str, add_special: bool) -> TResult<Vec<u32>> {
+        self.inner
+            .encode_fast(text, add_special)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+        self.bytes.get(id as usize).map(Vec::as_slice)
+    }
+
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special.get(id as usize).copied().unwrap_or(false)
+    }
+}
+
+fn piece_type(t: i32) -> PieceType {
+    match t {
+        2 => PieceType::Unknown,
+        3 => PieceType::Control,
+        4 => PieceType::UserDefined,
+        5 => PieceType::Unused,
+        6 => PieceType::Byte,
+        _ => PieceType::Normal,
+    }
+}
+
+/// "<0x0A>" -> 0x0A.
+fn byte_piece(p: &str) -> Option<u8> {
+    let hex = p.strip_prefix("<0x")?.strip_suffix('>')?;
+    (hex.len() == 2)
+        .then(|| u8::from_str_radix(hex, 16).ok())
+        .flatten()
+}
+
+/// GPT-2's byte <-> printable-character table, inverted.
+fn byte_decoder() -> HashMap<char, u8> {
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    bs.into_iter()
+        .zip(cs)
+        .filter_map(|(b, c)| Some((char::from_u32(c)?, b as u8)))
+        .collect()
+}
+
+/// tokenizer.json for a GGUF byte-level BPE vocabulary, with the pre-tokenizer llama.cpp uses
+/// for `pre` (the splits of its llama-vocab.cpp, as Hugging Face tokenizers express them).
+fn byte_level_json(
+    tokens: &[String],
+    types: &[i32],
+    merges: &[String],
+    pre: &str,
+    bos: Option<u32>,
+) -> TResult<Value> {
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let pre_tokenizer = match pre {
+        "default" | "gpt2" | "gpt-2" => byte_level.clone(),
+        // SmolLM: every digit on its own, then GPT-2's split.
+        "smollm" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true},
+            byte_level
+        ]}),
+        "llama3" | "llama-bpe" | "llama-v3" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+        ]}),
+        other => {
+            return Err(format!(
+                "GGUF pre-tokenizer {other:?} is not supported by the pure-Rust backend yet (default, smollm, llama3 are)"
+            ))
+        }
+    };
+    let vocab: serde_json::Map<String, Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
+    let added: Vec<Value> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4)))
+        .map(|(i, t)| {
+            json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
+                   "normalized": types.get(i).copied() == Some(4), "special": types.get(i).copied() == Some(3)})
+        })
+        .collect();
+    let post = match bos {
+        Some(id) => {
+            let t = tokens
+                .get(id as usize)
+                .ok_or("BOS id outside the vocabulary")?;
+            json!({"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                         {"SpecialToken": {"id": t, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {t.as_str(): {"id": t, "ids": [id], "tokens": [t]}}})
+        }
+        None => Value::Null,
+    };
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": post,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                  "ignore_merges": false, "vocab": vocab, "merges": merges}
+    }))
+}

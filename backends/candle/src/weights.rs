@@ -1,0 +1,420 @@
+//! Tensors from model files, under their Hugging Face names, as candle tensors.
+//!
+//! Every file is checked by [`minerva_core::verify`] first (bounds, overlaps, pickle opcodes), so
+//! what reaches candle is known to be well-formed. SafeTensors and PyTorch storages are read
+//! through a memory map and converted to f32 (the CPU compute type); GGUF tensors stay
+//! quantized and are multiplied by candle's quantized kernels.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::{gguf_file, QMatMul, QTensor};
+use candle_core::{DType, Device, Tensor};
+use minerva_core::{safetensors, torchzip};
+
+/// One tensor as loaded: dense f32, or quantized (GGUF).
+pub enum Weight {
+    Dense(Tensor),
+    Quant(Arc<QTensor>),
+}
+
+/// Which file layout the weights came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    SafeTensors,
+    PyTorch,
+    Gguf,
+}
+
+pub struct Weights {
+    map: HashMap<String, Weight>,
+    pub layout: Layout,
+    /// The dtype most bytes are stored in ("BF16", "F16", "F32"), or the GGUF file type.
+    pub stored_dtype: String,
+    pub parameter_count: u64,
+    /// Bytes of weight files on disk.
+    pub file_bytes: u64,
+    /// The files read, for messages.
+    pub files: Vec<PathBuf>,
+}
+
+pub type WResult<T> = Result<T, String>;
+
+fn candle_err(e: candle_core::Error) -> String {
+    e.to_string()
+}
+
+fn dtype_of(name: &str) -> WResult<(DType, usize)> {
+    Ok(match name {
+        "F32" => (DType::F32, 4),
+        "F16" => (DType::F16, 2),
+        "BF16" => (DType::BF16, 2),
+        other => {
+            return Err(format!(
+                "weights of dtype {other} are not supported (F32, F16 and BF16 are)"
+            ))
+        }
+    })
+}
+
+fn map_file(path: &Path) -> WResult<memmap2::Mmap> {
+    let f =
+        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // SAFETY: the map is read-only and dropped once the tensors are copied out of it; a file
+    // changed underneath it while loading can give wrong weights, not unsafety in this code.
+    unsafe { memmap2::Mmap::map(&f) }.map_err(|e| format!("cannot map {}: {e}", path.display()))
+}
+
+/// Builds an f32 tensor from raw little-endian bytes of `dtype`.
+fn dense(bytes: &[u8], dtype: DType, shape: &[usize]) -> WResult<Tensor> {
+    Tensor::from_raw_buffer(bytes, dtype, shape, &Device::Cpu)
+        .and_then(|t| t.to_dtype(DType::F32))
+        .map_err(candle_err)
+}
+
+fn most_bytes(by_dtype: &HashMap<String, u64>) -> String {
+    by_dtype
+        .iter()
+        .max_by_key(|&(d, b)| (*b, d.clone()))
+        .map(|(d, _)| d.clone())
+        .unwrap_or_default()
+}
+
+impl Weights {
+    /// Loads the weights of a Hugging Face model folder: `model.safetensors` (or an index and its
+    /// shards), else `pytorch_model.bin` (or its index and shards).
+    pub fn from_hf_folder(dir: &Path) -> WResult<Weights> {
+        if dir.join(safetensors::INDEX_FILE).is_file() {
+            let set = safetensors::read_index(dir).map_err(|p| p.to_string())?;
+            let files = set.iter().map(|s| dir.join(&s.file)).collect();
+            return Self::from_safetensors(set, files);
+        }
+        let single = dir.join("model.safetensors");
+        if single.is_file() {
+            let st = safetensors::read_file(&single).map_err(|p| p.to_string())?;
+            return Self::from_safetensors(vec![st], vec![single]);
+        }
+        let bin_index = dir.join("pytorch_model.bin.index.json");
+        if bin_index.is_file() {
+            return Self::from_pytorch(bin_shards(dir, &bin_index)?);
+        }
+        let bin = dir.join("pytorch_model.bin");
+        if bin.is_file() {
+            return Self::from_pytorch(vec![bin]);
+        }
+        Err(format!(
+            "{} has no weights: expected model.safetensors, model.safetensors.index.json with its shards, pytorch_model.bin or pytorch_model.bin.index.json",
+            dir.display()
+        ))
+    }
+
+    fn from_safetensors(
+        set: Vec<safetensors::SafeTensors>,
+        files: Vec<PathBuf>,
+    ) -> WResult<Weights> {
+        let mut map = HashMap::new();
+        let mut by_dtype: HashMap<String, u64> = HashMap::new();
+        let (mut params, mut file_bytes) = (0u64, 0u64);
+        for (st, path) in set.iter().zip(&files) {
+            let mmap = map_file(path)?;
+            file_bytes += st.file_size;
+            for t in &st.tensors {
+                let (dtype, _) = dtype_of(&t.dtype).map_err(|e| format!("{}: {e}", t.name))?;
+                let start = usize::try_from(st.data_start + t.begin).map_err(|e| e.to_string())?;
+                let end = usize::try_from(st.data_start + t.end).map_err(|e| e.to_string())?;
+                let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+                let bytes = mmap.get(start..end).ok_or_else(|| {
+                    format!(
+                        "{}: tensor {} lies past the end of the file",
+                        path.display(),
+                        t.name
+                    )
+                })?;
+                map.insert(t.name.clone(), Weight::Dense(dense(bytes, dtype, &shape)?));
+                params += t.n_elements;
+                *by_dtype.entry(t.dtype.clone()).or_default() += t.end - t.begin;
+            }
+        }
+        Ok(Weights {
+            map,
+            layout: Layout::SafeTensors,
+            stored_dtype: most_bytes(&by_dtype),
+            parameter_count: params,
+            file_bytes,
+            files,
+        })
+    }
+
+    fn from_pytorch(files: Vec<PathBuf>) -> WResult<Weights> {
+        let mut map = HashMap::new();
+        let mut by_dtype: HashMap<String, u64> = HashMap::new();
+        let (mut params, mut file_bytes) = (0u64, 0u64);
+        for path in &files {
+            // The pickle is scanned, never run: only the opcodes and imports torch.save of a
+            // state dict uses are accepted (minerva_core::pickle).
+            let checked =
+                torchzip::verify_file(path).map_err(|p| format!("{}: {p}", path.display()))?;
+            let mmap = map_file(path)?;
+            file_bytes += checked.summary.file_size_bytes;
+            for st in &checked.tensors {
+                let t = &st.tensor;
+                let name = t.name.clone().ok_or_else(|| {
+                    format!(
+                        "{}: {} is not stored under a name",
+                        path.display(),
+                        t.label()
+                    )
+                })?;
+                let (dtype, eb) = dtype_of(t.dtype).map_err(|e| format!("{name}: {e}"))?;
+                let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+                let n: usize = shape.iter().product();
+                let storage_len = t.storage_numel as usize * eb;
+                let base = st.storage_start as usize;
+                let storage = mmap
+                    .get(base..base + storage_len)
+                    .ok_or_else(|| format!("{name}: storage lies past the end of the file"))?;
+                let bytes = gather(storage, eb, t.offset as usize, &shape, &t.stride);
+                debug_assert_eq!(bytes.len(), n * eb);
+                map.insert(name, Weight::Dense(dense(&bytes, dtype, &shape)?));
+                params += n as u64;
+                *by_dtype.entry(t.dtype.to_string()).or_default() += (n * eb) as u64;
+            }
+        }
+        Ok(Weights {
+            map,
+            layout: Layout::PyTorch,
+            stored_dtype: most_bytes(&by_dtype),
+            parameter_count: params,
+            file_bytes,
+            files,
+        })
+    }
+
+    /// Loads a GGUF file's tensors (quantized as stored) under Hugging Face names. The caller
+    /// has checked the file with minerva_core's GGUF reader.
+    pub fn from_gguf(path: &Path) -> WResult<(Weights, gguf_file::Content)> {
+        let mut f = std::fs::File::open(path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let file_bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let content = gguf_file::Content::read(&mut f).map_err(candle_err)?;
+        let mut map = HashMap::new();
+        let mut params = 0u64;
+        let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+        names.sort();
+        for name in names {
+            let Some(hf) = hf_name(name) else {
+                tracing::debug!(tensor = %name, "GGUF tensor not used by the llama graph");
+                continue;
+            };
+            let q = content
+                .tensor(&mut f, name, &Device::Cpu)
+                .map_err(candle_err)?;
+            params += q.shape().elem_count() as u64;
+            map.insert(hf, Weight::Quant(Arc::new(q)));
+        }
+        let stored_dtype = content
+            .metadata
+            .get("general.file_type")
+            .and_then(|v| v.to_u32().ok())
+            .and_then(|ft| minerva_core::gguf::file_type_name(u64::from(ft)))
+            .unwrap_or("unknown")
+            .to_string();
+        Ok((
+            Weights {
+                map,
+                layout: Layout::Gguf,
+                stored_dtype,
+                parameter_count: params,
+                file_bytes,
+                files: vec![path.to_path_buf()],
+            },
+            content,
+        ))
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+
+    fn take(&mut self, name: &str) -> WResult<Weight> {
+        self.map
+            .remove(name)
+            .ok_or_else(|| format!("tensor {name} is missing from {}", self.files_label()))
+    }
+
+    fn files_label(&self) -> String {
+        let names: Vec<String> = self
+            .files
+            .iter()
+            .map(|p| {
+                p.file_name().map_or_else(
+                    || p.display().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                )
+            })
+            .collect();
+        names.join(", ")
+    }
+
+    /// A tensor as dense f32 of exactly `shape`.
+    pub fn dense(&mut self, name: &str, shape: &[usize]) -> WResult<Tensor> {
+        let t = match self.take(name)? {
+            Weight::Dense(t) => t,
+            Weight::Quant(q) => q.dequantize(&Device::Cpu).map_err(candle_err)?,
+        };
+        check_shape(name, t.dims(), shape)?;
+        Ok(t)
+    }
+
+    /// A matrix for `x @ W^T`, of shape [out, in]; quantized tensors stay quantized.
+    pub fn linear(&mut self, name: &str, out: usize, inp: usize) -> WResult<QMatMul> {
+        let w = self.take(name)?;
+        linear_of(w, name, out, inp)
+    }
+
+    /// Like [`Self::linear`] but keeps the tensor for another use (tied embeddings).
+    pub fn linear_shared(&self, name: &str, out: usize, inp: usize) -> WResult<QMatMul> {
+        let w = match self.map.get(name) {
+            Some(Weight::Dense(t)) => Weight::Dense(t.clone()),
+            Some(Weight::Quant(q)) => Weight::Quant(Arc::clone(q)),
+            None => {
+                return Err(format!(
+                    "tensor {name} is missing from {}",
+                    self.files_label()
+                ))
+            }
+        };
+        linear_of(w, name, out, inp)
+    }
+
+    /// Names left after the model took what it uses.
+    pub fn unused(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.map.keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+fn linear_of(w: Weight, name: &str, out: usize, inp: usize) -> WResult<QMatMul> {
+    match w {
+        Weight::Dense(t) => {
+            check_shape(name, t.dims(), &[out, inp])?;
+            Ok(QMatMul::Tensor(t))
+        }
+        Weight::Quant(q) => {
+            // GGUF lists dimensions innermost first; candle's QTensor shape is [out, in].
+            check_shape(name, q.shape().dims(), &[out, inp])?;
+            QMatMul::from_arc(q).map_err(candle_err)
+        }
+    }
+}
+
+fn check_shape(name: &str, got: &[usize], want: &[usize]) -> WResult<()> {
+    if got != want {
+        return Err(format!(
+            "tensor {name} has shape {got:?} but config.json implies {want:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// The bytes of a strided view of `storage`, made contiguous (row-major).
+fn gather(storage: &[u8], eb: usize, offset: usize, shape: &[usize], stride: &[u64]) -> Vec<u8> {
+    let n: usize = shape.iter().product();
+    let contiguous = {
+        let mut expect = 1u64;
+        let mut ok = true;
+        for (&d, &s) in shape.iter().zip(stride).rev() {
+            if d > 1 && s != expect {
+                ok = false;
+            }
+            expect *= d as u64;
+        }
+        ok
+    };
+    if contiguous {
+        return storage[offset * eb..(offset + n) * eb].to_vec();
+    }
+    let mut out = Vec::with_capacity(n * eb);
+    let mut idx = vec![0usize; shape.len()];
+    for _ in 0..n {
+        let src = offset
+            + idx
+                .iter()
+                .zip(stride)
+                .map(|(&i, &s)| i * s as usize)
+                .sum::<usize>();
+        out.extend_from_slice(&storage[src * eb..(src + 1) * eb]);
+        for d in (0..shape.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    out
+}
+
+fn bin_shards(dir: &Path, index: &Path) -> WResult<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index)
+        .map_err(|e| format!("cannot read {}: {e}", index.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not valid JSON: {e}", index.display()))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| format!("{} has no weight_map", index.display()))?;
+    let mut shards: Vec<String> = map
+        .values()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect();
+    shards.sort();
+    shards.dedup();
+    let mut out = Vec::new();
+    for s in shards {
+        if s.is_empty() || s.contains(['/', '\\']) || s == ".." {
+            return Err(format!(
+                "{} names a shard outside the folder: {s:?}",
+                index.display()
+            ));
+        }
+        let p = dir.join(&s);
+        if !p.is_file() {
+            return Err(format!(
+                "shard {s} named by {} is missing",
+                index.file_name().unwrap_or_default().to_string_lossy()
+            ));
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// The Hugging Face name of a GGUF tensor of the llama graph.
+fn hf_name(gguf: &str) -> Option<String> {
+    Some(match gguf {
+        "token_embd.weight" => "model.embed_tokens.weight".into(),
+        "output_norm.weight" => "model.norm.weight".into(),
+        "output.weight" => "lm_head.weight".into(),
+        _ => {
+            let rest = gguf.strip_prefix("blk.")?;
+            let (layer, part) = rest.split_once('.')?;
+            let layer: usize = layer.parse().ok()?;
+            let hf = match part {
+                "attn_norm.weight" => "input_layernorm.weight",
+                "attn_q.weight" => "self_attn.q_proj.weight",
+                "attn_k.weight" => "self_attn.k_proj.weight",
+                "attn_v.weight" => "self_attn.v_proj.weight",
+                "attn_output.weight" => "self_attn.o_proj.weight",
+                "ffn_norm.weight" => "post_attention_layernorm.weight",
+                "ffn_gate.weight" => "mlp.gate_proj.weight",
+                "ffn_up.weight" => "mlp.up_proj.weight",
+                "ffn_down.weight" => "mlp.down_proj.weight",
+                _ => return None,
+            };
+            format!("model.layers.{layer}.{hf}")
+        }
+    })
+}
