@@ -831,6 +831,30 @@ mod tests {
     }
 
     #[test]
+    fn a_chart_of_two_backends_shows_each_backends_own_figures() {
+        let mut r = result("minerva (llama.cpp, candle)", 200.0);
+        r.tests[0].backend = "llama.cpp".into();
+        let mut other = r.tests[0].clone();
+        other.backend = "candle".into();
+        other.metrics[0].summary.as_mut().unwrap().mean = 80.0;
+        r.tests.push(other);
+        let svg = crate::chart::render(&r, None);
+        assert!(
+            svg.contains("(llama.cpp)</text>") && svg.contains("(candle)</text>"),
+            "{svg}"
+        );
+        assert!(
+            svg.contains(">200.0</text>") && svg.contains(">80.0</text>"),
+            "{svg}"
+        );
+        assert_eq!(
+            svg.matches(">tg8</text>").count(),
+            2,
+            "one group per test and panel: {svg}"
+        );
+    }
+
+    #[test]
     fn ratios_are_b_over_a() {
         let r = ratios(&result("peer", 100.0), &result("minerva", 97.0));
         assert_eq!(r.len(), 1);

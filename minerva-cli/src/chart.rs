@@ -1,4 +1,5 @@
-//! SVG charts of benchmark results: decode tokens/s and TTFT per test, Minerva beside its peer.
+//! SVG charts of benchmark results: decode tokens/s and TTFT per test, one bar per Minerva
+//! backend in the result, and the peer beside them.
 
 use minerva_proto::v1 as pb;
 
@@ -6,13 +7,16 @@ struct Series<'a> {
     label: String,
     color: &'static str,
     result: &'a pb::BenchResult,
+    /// Only this backend's tests (a job that ran several backends).
+    backend: Option<&'a str>,
 }
 
-fn value(r: &pb::BenchResult, test: &pb::BenchTest, metric: &str, p50: bool) -> Option<f64> {
-    let t = r
-        .tests
-        .iter()
-        .find(|t| t.test == test.test && t.model == test.model)?;
+const COLORS: [&str; 4] = ["#3b6fd8", "#2ca02c", "#9467bd", "#8c564b"];
+
+fn value(s: &Series<'_>, test: &pb::BenchTest, metric: &str, p50: bool) -> Option<f64> {
+    let t = s.result.tests.iter().find(|t| {
+        t.test == test.test && t.model == test.model && s.backend.is_none_or(|b| t.backend == b)
+    })?;
     let s = t
         .metrics
         .iter()
@@ -36,19 +40,46 @@ pub fn render(minerva: &pb::BenchResult, peer: Option<&pb::BenchResult>) -> Stri
             .map(|m| m.system.clone())
             .unwrap_or_default()
     };
-    let mut series = vec![Series {
-        label: name(minerva),
-        color: "#3b6fd8",
-        result: minerva,
-    }];
+    let mut backends: Vec<&str> = Vec::new();
+    for t in &minerva.tests {
+        if !backends.contains(&t.backend.as_str()) {
+            backends.push(&t.backend);
+        }
+    }
+    let mut series: Vec<Series<'_>> = if backends.len() > 1 {
+        backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Series {
+                label: format!("minerva {} ({b})", env!("CARGO_PKG_VERSION")),
+                color: COLORS[i % COLORS.len()],
+                result: minerva,
+                backend: Some(b),
+            })
+            .collect()
+    } else {
+        vec![Series {
+            label: name(minerva),
+            color: COLORS[0],
+            result: minerva,
+            backend: None,
+        }]
+    };
     if let Some(p) = peer {
         series.push(Series {
             label: name(p),
             color: "#e08a2c",
             result: p,
+            backend: None,
         });
     }
-    let tests = &minerva.tests;
+    // One group per (model, test), in the order the job ran them.
+    let mut tests: Vec<&pb::BenchTest> = Vec::new();
+    for t in &minerva.tests {
+        if !tests.iter().any(|u| u.test == t.test && u.model == t.model) {
+            tests.push(t);
+        }
+    }
     let panels = [
         (
             "decode tokens/s (mean, higher is better)",
@@ -77,11 +108,7 @@ pub fn render(minerva: &pb::BenchResult, peer: Option<&pb::BenchResult>) -> Stri
         let y0 = top + p as f64 * (panel_h + 70.0);
         let max = tests
             .iter()
-            .flat_map(|t| {
-                series
-                    .iter()
-                    .filter_map(move |s| value(s.result, t, metric, *p50))
-            })
+            .flat_map(|t| series.iter().filter_map(move |s| value(s, t, metric, *p50)))
             .fold(0.0f64, f64::max)
             .max(1e-9);
         svg += &format!(
@@ -97,7 +124,7 @@ pub fn render(minerva: &pb::BenchResult, peer: Option<&pb::BenchResult>) -> Stri
         for (g, t) in tests.iter().enumerate() {
             let gx = left + g as f64 * group_w + group_w * 0.15;
             for (i, s) in series.iter().enumerate() {
-                let Some(v) = value(s.result, t, metric, *p50) else {
+                let Some(v) = value(s, t, metric, *p50) else {
                     continue;
                 };
                 let bh = v / max * (panel_h - 20.0);

@@ -4,7 +4,9 @@
 //! decoder implementation ([`model::Transformer`]), so every format runs the same code.
 
 pub mod config;
+pub mod kernels;
 pub mod model;
+pub mod pool;
 pub mod tokenizer;
 pub mod weights;
 
@@ -258,6 +260,7 @@ impl Model for CandleModel {
             );
         }
         Ok(Box::new(CandleContext {
+            pool: pool::Pool::new(options.threads.max(1) as usize),
             transformer: Arc::clone(&self.transformer),
             seqs: HashMap::new(),
             options: options.clone(),
@@ -267,6 +270,8 @@ impl Model for CandleModel {
 
 /// KV caches of up to `max_sequences` sequences over one shared decoder.
 pub struct CandleContext {
+    /// Threads for the quantized kernels (candle's own ops use its process-wide pool).
+    pool: pool::Pool,
     transformer: Arc<Transformer>,
     seqs: HashMap<SeqId, SeqCache>,
     options: ContextOptions,
@@ -279,15 +284,20 @@ fn fwd_err(e: impl std::fmt::Display) -> CoreError {
     }
 }
 
-impl CandleContext {
-    fn cache_at(&mut self, seq: SeqId, start_pos: u32) -> Result<&mut SeqCache> {
-        if !self.seqs.contains_key(&seq) && self.seqs.len() >= self.options.max_sequences as usize {
+/// The cache of `seq`, cut back to `start_pos` positions (a new one if it has none).
+fn cache_at(
+    seqs: &mut HashMap<SeqId, SeqCache>,
+    max_sequences: u32,
+    seq: SeqId,
+    start_pos: u32,
+) -> Result<&mut SeqCache> {
+    {
+        if !seqs.contains_key(&seq) && seqs.len() >= max_sequences as usize {
             return Err(fwd_err(format!(
-                "context holds {} sequences already",
-                self.options.max_sequences
+                "context holds {max_sequences} sequences already"
             )));
         }
-        let cache = self.seqs.entry(seq).or_default();
+        let cache = seqs.entry(seq).or_default();
         let start = start_pos as usize;
         if start > cache.len() {
             return Err(fwd_err(format!(
@@ -299,7 +309,9 @@ impl CandleContext {
         cache.truncate(start).map_err(fwd_err)?;
         Ok(cache)
     }
+}
 
+impl CandleContext {
     fn check_len(&self, start: u32, n: usize) -> Result<()> {
         if start as usize + n > self.options.context_length as usize {
             return Err(fwd_err(format!(
@@ -330,9 +342,10 @@ impl Context for CandleContext {
                 return Err(fwd_err("a chunk with no tokens"));
             }
             self.check_len(chunk.start_pos, chunk.tokens.len())?;
-            let cache = self.cache_at(chunk.seq, chunk.start_pos)?;
+            let max = self.options.max_sequences;
+            let cache = cache_at(&mut self.seqs, max, chunk.seq, chunk.start_pos)?;
             let l = transformer
-                .forward(chunk.tokens, cache, false)
+                .forward(chunk.tokens, cache, false, &self.pool)
                 .map_err(fwd_err)?;
             *out = l
                 .flatten_all()
@@ -355,8 +368,11 @@ impl Context for CandleContext {
         }
         self.check_len(start_pos, tokens.len())?;
         let transformer = Arc::clone(&self.transformer);
-        let cache = self.cache_at(seq, start_pos)?;
-        let l = transformer.forward(tokens, cache, true).map_err(fwd_err)?;
+        let max = self.options.max_sequences;
+        let cache = cache_at(&mut self.seqs, max, seq, start_pos)?;
+        let l = transformer
+            .forward(tokens, cache, true, &self.pool)
+            .map_err(fwd_err)?;
         *logits = l
             .flatten_all()
             .and_then(|t| t.to_vec1::<f32>())

@@ -11,12 +11,52 @@ use std::sync::Arc;
 
 use candle_core::quantized::{gguf_file, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
+
+use crate::kernels::{self, QType};
 use minerva_core::{safetensors, torchzip};
 
-/// One tensor as loaded: dense f32, or quantized (GGUF).
+/// One tensor as loaded: dense f32, quantized in candle's memory (GGUF types without our own
+/// kernels), or quantized in place in the memory-mapped file (Q4_0, Q4_1, Q8_0).
 pub enum Weight {
     Dense(Tensor),
     Quant(Arc<QTensor>),
+    Mapped(MappedQ),
+}
+
+/// A quantized matrix [rows, cols] lying in a memory-mapped GGUF file.
+#[derive(Clone)]
+pub struct MappedQ {
+    map: Arc<memmap2::Mmap>,
+    offset: usize,
+    pub qtype: QType,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl MappedQ {
+    pub fn bytes(&self) -> &[u8] {
+        &self.map[self.offset..self.offset + self.rows * self.qtype.row_bytes(self.cols)]
+    }
+
+    pub fn dequantize(&self) -> WResult<Tensor> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        for (r, o) in out.chunks_exact_mut(self.cols).enumerate() {
+            kernels::dequantize_row(self.qtype, self.bytes(), self.cols, r, o);
+        }
+        Tensor::from_vec(out, (self.rows, self.cols), &Device::Cpu).map_err(candle_err)
+    }
+}
+
+/// A matrix for `x @ W^T`.
+pub enum Linear {
+    Candle(QMatMul),
+    Mapped(MappedQ),
+}
+
+/// The token embedding: dense, or rows dequantized from the mapped file on lookup.
+pub enum Embedding {
+    Dense(Tensor),
+    Mapped(MappedQ),
 }
 
 /// Which file layout the weights came from.
@@ -198,6 +238,7 @@ impl Weights {
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let file_bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
         let content = gguf_file::Content::read(&mut f).map_err(candle_err)?;
+        let mmap = Arc::new(map_file(path)?);
         let mut map = HashMap::new();
         let mut params = 0u64;
         let mut names: Vec<&String> = content.tensor_infos.keys().collect();
@@ -207,10 +248,32 @@ impl Weights {
                 tracing::debug!(tensor = %name, "GGUF tensor not used by the llama graph");
                 continue;
             };
+            let info = &content.tensor_infos[name];
+            params += info.shape.elem_count() as u64;
+            if let (Some(qtype), &[rows, cols]) =
+                (QType::from_ggml(info.ggml_dtype), info.shape.dims())
+            {
+                let offset = usize::try_from(content.tensor_data_offset + info.offset)
+                    .map_err(|e| e.to_string())?;
+                let end = offset + rows * qtype.row_bytes(cols);
+                if cols % kernels::BLOCK != 0 || end > mmap.len() {
+                    return Err(format!("tensor {name} does not fit its file or its blocks"));
+                }
+                map.insert(
+                    hf,
+                    Weight::Mapped(MappedQ {
+                        map: Arc::clone(&mmap),
+                        offset,
+                        qtype,
+                        rows,
+                        cols,
+                    }),
+                );
+                continue;
+            }
             let q = content
                 .tensor(&mut f, name, &Device::Cpu)
                 .map_err(candle_err)?;
-            params += q.shape().elem_count() as u64;
             map.insert(hf, Weight::Quant(Arc::new(q)));
         }
         let stored_dtype = content
@@ -262,22 +325,47 @@ impl Weights {
         let t = match self.take(name)? {
             Weight::Dense(t) => t,
             Weight::Quant(q) => q.dequantize(&Device::Cpu).map_err(candle_err)?,
+            Weight::Mapped(m) => m.dequantize()?,
         };
         check_shape(name, t.dims(), shape)?;
         Ok(t)
     }
 
+    /// The token embedding [vocab, dim], without copying a mapped one.
+    pub fn embedding(&self, name: &str, vocab: usize, dim: usize) -> WResult<Embedding> {
+        match self.map.get(name) {
+            Some(Weight::Mapped(m)) => {
+                check_shape(name, &[m.rows, m.cols], &[vocab, dim])?;
+                Ok(Embedding::Mapped(m.clone()))
+            }
+            Some(Weight::Dense(t)) => {
+                check_shape(name, t.dims(), &[vocab, dim])?;
+                Ok(Embedding::Dense(t.clone()))
+            }
+            Some(Weight::Quant(q)) => {
+                let t = q.dequantize(&Device::Cpu).map_err(candle_err)?;
+                check_shape(name, t.dims(), &[vocab, dim])?;
+                Ok(Embedding::Dense(t))
+            }
+            None => Err(format!(
+                "tensor {name} is missing from {}",
+                self.files_label()
+            )),
+        }
+    }
+
     /// A matrix for `x @ W^T`, of shape [out, in]; quantized tensors stay quantized.
-    pub fn linear(&mut self, name: &str, out: usize, inp: usize) -> WResult<QMatMul> {
+    pub fn linear(&mut self, name: &str, out: usize, inp: usize) -> WResult<Linear> {
         let w = self.take(name)?;
         linear_of(w, name, out, inp)
     }
 
     /// Like [`Self::linear`] but keeps the tensor for another use (tied embeddings).
-    pub fn linear_shared(&self, name: &str, out: usize, inp: usize) -> WResult<QMatMul> {
+    pub fn linear_shared(&self, name: &str, out: usize, inp: usize) -> WResult<Linear> {
         let w = match self.map.get(name) {
             Some(Weight::Dense(t)) => Weight::Dense(t.clone()),
             Some(Weight::Quant(q)) => Weight::Quant(Arc::clone(q)),
+            Some(Weight::Mapped(m)) => Weight::Mapped(m.clone()),
             None => {
                 return Err(format!(
                     "tensor {name} is missing from {}",
@@ -296,16 +384,20 @@ impl Weights {
     }
 }
 
-fn linear_of(w: Weight, name: &str, out: usize, inp: usize) -> WResult<QMatMul> {
+fn linear_of(w: Weight, name: &str, out: usize, inp: usize) -> WResult<Linear> {
     match w {
         Weight::Dense(t) => {
             check_shape(name, t.dims(), &[out, inp])?;
-            Ok(QMatMul::Tensor(t))
+            Ok(Linear::Candle(QMatMul::Tensor(t)))
         }
         Weight::Quant(q) => {
             // GGUF lists dimensions innermost first; candle's QTensor shape is [out, in].
             check_shape(name, q.shape().dims(), &[out, inp])?;
-            QMatMul::from_arc(q).map_err(candle_err)
+            QMatMul::from_arc(q).map(Linear::Candle).map_err(candle_err)
+        }
+        Weight::Mapped(m) => {
+            check_shape(name, &[m.rows, m.cols], &[out, inp])?;
+            Ok(Linear::Mapped(m))
         }
     }
 }

@@ -1,0 +1,505 @@
+//! Quantized matrix products for GGUF's Q4_0, Q4_1 and Q8_0 weights, read in place from the
+//! memory-mapped file: activations are quantized to 8 bits per block of 32 (as llama.cpp's
+//! Q8_0/Q8_1), and each block's integer dot product runs on AVX2 (chosen at run time; a portable
+//! scalar loop elsewhere). Rows are spread over a [`Pool`].
+
+use half::f16;
+
+use crate::pool::Pool;
+
+pub const BLOCK: usize = 32;
+
+/// The GGUF weight types these kernels read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QType {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+impl QType {
+    pub fn from_ggml(t: candle_core::quantized::GgmlDType) -> Option<QType> {
+        use candle_core::quantized::GgmlDType as G;
+        match t {
+            G::Q4_0 => Some(QType::Q4_0),
+            G::Q4_1 => Some(QType::Q4_1),
+            G::Q8_0 => Some(QType::Q8_0),
+            _ => None,
+        }
+    }
+    /// Bytes per block of 32 weights.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QType::Q4_0 => 18,
+            QType::Q4_1 => 20,
+            QType::Q8_0 => 34,
+        }
+    }
+    pub fn row_bytes(self, cols: usize) -> usize {
+        cols / BLOCK * self.block_bytes()
+    }
+}
+
+/// Activations quantized per block: scale, the sum of the 32 integers, and the integers.
+pub struct Q8Blocks {
+    pub d: Vec<f32>,
+    pub sum: Vec<i32>,
+    pub qs: Vec<i8>,
+}
+
+impl Q8Blocks {
+    /// Row `j`'s scales, sums and integers (rows of `k` values).
+    fn row(&self, j: usize, k: usize) -> (&[f32], &[i32], &[i8]) {
+        let nb = k / BLOCK;
+        (
+            &self.d[j * nb..(j + 1) * nb],
+            &self.sum[j * nb..(j + 1) * nb],
+            &self.qs[j * k..(j + 1) * k],
+        )
+    }
+}
+
+/// Quantizes `m` rows of `k` floats (k a multiple of 32).
+pub fn quantize_rows(x: &[f32], k: usize) -> Q8Blocks {
+    let nb = x.len() / BLOCK;
+    let mut out = Q8Blocks {
+        d: Vec::with_capacity(nb),
+        sum: Vec::with_capacity(nb),
+        qs: vec![0i8; x.len()],
+    };
+    debug_assert_eq!(x.len() % k, 0);
+    for (b, chunk) in x.chunks_exact(BLOCK).enumerate() {
+        let amax = chunk.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut s = 0i32;
+        for (q, v) in out.qs[b * BLOCK..(b + 1) * BLOCK].iter_mut().zip(chunk) {
+            let r = (v * id).round() as i32;
+            *q = r as i8;
+            s += r;
+        }
+        out.d.push(d);
+        out.sum.push(s);
+    }
+    out
+}
+
+#[inline]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+}
+
+/// Dot product of one weight row (`nb` blocks) with one quantized activation row.
+fn dot_scalar(t: QType, row: &[u8], xd: &[f32], xs: &[i32], xq: &[i8]) -> f32 {
+    let bb = t.block_bytes();
+    let mut acc = 0f32;
+    for (b, blk) in row.chunks_exact(bb).enumerate() {
+        let q = &xq[b * BLOCK..(b + 1) * BLOCK];
+        let d = f16_at(blk, 0);
+        match t {
+            QType::Q8_0 => {
+                let w = &blk[2..34];
+                let s: i32 = w
+                    .iter()
+                    .zip(q)
+                    .map(|(&a, &b)| i32::from(a as i8) * i32::from(b))
+                    .sum();
+                acc += d * xd[b] * s as f32;
+            }
+            QType::Q4_0 | QType::Q4_1 => {
+                let nib = if t == QType::Q4_0 {
+                    &blk[2..18]
+                } else {
+                    &blk[4..20]
+                };
+                let mut s = 0i32;
+                for j in 0..16 {
+                    s += i32::from(nib[j] & 0x0F) * i32::from(q[j]);
+                    s += i32::from(nib[j] >> 4) * i32::from(q[j + 16]);
+                }
+                if t == QType::Q4_0 {
+                    acc += d * xd[b] * (s - 8 * xs[b]) as f32;
+                } else {
+                    let m = f16_at(blk, 2);
+                    acc += d * xd[b] * s as f32 + m * xd[b] * xs[b] as f32;
+                }
+            }
+        }
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{f16_at, QType, BLOCK};
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `row` holds `xd.len()` blocks of `t`, `xq` 32 per block.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot(t: QType, row: &[u8], xd: &[f32], xs: &[i32], xq: &[i8]) -> f32 {
+        let bb = t.block_bytes();
+        let nb = xd.len();
+        debug_assert!(row.len() >= nb * bb && xq.len() >= nb * BLOCK);
+        let ones = _mm256_set1_epi16(1);
+        let low = _mm256_set1_epi8(0x0F);
+        let mut acc = _mm256_setzero_ps();
+        let mut extra = 0f32;
+        let rp = row.as_ptr();
+        let qp = xq.as_ptr();
+        for b in 0..nb {
+            let blk = rp.add(b * bb);
+            let x = _mm256_loadu_si256(qp.add(b * BLOCK) as *const __m256i);
+            let d = f16_at(std::slice::from_raw_parts(blk, 4), 0) * xd[b];
+            let prod = match t {
+                QType::Q8_0 => {
+                    let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                    // maddubs wants unsigned * signed: |w| * (x with w's sign).
+                    let aw = _mm256_sign_epi8(w, w);
+                    let sx = _mm256_sign_epi8(x, w);
+                    _mm256_maddubs_epi16(aw, sx)
+                }
+                QType::Q4_0 | QType::Q4_1 => {
+                    let off = if t == QType::Q4_0 { 2 } else { 4 };
+                    let n = _mm_loadu_si128(blk.add(off) as *const __m128i);
+                    let both = _mm256_set_m128i(_mm_srli_epi16(n, 4), n);
+                    let w = _mm256_and_si256(both, low);
+                    _mm256_maddubs_epi16(w, x)
+                }
+            };
+            let i32s = _mm256_madd_epi16(prod, ones);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32s), _mm256_set1_ps(d), acc);
+            match t {
+                QType::Q4_0 => extra -= 8.0 * d * xs[b] as f32,
+                QType::Q4_1 => {
+                    let m = f16_at(std::slice::from_raw_parts(blk, 4), 2);
+                    extra += m * xd[b] * xs[b] as f32;
+                }
+                QType::Q8_0 => {}
+            }
+        }
+        hsum(acc) + extra
+    }
+
+    /// One block's integer dot product, as 8 i32 lanes summed to floats.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block(t: QType, blk: *const u8, x: __m256i) -> __m256 {
+        let prod = match t {
+            QType::Q8_0 => {
+                let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+            }
+            QType::Q4_0 | QType::Q4_1 => {
+                let off = if t == QType::Q4_0 { 2 } else { 4 };
+                let n = _mm_loadu_si128(blk.add(off) as *const __m128i);
+                let w = _mm256_and_si256(
+                    _mm256_set_m128i(_mm_srli_epi16(n, 4), n),
+                    _mm256_set1_epi8(0x0F),
+                );
+                _mm256_maddubs_epi16(w, x)
+            }
+        };
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, _mm256_set1_epi16(1)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scale(blk: *const u8) -> f32 {
+        half::f16::from_bits(u16::from_le_bytes([*blk, *blk.add(1)])).to_f32()
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn min(blk: *const u8) -> f32 {
+        half::f16::from_bits(u16::from_le_bytes([*blk.add(2), *blk.add(3)])).to_f32()
+    }
+
+    /// Two weight rows against one activation row, sharing the activation loads.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `a` and `b` point at rows of `xd.len()` blocks; `xq` has 32 per block.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot2(
+        t: QType,
+        a: *const u8,
+        b: *const u8,
+        xd: &[f32],
+        xs: &[i32],
+        xq: &[i8],
+    ) -> (f32, f32) {
+        let bb = t.block_bytes();
+        let (mut acc_a, mut acc_b) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut ex_a, mut ex_b) = (0f32, 0f32);
+        let qp = xq.as_ptr();
+        for i in 0..xd.len() {
+            let x = _mm256_loadu_si256(qp.add(i * BLOCK) as *const __m256i);
+            let (ba, bbk) = (a.add(i * bb), b.add(i * bb));
+            let dx = *xd.get_unchecked(i);
+            let (da, db) = (scale(ba) * dx, scale(bbk) * dx);
+            acc_a = _mm256_fmadd_ps(block(t, ba, x), _mm256_set1_ps(da), acc_a);
+            acc_b = _mm256_fmadd_ps(block(t, bbk, x), _mm256_set1_ps(db), acc_b);
+            let s = *xs.get_unchecked(i) as f32;
+            match t {
+                QType::Q4_0 => {
+                    ex_a -= 8.0 * da * s;
+                    ex_b -= 8.0 * db * s;
+                }
+                QType::Q4_1 => {
+                    ex_a += min(ba) * dx * s;
+                    ex_b += min(bbk) * dx * s;
+                }
+                QType::Q8_0 => {}
+            }
+        }
+        (hsum(acc_a) + ex_a, hsum(acc_b) + ex_b)
+    }
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Which kernel runs here, for build info.
+pub fn kernel_name() -> &'static str {
+    if has_avx2() {
+        "avx2+fma"
+    } else {
+        "scalar"
+    }
+}
+
+fn dot(t: QType, row: &[u8], xd: &[f32], xs: &[i32], xq: &[i8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA were detected; the slices have the sizes `dot` needs (checked
+        // by the caller's layout: `row` is one row of `xd.len()` blocks).
+        return unsafe { avx2::dot(t, row, xd, xs, xq) };
+    }
+    dot_scalar(t, row, xd, xs, xq)
+}
+
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint elements (their own rows) of one buffer that outlives the job.
+unsafe impl Sync for OutPtr {}
+
+/// `out[j * n + r] = W[r] . x[j]` for the `m` rows of `x` (each `k` long) and the `n` rows of
+/// `w` (each `row_bytes(k)` bytes of type `t`).
+pub fn matmul(pool: &Pool, t: QType, w: &[u8], n: usize, k: usize, x: &[f32], out: &mut [f32]) {
+    let m = x.len() / k;
+    assert!(k % BLOCK == 0 && x.len() == m * k && out.len() == m * n);
+    let rb = t.row_bytes(k);
+    assert!(w.len() >= n * rb);
+    let nb = k / BLOCK;
+    let q = quantize_rows(x, k);
+    // Enough tasks to balance, few enough that each is worth a handoff.
+    let rows_per_task = (n / (pool.threads() * 8)).clamp(8, 256);
+    let tasks = n.div_ceil(rows_per_task);
+    let o = OutPtr(out.as_mut_ptr());
+    let o = &o;
+    pool.run(tasks, &|task| {
+        let r0 = task * rows_per_task;
+        let r1 = (r0 + rows_per_task).min(n);
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            let mut r = r0;
+            while r + 1 < r1 {
+                for j in 0..m {
+                    let (xd, xs, xq) = q.row(j, k);
+                    // SAFETY: AVX2/FMA detected; rows r and r+1 < n lie inside `w` (checked
+                    // above), the activation row has nb blocks; each (j, r) has one writer.
+                    unsafe {
+                        let base = w.as_ptr();
+                        let (va, vb) =
+                            avx2::dot2(t, base.add(r * rb), base.add((r + 1) * rb), xd, xs, xq);
+                        *o.0.add(j * n + r) = va;
+                        *o.0.add(j * n + r + 1) = vb;
+                    }
+                }
+                r += 2;
+            }
+            if r < r1 {
+                for j in 0..m {
+                    let (xd, xs, xq) = q.row(j, k);
+                    let v = dot(t, &w[r * rb..(r + 1) * rb], xd, xs, xq);
+                    // SAFETY: as above.
+                    unsafe { *o.0.add(j * n + r) = v };
+                }
+            }
+            return;
+        }
+        for r in r0..r1 {
+            let row = &w[r * rb..(r + 1) * rb];
+            for j in 0..m {
+                let v = dot(
+                    t,
+                    row,
+                    &q.d[j * nb..(j + 1) * nb],
+                    &q.sum[j * nb..(j + 1) * nb],
+                    &q.qs[j * k..(j + 1) * k],
+                );
+                // SAFETY: j < m and r < n, so the index is inside `out`; each (j, r) is
+                // written by exactly one task.
+                unsafe { *o.0.add(j * n + r) = v };
+            }
+        }
+    });
+}
+
+/// Dequantizes row `r` (of `k` weights) into `out`.
+pub fn dequantize_row(t: QType, w: &[u8], k: usize, r: usize, out: &mut [f32]) {
+    let rb = t.row_bytes(k);
+    let row = &w[r * rb..(r + 1) * rb];
+    for (blk, o) in row
+        .chunks_exact(t.block_bytes())
+        .zip(out.chunks_exact_mut(BLOCK))
+    {
+        let d = f16_at(blk, 0);
+        match t {
+            QType::Q8_0 => {
+                for (v, &q) in o.iter_mut().zip(&blk[2..34]) {
+                    *v = d * f32::from(q as i8);
+                }
+            }
+            QType::Q4_0 | QType::Q4_1 => {
+                let (nib, m) = if t == QType::Q4_0 {
+                    (&blk[2..18], -8.0 * d)
+                } else {
+                    (&blk[4..20], f16_at(blk, 2))
+                };
+                for j in 0..16 {
+                    o[j] = d * f32::from(nib[j] & 0x0F) + m;
+                    o[j + 16] = d * f32::from(nib[j] >> 4) + m;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic byte stream (xorshift) for random blocks.
+    fn bytes(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Rows of random blocks with sane f16 scales (and mins).
+    fn weights(t: QType, n: usize, k: usize) -> Vec<u8> {
+        let mut w = bytes(n * t.row_bytes(k), 7);
+        for blk in w.chunks_exact_mut(t.block_bytes()) {
+            let d = f16::from_f32(0.01 + f32::from(blk[0] % 50) * 0.001)
+                .to_bits()
+                .to_le_bytes();
+            blk[..2].copy_from_slice(&d);
+            if t == QType::Q4_1 {
+                let m = f16::from_f32(-0.1 + f32::from(blk[2] % 20) * 0.01)
+                    .to_bits()
+                    .to_le_bytes();
+                blk[2..4].copy_from_slice(&m);
+            }
+        }
+        w
+    }
+
+    fn activations(m: usize, k: usize) -> Vec<f32> {
+        bytes(m * k, 99)
+            .iter()
+            .map(|&b| (f32::from(b) - 127.5) / 40.0)
+            .collect()
+    }
+
+    #[test]
+    fn simd_and_scalar_and_dequantized_products_agree() {
+        let (m, n, k) = (3, 37, 96);
+        let x = activations(m, k);
+        for t in [QType::Q4_0, QType::Q4_1, QType::Q8_0] {
+            let w = weights(t, n, k);
+            let mut fast = vec![0f32; m * n];
+            matmul(&Pool::new(2), t, &w, n, k, &x, &mut fast);
+            let mut one = vec![0f32; m * n];
+            matmul(&Pool::new(1), t, &w, n, k, &x, &mut one);
+            assert_eq!(fast, one, "{t:?}: results depend on the thread count");
+            let q = quantize_rows(&x, k);
+            let mut row = vec![0f32; k];
+            for r in 0..n {
+                dequantize_row(t, &w, k, r, &mut row);
+                for j in 0..m {
+                    let (xd, xs, xq) = q.row(j, k);
+                    let scalar = dot_scalar(
+                        t,
+                        &w[r * t.row_bytes(k)..(r + 1) * t.row_bytes(k)],
+                        xd,
+                        xs,
+                        xq,
+                    );
+                    let got = fast[j * n + r];
+                    let tol = 1e-4 * (1.0 + scalar.abs());
+                    assert!(
+                        (got - scalar).abs() <= tol,
+                        "{t:?} r{r} j{j}: simd {got} scalar {scalar}"
+                    );
+                    // Against exact f32 math: only the 8-bit activations differ.
+                    let xs_row = &x[j * k..(j + 1) * k];
+                    let exact: f32 = row.iter().zip(xs_row).map(|(a, b)| a * b).sum();
+                    let scale: f32 = row.iter().zip(xs_row).map(|(a, b)| (a * b).abs()).sum();
+                    assert!(
+                        (got - exact).abs() <= 0.02 * scale + 1e-4,
+                        "{t:?} r{r} j{j}: {got} vs exact {exact} (scale {scale})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_pool_runs_every_index_once_and_survives_a_panicking_task() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let pool = Pool::new(3);
+        for n in [1, 2, 7, 100] {
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            pool.run(n, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.run(8, &|i| assert!(i != 5, "task 5 fails"))
+        }));
+        assert!(r.is_err(), "a task's panic reaches the caller");
+        let count = AtomicUsize::new(0);
+        pool.run(10, &|_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(count.load(Ordering::Relaxed), 10, "the pool still works");
+    }
+}
