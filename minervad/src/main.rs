@@ -9,6 +9,14 @@ use minervad::store::ModelStore;
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    // candle sizes its CPU thread pool from RAYON_NUM_THREADS; without it, it reads the CPU list
+    // from /proc and /sys again on every matrix product (7% of decode time on SmolLM2). Set it
+    // once, here, while this is the only thread.
+    #[cfg(feature = "candle")]
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = args.engine_config().threads;
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -128,7 +128,7 @@ impl Config {
             ));
         }
         let head_dim = usize_of(v, "head_dim").unwrap_or(hidden_size / num_heads);
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {head_dim} must be even and positive"));
         }
         if let Some(act) = v.get("hidden_act").and_then(Value::as_str) {

@@ -1,7 +1,10 @@
-//! Quantized matrix products for GGUF's Q4_0, Q4_1 and Q8_0 weights, read in place from the
-//! memory-mapped file: activations are quantized to 8 bits per block of 32 (as llama.cpp's
-//! Q8_0/Q8_1), and each block's integer dot product runs on AVX2 (chosen at run time; a portable
-//! scalar loop elsewhere). Rows are spread over a [`Pool`].
+//! Matrix products over weights read in place from memory-mapped files.
+//!
+//! Quantized (GGUF Q4_0, Q4_1, Q8_0): activations are quantized to 8 bits per block of 32 (as
+//! llama.cpp's Q8_0/Q8_1), and each block's integer dot product runs on AVX2 (chosen at run
+//! time; a portable scalar loop elsewhere). Dense (f32, f16, bf16 from SafeTensors, PyTorch or
+//! GGUF): weights are widened to f32 in registers and multiplied in f32, so the result is the
+//! f32 computation on the stored values. Rows are spread over a [`Pool`].
 
 use half::f16;
 
@@ -9,12 +12,15 @@ use crate::pool::Pool;
 
 pub const BLOCK: usize = 32;
 
-/// The GGUF weight types these kernels read.
+/// The weight types these kernels read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QType {
     Q4_0,
     Q4_1,
     Q8_0,
+    F32,
+    F16,
+    BF16,
 }
 
 impl QType {
@@ -24,8 +30,23 @@ impl QType {
             G::Q4_0 => Some(QType::Q4_0),
             G::Q4_1 => Some(QType::Q4_1),
             G::Q8_0 => Some(QType::Q8_0),
+            G::F32 => Some(QType::F32),
+            G::F16 => Some(QType::F16),
+            G::BF16 => Some(QType::BF16),
             _ => None,
         }
+    }
+    /// The type of a SafeTensors / PyTorch dtype name.
+    pub fn from_dtype_name(name: &str) -> Option<QType> {
+        match name {
+            "F32" => Some(QType::F32),
+            "F16" => Some(QType::F16),
+            "BF16" => Some(QType::BF16),
+            _ => None,
+        }
+    }
+    pub fn is_quantized(self) -> bool {
+        matches!(self, QType::Q4_0 | QType::Q4_1 | QType::Q8_0)
     }
     /// Bytes per block of 32 weights.
     pub fn block_bytes(self) -> usize {
@@ -33,10 +54,17 @@ impl QType {
             QType::Q4_0 => 18,
             QType::Q4_1 => 20,
             QType::Q8_0 => 34,
+            QType::F32 => 128,
+            QType::F16 | QType::BF16 => 64,
         }
     }
+    /// Bytes of a row of `cols` weights (a multiple of 32 for quantized types).
     pub fn row_bytes(self, cols: usize) -> usize {
-        cols / BLOCK * self.block_bytes()
+        match self {
+            QType::F32 => cols * 4,
+            QType::F16 | QType::BF16 => cols * 2,
+            _ => cols / BLOCK * self.block_bytes(),
+        }
     }
 }
 
@@ -106,6 +134,7 @@ fn dot_scalar(t: QType, row: &[u8], xd: &[f32], xs: &[i32], xq: &[i8]) -> f32 {
                     .sum();
                 acc += d * xd[b] * s as f32;
             }
+            QType::F32 | QType::F16 | QType::BF16 => unreachable!("dense rows have no blocks"),
             QType::Q4_0 | QType::Q4_1 => {
                 let nib = if t == QType::Q4_0 {
                     &blk[2..18]
@@ -170,6 +199,7 @@ mod avx2 {
                     let sx = _mm256_sign_epi8(x, w);
                     _mm256_maddubs_epi16(aw, sx)
                 }
+                QType::F32 | QType::F16 | QType::BF16 => unreachable!("dense rows have no blocks"),
                 QType::Q4_0 | QType::Q4_1 => {
                     let off = if t == QType::Q4_0 { 2 } else { 4 };
                     let n = _mm_loadu_si128(blk.add(off) as *const __m128i);
@@ -186,7 +216,7 @@ mod avx2 {
                     let m = f16_at(std::slice::from_raw_parts(blk, 4), 2);
                     extra += m * xd[b] * xs[b] as f32;
                 }
-                QType::Q8_0 => {}
+                _ => {}
             }
         }
         hsum(acc) + extra
@@ -201,6 +231,7 @@ mod avx2 {
                 let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
                 _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
             }
+            QType::F32 | QType::F16 | QType::BF16 => unreachable!("dense rows have no blocks"),
             QType::Q4_0 | QType::Q4_1 => {
                 let off = if t == QType::Q4_0 { 2 } else { 4 };
                 let n = _mm_loadu_si128(blk.add(off) as *const __m128i);
@@ -226,45 +257,125 @@ mod avx2 {
         half::f16::from_bits(u16::from_le_bytes([*blk.add(2), *blk.add(3)])).to_f32()
     }
 
-    /// Two weight rows against one activation row, sharing the activation loads.
-    ///
-    /// # Safety
-    /// AVX2 and FMA; `a` and `b` point at rows of `xd.len()` blocks; `xq` has 32 per block.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot2(
-        t: QType,
-        a: *const u8,
-        b: *const u8,
-        xd: &[f32],
-        xs: &[i32],
-        xq: &[i8],
-    ) -> (f32, f32) {
-        let bb = t.block_bytes();
-        let (mut acc_a, mut acc_b) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let (mut ex_a, mut ex_b) = (0f32, 0f32);
-        let qp = xq.as_ptr();
-        for i in 0..xd.len() {
-            let x = _mm256_loadu_si256(qp.add(i * BLOCK) as *const __m256i);
-            let (ba, bbk) = (a.add(i * bb), b.add(i * bb));
-            let dx = *xd.get_unchecked(i);
-            let (da, db) = (scale(ba) * dx, scale(bbk) * dx);
-            acc_a = _mm256_fmadd_ps(block(t, ba, x), _mm256_set1_ps(da), acc_a);
-            acc_b = _mm256_fmadd_ps(block(t, bbk, x), _mm256_set1_ps(db), acc_b);
-            let s = *xs.get_unchecked(i) as f32;
-            match t {
-                QType::Q4_0 => {
-                    ex_a -= 8.0 * da * s;
-                    ex_b -= 8.0 * db * s;
-                }
-                QType::Q4_1 => {
-                    ex_a += min(ba) * dx * s;
-                    ex_b += min(bbk) * dx * s;
-                }
-                QType::Q8_0 => {}
+    /// Eight weights of a dense row, widened to f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(t: QType, row: *const u8, i: usize) -> __m256 {
+        match t {
+            QType::F32 => _mm256_loadu_ps(row.add(i * 4) as *const f32),
+            QType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(row.add(i * 2) as *const __m128i)),
+            _ => {
+                // bf16 is the top half of an f32.
+                let h = _mm_loadu_si128(row.add(i * 2) as *const __m128i);
+                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
             }
         }
-        (hsum(acc_a) + ex_a, hsum(acc_b) + ex_b)
     }
+
+    /// A dense row (f32, f16 or bf16) against an f32 row, in f32.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; `row` holds `x.len()` weights of type `t`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_dense(t: QType, row: *const u8, x: &[f32]) -> f32 {
+        let k = x.len();
+        let xp = x.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= k {
+            for (u, a) in acc.iter_mut().enumerate() {
+                let j = i + u * 8;
+                *a = _mm256_fmadd_ps(load8(t, row, j), _mm256_loadu_ps(xp.add(j)), *a);
+            }
+            i += 32;
+        }
+        while i + 8 <= k {
+            acc[0] = _mm256_fmadd_ps(load8(t, row, i), _mm256_loadu_ps(xp.add(i)), acc[0]);
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
+        let row = std::slice::from_raw_parts(row, t.row_bytes(k));
+        while i < k {
+            s += super::dense_at(t, row, i) * x[i];
+            i += 1;
+        }
+        s
+    }
+
+    /// One block's integer dot product with AVX-VNNI (one instruction instead of three).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avxvnni")]
+    unsafe fn block_vnni(t: QType, blk: *const u8, x: __m256i) -> __m256 {
+        let z = _mm256_setzero_si256();
+        let sum = match t {
+            QType::Q8_0 => {
+                let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                _mm256_dpbusd_avx_epi32(z, _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+            }
+            QType::F32 | QType::F16 | QType::BF16 => unreachable!("dense rows have no blocks"),
+            QType::Q4_0 | QType::Q4_1 => {
+                let off = if t == QType::Q4_0 { 2 } else { 4 };
+                let n = _mm_loadu_si128(blk.add(off) as *const __m128i);
+                let w = _mm256_and_si256(
+                    _mm256_set_m128i(_mm_srli_epi16(n, 4), n),
+                    _mm256_set1_epi8(0x0F),
+                );
+                _mm256_dpbusd_avx_epi32(z, w, x)
+            }
+        };
+        _mm256_cvtepi32_ps(sum)
+    }
+
+    /// Two weight rows against one activation row, sharing the activation loads: `dot2` with
+    /// AVX2's multiply-adds, `dot2_vnni` with AVX-VNNI's.
+    ///
+    /// # Safety
+    /// The CPU has the features named; `a` and `b` point at rows of `xd.len()` blocks; `xq`
+    /// has 32 per block.
+    macro_rules! dot2_with {
+        ($name:ident, $block:ident, $features:literal) => {
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name(
+                t: QType,
+                a: *const u8,
+                b: *const u8,
+                xd: &[f32],
+                xs: &[i32],
+                xq: &[i8],
+            ) -> (f32, f32) {
+                let bb = t.block_bytes();
+                let (mut acc_a, mut acc_b) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                let (mut ex_a, mut ex_b) = (0f32, 0f32);
+                let qp = xq.as_ptr();
+                for i in 0..xd.len() {
+                    let x = _mm256_loadu_si256(qp.add(i * BLOCK) as *const __m256i);
+                    let (ba, bbk) = (a.add(i * bb), b.add(i * bb));
+                    let dx = *xd.get_unchecked(i);
+                    let (da, db) = (scale(ba) * dx, scale(bbk) * dx);
+                    acc_a = _mm256_fmadd_ps($block(t, ba, x), _mm256_set1_ps(da), acc_a);
+                    acc_b = _mm256_fmadd_ps($block(t, bbk, x), _mm256_set1_ps(db), acc_b);
+                    let s = *xs.get_unchecked(i) as f32;
+                    match t {
+                        QType::Q4_0 => {
+                            ex_a -= 8.0 * da * s;
+                            ex_b -= 8.0 * db * s;
+                        }
+                        QType::Q4_1 => {
+                            ex_a += min(ba) * dx * s;
+                            ex_b += min(bbk) * dx * s;
+                        }
+                        _ => {}
+                    }
+                }
+                (hsum(acc_a) + ex_a, hsum(acc_b) + ex_b)
+            }
+        };
+    }
+    dot2_with!(dot2, block, "avx2,fma");
+    dot2_with!(dot2_vnni, block_vnni, "avx2,fma,avxvnni");
 }
 
 fn has_avx2() -> bool {
@@ -272,7 +383,11 @@ fn has_avx2() -> bool {
     {
         use std::sync::OnceLock;
         static ON: OnceLock<bool> = OnceLock::new();
-        *ON.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+        *ON.get_or_init(|| {
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -280,12 +395,25 @@ fn has_avx2() -> bool {
     }
 }
 
-/// Which kernel runs here, for build info.
+fn has_avx_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| has_avx2() && is_x86_feature_detected!("avxvnni"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Which kernels run here, for build info.
 pub fn kernel_name() -> &'static str {
-    if has_avx2() {
-        "avx2+fma"
-    } else {
-        "scalar"
+    match (has_avx2(), has_avx_vnni()) {
+        (true, true) => "avx2+fma+f16c, avx-vnni",
+        (true, false) => "avx2+fma+f16c",
+        _ => "scalar",
     }
 }
 
@@ -299,6 +427,29 @@ fn dot(t: QType, row: &[u8], xd: &[f32], xs: &[i32], xq: &[i8]) -> f32 {
     dot_scalar(t, row, xd, xs, xq)
 }
 
+/// Weight `i` of a dense row.
+fn dense_at(t: QType, row: &[u8], i: usize) -> f32 {
+    let b = |j: usize| row[j];
+    match t {
+        QType::F32 => f32::from_le_bytes([b(4 * i), b(4 * i + 1), b(4 * i + 2), b(4 * i + 3)]),
+        QType::F16 => f16_at(row, 2 * i),
+        QType::BF16 => half::bf16::from_bits(u16::from_le_bytes([b(2 * i), b(2 * i + 1)])).to_f32(),
+        _ => unreachable!("quantized rows have no single weights"),
+    }
+}
+
+fn dot_dense(t: QType, row: &[u8], x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2/FMA/F16C detected; `row` holds x.len() weights of type t.
+        return unsafe { avx2::dot_dense(t, row.as_ptr(), x) };
+    }
+    x.iter()
+        .enumerate()
+        .map(|(i, v)| dense_at(t, row, i) * v)
+        .sum()
+}
+
 struct OutPtr(*mut f32);
 // SAFETY: tasks write disjoint elements (their own rows) of one buffer that outlives the job.
 unsafe impl Sync for OutPtr {}
@@ -307,21 +458,36 @@ unsafe impl Sync for OutPtr {}
 /// `w` (each `row_bytes(k)` bytes of type `t`).
 pub fn matmul(pool: &Pool, t: QType, w: &[u8], n: usize, k: usize, x: &[f32], out: &mut [f32]) {
     let m = x.len() / k;
-    assert!(k % BLOCK == 0 && x.len() == m * k && out.len() == m * n);
     let rb = t.row_bytes(k);
-    assert!(w.len() >= n * rb);
-    let nb = k / BLOCK;
-    let q = quantize_rows(x, k);
+    assert!(x.len() == m * k && out.len() == m * n && w.len() >= n * rb);
     // Enough tasks to balance, few enough that each is worth a handoff.
     let rows_per_task = (n / (pool.threads() * 8)).clamp(8, 256);
     let tasks = n.div_ceil(rows_per_task);
     let o = OutPtr(out.as_mut_ptr());
     let o = &o;
+    if !t.is_quantized() {
+        pool.run(tasks, &|task| {
+            let r0 = task * rows_per_task;
+            for r in r0..(r0 + rows_per_task).min(n) {
+                let row = &w[r * rb..(r + 1) * rb];
+                for j in 0..m {
+                    let v = dot_dense(t, row, &x[j * k..(j + 1) * k]);
+                    // SAFETY: j < m and r < n; each (j, r) is written by one task.
+                    unsafe { *o.0.add(j * n + r) = v };
+                }
+            }
+        });
+        return;
+    }
+    assert!(k.is_multiple_of(BLOCK));
+    let nb = k / BLOCK;
+    let q = quantize_rows(x, k);
     pool.run(tasks, &|task| {
         let r0 = task * rows_per_task;
         let r1 = (r0 + rows_per_task).min(n);
         #[cfg(target_arch = "x86_64")]
         if has_avx2() {
+            let vnni = has_avx_vnni();
             let mut r = r0;
             while r + 1 < r1 {
                 for j in 0..m {
@@ -330,8 +496,12 @@ pub fn matmul(pool: &Pool, t: QType, w: &[u8], n: usize, k: usize, x: &[f32], ou
                     // above), the activation row has nb blocks; each (j, r) has one writer.
                     unsafe {
                         let base = w.as_ptr();
-                        let (va, vb) =
-                            avx2::dot2(t, base.add(r * rb), base.add((r + 1) * rb), xd, xs, xq);
+                        let (ra, rb2) = (base.add(r * rb), base.add((r + 1) * rb));
+                        let (va, vb) = if vnni {
+                            avx2::dot2_vnni(t, ra, rb2, xd, xs, xq)
+                        } else {
+                            avx2::dot2(t, ra, rb2, xd, xs, xq)
+                        };
                         *o.0.add(j * n + r) = va;
                         *o.0.add(j * n + r + 1) = vb;
                     }
@@ -370,6 +540,12 @@ pub fn matmul(pool: &Pool, t: QType, w: &[u8], n: usize, k: usize, x: &[f32], ou
 pub fn dequantize_row(t: QType, w: &[u8], k: usize, r: usize, out: &mut [f32]) {
     let rb = t.row_bytes(k);
     let row = &w[r * rb..(r + 1) * rb];
+    if !t.is_quantized() {
+        for (i, o) in out.iter_mut().enumerate().take(k) {
+            *o = dense_at(t, row, i);
+        }
+        return;
+    }
     for (blk, o) in row
         .chunks_exact(t.block_bytes())
         .zip(out.chunks_exact_mut(BLOCK))
@@ -381,6 +557,7 @@ pub fn dequantize_row(t: QType, w: &[u8], k: usize, r: usize, out: &mut [f32]) {
                     *v = d * f32::from(q as i8);
                 }
             }
+            QType::F32 | QType::F16 | QType::BF16 => unreachable!("dense rows have no blocks"),
             QType::Q4_0 | QType::Q4_1 => {
                 let (nib, m) = if t == QType::Q4_0 {
                     (&blk[2..18], -8.0 * d)
@@ -450,6 +627,23 @@ mod tests {
             matmul(&Pool::new(1), t, &w, n, k, &x, &mut one);
             assert_eq!(fast, one, "{t:?}: results depend on the thread count");
             let q = quantize_rows(&x, k);
+            #[cfg(target_arch = "x86_64")]
+            if has_avx_vnni() {
+                // Both x86 paths: the same integer sums, so the same floats.
+                let rb = t.row_bytes(k);
+                for r in 0..n - 1 {
+                    let (xd, xs, xq) = q.row(0, k);
+                    // SAFETY: features detected; rows r, r+1 < n lie in w.
+                    let (a, b) = unsafe {
+                        let p = w.as_ptr();
+                        (
+                            avx2::dot2(t, p.add(r * rb), p.add((r + 1) * rb), xd, xs, xq),
+                            avx2::dot2_vnni(t, p.add(r * rb), p.add((r + 1) * rb), xd, xs, xq),
+                        )
+                    };
+                    assert_eq!(a, b, "{t:?} row {r}: AVX2 and AVX-VNNI differ");
+                }
+            }
             let mut row = vec![0f32; k];
             for r in 0..n {
                 dequantize_row(t, &w, k, r, &mut row);
@@ -475,6 +669,45 @@ mod tests {
                     assert!(
                         (got - exact).abs() <= 0.02 * scale + 1e-4,
                         "{t:?} r{r} j{j}: {got} vs exact {exact} (scale {scale})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dense_products_are_f32_math_on_the_stored_values() {
+        let (m, n, k) = (2, 19, 70); // k not a multiple of 8 or 32: the tails run too
+        let x = activations(m, k);
+        let vals: Vec<f32> = bytes(n * k, 5)
+            .iter()
+            .map(|&b| (f32::from(b) - 128.0) / 64.0)
+            .collect();
+        for t in [QType::F32, QType::F16, QType::BF16] {
+            let w: Vec<u8> = vals
+                .iter()
+                .flat_map(|&v| match t {
+                    QType::F32 => v.to_le_bytes().to_vec(),
+                    QType::F16 => f16::from_f32(v).to_bits().to_le_bytes().to_vec(),
+                    _ => half::bf16::from_f32(v).to_bits().to_le_bytes().to_vec(),
+                })
+                .collect();
+            let mut out = vec![0f32; m * n];
+            matmul(&Pool::new(2), t, &w, n, k, &x, &mut out);
+            let mut row = vec![0f32; k];
+            for r in 0..n {
+                dequantize_row(t, &w, k, r, &mut row);
+                for j in 0..m {
+                    let xs = &x[j * k..(j + 1) * k];
+                    let exact: f64 = row
+                        .iter()
+                        .zip(xs)
+                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                        .sum();
+                    let got = f64::from(out[j * n + r]);
+                    assert!(
+                        (got - exact).abs() <= 1e-5 * (1.0 + exact.abs()),
+                        "{t:?} r{r} j{j}: {got} vs {exact}"
                     );
                 }
             }

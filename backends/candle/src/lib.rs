@@ -41,7 +41,8 @@ impl Backend for CandleBackend {
 
     fn build_info(&self) -> String {
         format!(
-            "candle 0.11 (pure Rust, f32 compute on CPU; avx {}, f16c {}, neon {}); {} threads (process-wide: RAYON_NUM_THREADS or physical cores)",
+            "candle 0.11 (pure Rust, f32 compute on CPU; Minerva kernels for mapped weights: {}; avx {}, f16c {}, neon {}); {} threads for candle's ops (process-wide: RAYON_NUM_THREADS or physical cores)",
+            kernels::kernel_name(),
             candle_core::utils::with_avx(),
             candle_core::utils::with_f16c(),
             candle_core::utils::with_neon(),

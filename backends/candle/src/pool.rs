@@ -133,7 +133,7 @@ fn worker(s: &Shared) {
             }
             spins = spins.wrapping_add(1);
             // Reading the clock costs more than a spin: look at it now and then.
-            if spins % 1024 != 0 || spun.elapsed() < SPIN {
+            if !spins.is_multiple_of(1024) || spun.elapsed() < SPIN {
                 std::hint::spin_loop();
                 continue;
             }

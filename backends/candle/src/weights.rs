@@ -1,9 +1,10 @@
-//! Tensors from model files, under their Hugging Face names, as candle tensors.
+//! Tensors from model files, under their Hugging Face names.
 //!
-//! Every file is checked by [`minerva_core::verify`] first (bounds, overlaps, pickle opcodes), so
-//! what reaches candle is known to be well-formed. SafeTensors and PyTorch storages are read
-//! through a memory map and converted to f32 (the CPU compute type); GGUF tensors stay
-//! quantized and are multiplied by candle's quantized kernels.
+//! Every file is checked first (minerva_core's SafeTensors, torch zip/pickle and GGUF readers:
+//! bounds, overlaps, pickle opcodes), so what is mapped is known to be well-formed. Matrices
+//! stay in the memory-mapped files ([`MappedQ`], multiplied by [`crate::kernels`]): dense
+//! f32/f16/bf16 ones and GGUF's Q4_0/Q4_1/Q8_0. Vectors (norms) are copied into f32 tensors;
+//! other GGUF types (K-quants) are read into candle's quantized tensors and its kernels.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -157,7 +158,7 @@ impl Weights {
         let mut by_dtype: HashMap<String, u64> = HashMap::new();
         let (mut params, mut file_bytes) = (0u64, 0u64);
         for (st, path) in set.iter().zip(&files) {
-            let mmap = map_file(path)?;
+            let mmap = Arc::new(map_file(path)?);
             file_bytes += st.file_size;
             for t in &st.tensors {
                 let (dtype, _) = dtype_of(&t.dtype).map_err(|e| format!("{}: {e}", t.name))?;
@@ -171,7 +172,18 @@ impl Weights {
                         t.name
                     )
                 })?;
-                map.insert(t.name.clone(), Weight::Dense(dense(bytes, dtype, &shape)?));
+                // Matrices stay in the file (f32 math on the stored values); vectors are copied.
+                let weight = match (QType::from_dtype_name(&t.dtype), shape.as_slice()) {
+                    (Some(qtype), &[rows, cols]) => Weight::Mapped(MappedQ {
+                        map: Arc::clone(&mmap),
+                        offset: start,
+                        qtype,
+                        rows,
+                        cols,
+                    }),
+                    _ => Weight::Dense(dense(bytes, dtype, &shape)?),
+                };
+                map.insert(t.name.clone(), weight);
                 params += t.n_elements;
                 *by_dtype.entry(t.dtype.clone()).or_default() += t.end - t.begin;
             }
@@ -195,7 +207,7 @@ impl Weights {
             // state dict uses are accepted (minerva_core::pickle).
             let checked =
                 torchzip::verify_file(path).map_err(|p| format!("{}: {p}", path.display()))?;
-            let mmap = map_file(path)?;
+            let mmap = Arc::new(map_file(path)?);
             file_bytes += checked.summary.file_size_bytes;
             for st in &checked.tensors {
                 let t = &st.tensor;
@@ -214,9 +226,24 @@ impl Weights {
                 let storage = mmap
                     .get(base..base + storage_len)
                     .ok_or_else(|| format!("{name}: storage lies past the end of the file"))?;
-                let bytes = gather(storage, eb, t.offset as usize, &shape, &t.stride);
-                debug_assert_eq!(bytes.len(), n * eb);
-                map.insert(name, Weight::Dense(dense(&bytes, dtype, &shape)?));
+                let weight = match (QType::from_dtype_name(t.dtype), shape.as_slice()) {
+                    // A row-major matrix stays in the file.
+                    (Some(qtype), &[rows, cols]) if t.stride == [cols as u64, 1] || rows <= 1 => {
+                        Weight::Mapped(MappedQ {
+                            map: Arc::clone(&mmap),
+                            offset: base + t.offset as usize * eb,
+                            qtype,
+                            rows,
+                            cols,
+                        })
+                    }
+                    _ => {
+                        let bytes = gather(storage, eb, t.offset as usize, &shape, &t.stride);
+                        debug_assert_eq!(bytes.len(), n * eb);
+                        Weight::Dense(dense(&bytes, dtype, &shape)?)
+                    }
+                };
+                map.insert(name, weight);
                 params += n as u64;
                 *by_dtype.entry(t.dtype.to_string()).or_default() += (n * eb) as u64;
             }
@@ -256,7 +283,7 @@ impl Weights {
                 let offset = usize::try_from(content.tensor_data_offset + info.offset)
                     .map_err(|e| e.to_string())?;
                 let end = offset + rows * qtype.row_bytes(cols);
-                if cols % kernels::BLOCK != 0 || end > mmap.len() {
+                if (qtype.is_quantized() && cols % kernels::BLOCK != 0) || end > mmap.len() {
                     return Err(format!("tensor {name} does not fit its file or its blocks"));
                 }
                 map.insert(

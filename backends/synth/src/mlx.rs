@@ -62,7 +62,9 @@ pub fn write_dir(
     sp_bytes: &[u8],
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<PathBuf>, SynthError> {
-    if shape.hidden_size % GROUP_SIZE != 0 || shape.intermediate_size % GROUP_SIZE != 0 {
+    if !shape.hidden_size.is_multiple_of(GROUP_SIZE)
+        || !shape.intermediate_size.is_multiple_of(GROUP_SIZE)
+    {
         return Err(SynthError::BadOutput {
             path: dir.to_path_buf(),
             detail: format!(
