@@ -3,6 +3,7 @@
 mod bench;
 mod chart;
 mod client;
+mod convert;
 mod models;
 mod pull;
 mod render;
@@ -57,6 +58,9 @@ enum Command {
     /// Write a synthetic model (random weights, real shapes and tokenizer) to benchmark without
     /// downloading weights; runs here, no daemon needed.
     Synth(synth::SynthArgs),
+    /// Convert a GGUF file to a Hugging Face folder (dequantized safetensors, config and
+    /// tokenizer from its metadata); runs here, no daemon needed.
+    Convert(convert::ConvertArgs),
     /// Check a model's files (GGUF, SafeTensors, MLX folder, PyTorch .bin) without loading it.
     /// Exit code 0: valid; 1: the model is invalid; 2: usage or daemon error.
     Verify(verify::VerifyArgs),
@@ -102,6 +106,7 @@ fn main() -> std::process::ExitCode {
             Command::Status => status::status(&global).await,
             Command::Bench(args) => bench::bench(&global, args).await,
             Command::Synth(args) => synth::synth(&global, args).await,
+            Command::Convert(args) => convert::convert(&global, args).await,
             // Its own exit codes: 0 valid, 1 invalid model, 2 usage or daemon error.
             Command::Verify(args) => return Ok(verify::verify(&global, args).await),
         }

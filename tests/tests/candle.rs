@@ -433,3 +433,66 @@ async fn broken_hugging_face_folders_get_clear_errors_and_the_daemon_keeps_servi
     }
     assert!(!marker.exists(), "the pickle ran");
 }
+
+/// `minerva convert` writes the GGUF's weights as a Hugging Face folder (dequantized, Q/K rows
+/// un-permuted, tokenizer and chat template from the metadata); the same passage then runs
+/// through every format and backend. The f32 folder is the exact math on the dequantized
+/// weights; the quantized paths (8-bit activations) and the f16 folder stay close to it.
+#[test]
+fn converted_gguf_runs_the_same_model_in_every_format_and_backend() {
+    let gguf = model_path();
+    let tmp = tempfile::tempdir().unwrap();
+    let (f32_dir, f16_dir) = (tmp.path().join("f32"), tmp.path().join("f16"));
+    for (dir, dtype) in [(&f32_dir, "f32"), (&f16_dir, "f16")] {
+        let out = std::process::Command::new(minerva_e2e::bin("minerva"))
+            .args([
+                "convert",
+                gguf.to_str().unwrap(),
+                "-o",
+                dir.to_str().unwrap(),
+                "--dtype",
+                dtype,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report = minerva_core::verify::verify_path(dir).unwrap();
+        assert!(report.valid, "{report:?}");
+    }
+    let reference = CandleModel::load(&f32_dir).unwrap();
+    let llama = LlamaCppModel::load(&gguf, &minerva_core::LoadOptions { gpu_layers: 0 }).unwrap();
+    let candle_gguf = CandleModel::load(&gguf).unwrap();
+    let f16 = CandleModel::load(&f16_dir).unwrap();
+    assert_eq!(reference.info().chat_template, llama.info().chat_template);
+    for text in [
+        PASSAGE,
+        "<|im_start|>user\nHi<|im_end|>\n",
+        "Numbers 1234 and émojis 🚀",
+    ] {
+        assert_eq!(
+            reference.tokenize(text, true).unwrap(),
+            llama.tokenize(text, true).unwrap()
+        );
+    }
+    let ids = llama.tokenize(PASSAGE, true).unwrap();
+    let want = top1_per_position(&reference, &ids);
+    for (name, model) in [
+        ("GGUF on llama.cpp", &llama as &dyn Model),
+        ("GGUF on candle", &candle_gguf as &dyn Model),
+        ("f16 folder on candle", &f16 as &dyn Model),
+    ] {
+        let got = top1_per_position(model, &ids);
+        let same = got.iter().zip(&want).filter(|(a, b)| a == b).count();
+        let rate = same as f64 / ids.len() as f64;
+        println!(
+            "{name}: top-1 agrees with the f32 folder at {same}/{} positions ({:.1}%)",
+            ids.len(),
+            rate * 100.0
+        );
+        assert!(rate >= 0.95, "{name}: {rate:.3}");
+    }
+}

@@ -4,6 +4,7 @@
 //! decoder implementation ([`model::Transformer`]), so every format runs the same code.
 
 pub mod config;
+pub mod convert;
 pub mod kernels;
 pub mod model;
 pub mod pool;

@@ -130,112 +130,13 @@ impl Tok {
     }
 
     fn from_sentencepiece(sp: &SpModel, bos: u32) -> TResult<Tok> {
-        let unk = sp
-            .pieces
-            .iter()
-            .position(|p| p.kind == PieceType::Unknown)
-            .unwrap_or(0) as u32;
-        if bos as usize >= sp.pieces.len() {
-            return Err(format!(
-                "BOS id {bos} is outside the vocabulary of {}",
-                sp.pieces.len()
-            ));
-        }
-        Self::from_json(&minerva_core::spm_tokenizer::tokenizer_json(sp, bos, unk))
+        Self::from_json(&spm_json(sp, bos)?)
     }
 
     /// A GGUF file's vocabulary.
     pub fn from_gguf(content: &gguf_file::Content) -> TResult<(Tok, TokSettings)> {
-        let md = &content.metadata;
-        let strings = |key: &str| -> TResult<Vec<String>> {
-            match md.get(key) {
-                Some(gguf_file::Value::Array(a)) => a
-                    .iter()
-                    .map(|v| v.to_string().cloned().map_err(|e| format!("{key}: {e}")))
-                    .collect(),
-                _ => Err(format!("GGUF metadata has no {key}")),
-            }
-        };
-        let token = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
-        let flag = |key: &str| md.get(key).and_then(|v| v.to_bool().ok());
-        let tokens = strings("tokenizer.ggml.tokens")?;
-        let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
-            Some(gguf_file::Value::Array(a)) => a
-                .iter()
-                .map(|v| match v {
-                    gguf_file::Value::I32(i) => *i,
-                    gguf_file::Value::U32(u) => *u as i32,
-                    _ => 1,
-                })
-                .collect(),
-            _ => vec![1; tokens.len()],
-        };
-        let model = md
-            .get("tokenizer.ggml.model")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .unwrap_or_default();
-        let bos = token("tokenizer.ggml.bos_token_id");
-        let settings = TokSettings {
-            chat_template: md
-                .get("tokenizer.chat_template")
-                .and_then(|v| v.to_string().ok())
-                .cloned(),
-            add_bos: flag("tokenizer.ggml.add_bos_token").unwrap_or(model == "llama"),
-            bos_token: bos,
-            eos_token: token("tokenizer.ggml.eos_token_id"),
-        };
-        let tok = match model.as_str() {
-            "llama" => {
-                let scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
-                    Some(gguf_file::Value::Array(a)) => {
-                        a.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect()
-                    }
-                    _ => vec![0.0; tokens.len()],
-                };
-                let pieces = tokens
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| Piece {
-                        text: t.clone(),
-                        score: scores.get(i).copied().unwrap_or(0.0),
-                        kind: piece_type(types.get(i).copied().unwrap_or(1)),
-                    })
-                    .collect();
-                let sp = SpModel {
-                    pieces,
-                    add_dummy_prefix: flag("tokenizer.ggml.add_space_prefix").unwrap_or(true),
-                };
-                let mut tok = Self::from_sentencepiece(&sp, bos.unwrap_or(1))?;
-                if !settings.add_bos {
-                    tok.inner
-                        .with_post_processor(None::<tokenizers::PostProcessorWrapper>);
-                }
-                tok
-            }
-            "gpt2" => {
-                let pre = md
-                    .get("tokenizer.ggml.pre")
-                    .and_then(|v| v.to_string().ok())
-                    .cloned()
-                    .unwrap_or_else(|| "default".into());
-                let merges = strings("tokenizer.ggml.merges")?;
-                let v = byte_level_json(
-                    &tokens,
-                    &types,
-                    &merges,
-                    &pre,
-                    settings.add_bos.then_some(bos).flatten(),
-                )?;
-                Self::from_json(&v)?
-            }
-            other => {
-                return Err(format!(
-                    "GGUF tokenizer model {other:?} is not supported (\"llama\" and \"gpt2\" are)"
-                ))
-            }
-        };
-        Ok((tok, settings))
+        let (v, settings) = gguf_json(content)?;
+        Ok((Self::from_json(&v)?, settings))
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -373,4 +274,113 @@ fn byte_level_json(
                   "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
                   "ignore_merges": false, "vocab": vocab, "merges": merges}
     }))
+}
+
+/// tokenizer.json for a SentencePiece vocabulary whose post-processor prepends `bos`.
+fn spm_json(sp: &SpModel, bos: u32) -> TResult<Value> {
+    let unk = sp
+        .pieces
+        .iter()
+        .position(|p| p.kind == PieceType::Unknown)
+        .unwrap_or(0) as u32;
+    if bos as usize >= sp.pieces.len() {
+        return Err(format!(
+            "BOS id {bos} is outside the vocabulary of {}",
+            sp.pieces.len()
+        ));
+    }
+    Ok(minerva_core::spm_tokenizer::tokenizer_json(sp, bos, unk))
+}
+
+/// tokenizer.json (and the settings beside it) for a GGUF file's vocabulary, the way
+/// `minerva convert` writes it and the candle backend reads it.
+pub fn gguf_json(content: &gguf_file::Content) -> TResult<(Value, TokSettings)> {
+    let md = &content.metadata;
+    let strings = |key: &str| -> TResult<Vec<String>> {
+        match md.get(key) {
+            Some(gguf_file::Value::Array(a)) => a
+                .iter()
+                .map(|v| v.to_string().cloned().map_err(|e| format!("{key}: {e}")))
+                .collect(),
+            _ => Err(format!("GGUF metadata has no {key}")),
+        }
+    };
+    let token = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
+    let flag = |key: &str| md.get(key).and_then(|v| v.to_bool().ok());
+    let tokens = strings("tokenizer.ggml.tokens")?;
+    let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
+        Some(gguf_file::Value::Array(a)) => a
+            .iter()
+            .map(|v| match v {
+                gguf_file::Value::I32(i) => *i,
+                gguf_file::Value::U32(u) => *u as i32,
+                _ => 1,
+            })
+            .collect(),
+        _ => vec![1; tokens.len()],
+    };
+    let model = md
+        .get("tokenizer.ggml.model")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    let bos = token("tokenizer.ggml.bos_token_id");
+    let settings = TokSettings {
+        chat_template: md
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .cloned(),
+        add_bos: flag("tokenizer.ggml.add_bos_token").unwrap_or(model == "llama"),
+        bos_token: bos,
+        eos_token: token("tokenizer.ggml.eos_token_id"),
+    };
+    let tok_json = match model.as_str() {
+        "llama" => {
+            let scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
+                Some(gguf_file::Value::Array(a)) => {
+                    a.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect()
+                }
+                _ => vec![0.0; tokens.len()],
+            };
+            let pieces = tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Piece {
+                    text: t.clone(),
+                    score: scores.get(i).copied().unwrap_or(0.0),
+                    kind: piece_type(types.get(i).copied().unwrap_or(1)),
+                })
+                .collect();
+            let sp = SpModel {
+                pieces,
+                add_dummy_prefix: flag("tokenizer.ggml.add_space_prefix").unwrap_or(true),
+            };
+            let mut v = spm_json(&sp, bos.unwrap_or(1))?;
+            if !settings.add_bos {
+                v["post_processor"] = Value::Null;
+            }
+            v
+        }
+        "gpt2" => {
+            let pre = md
+                .get("tokenizer.ggml.pre")
+                .and_then(|v| v.to_string().ok())
+                .cloned()
+                .unwrap_or_else(|| "default".into());
+            let merges = strings("tokenizer.ggml.merges")?;
+            byte_level_json(
+                &tokens,
+                &types,
+                &merges,
+                &pre,
+                settings.add_bos.then_some(bos).flatten(),
+            )?
+        }
+        other => {
+            return Err(format!(
+                "GGUF tokenizer model {other:?} is not supported (\"llama\" and \"gpt2\" are)"
+            ))
+        }
+    };
+    Ok((tok_json, settings))
 }

@@ -347,6 +347,15 @@ impl Weights {
         names.join(", ")
     }
 
+    /// A tensor as dense f32, whatever its shape.
+    pub fn take_dense(&mut self, name: &str) -> WResult<Tensor> {
+        match self.take(name)? {
+            Weight::Dense(t) => Ok(t),
+            Weight::Quant(q) => q.dequantize(&Device::Cpu).map_err(candle_err),
+            Weight::Mapped(m) => m.dequantize(),
+        }
+    }
+
     /// A tensor as dense f32 of exactly `shape`.
     pub fn dense(&mut self, name: &str, shape: &[usize]) -> WResult<Tensor> {
         let t = match self.take(name)? {
