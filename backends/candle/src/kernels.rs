@@ -181,8 +181,6 @@ mod avx2 {
         let bb = t.block_bytes();
         let nb = xd.len();
         debug_assert!(row.len() >= nb * bb && xq.len() >= nb * BLOCK);
-        let ones = _mm256_set1_epi16(1);
-        let low = _mm256_set1_epi8(0x0F);
         let mut acc = _mm256_setzero_ps();
         let mut extra = 0f32;
         let rp = row.as_ptr();
@@ -191,25 +189,7 @@ mod avx2 {
             let blk = rp.add(b * bb);
             let x = _mm256_loadu_si256(qp.add(b * BLOCK) as *const __m256i);
             let d = f16_at(std::slice::from_raw_parts(blk, 4), 0) * xd[b];
-            let prod = match t {
-                QType::Q8_0 => {
-                    let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                    // maddubs wants unsigned * signed: |w| * (x with w's sign).
-                    let aw = _mm256_sign_epi8(w, w);
-                    let sx = _mm256_sign_epi8(x, w);
-                    _mm256_maddubs_epi16(aw, sx)
-                }
-                QType::F32 | QType::F16 | QType::BF16 => unreachable!("dense rows have no blocks"),
-                QType::Q4_0 | QType::Q4_1 => {
-                    let off = if t == QType::Q4_0 { 2 } else { 4 };
-                    let n = _mm_loadu_si128(blk.add(off) as *const __m128i);
-                    let both = _mm256_set_m128i(_mm_srli_epi16(n, 4), n);
-                    let w = _mm256_and_si256(both, low);
-                    _mm256_maddubs_epi16(w, x)
-                }
-            };
-            let i32s = _mm256_madd_epi16(prod, ones);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32s), _mm256_set1_ps(d), acc);
+            acc = _mm256_fmadd_ps(block(t, blk, x), _mm256_set1_ps(d), acc);
             match t {
                 QType::Q4_0 => extra -= 8.0 * d * xs[b] as f32,
                 QType::Q4_1 => {
@@ -222,14 +202,15 @@ mod avx2 {
         hsum(acc) + extra
     }
 
-    /// One block's integer dot product, as 8 i32 lanes summed to floats.
+    /// A block's two operands for an unsigned-by-signed byte product: the weights as u8 and the
+    /// activations as i8 (Q8_0: |w| and x with w's sign).
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn block(t: QType, blk: *const u8, x: __m256i) -> __m256 {
-        let prod = match t {
+    #[target_feature(enable = "avx2")]
+    unsafe fn operands(t: QType, blk: *const u8, x: __m256i) -> (__m256i, __m256i) {
+        match t {
             QType::Q8_0 => {
                 let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+                (_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
             }
             QType::F32 | QType::F16 | QType::BF16 => unreachable!("dense rows have no blocks"),
             QType::Q4_0 | QType::Q4_1 => {
@@ -239,9 +220,17 @@ mod avx2 {
                     _mm256_set_m128i(_mm_srli_epi16(n, 4), n),
                     _mm256_set1_epi8(0x0F),
                 );
-                _mm256_maddubs_epi16(w, x)
+                (w, x)
             }
-        };
+        }
+    }
+
+    /// One block's integer dot product, as 8 i32 lanes summed to floats.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block(t: QType, blk: *const u8, x: __m256i) -> __m256 {
+        let (w, x) = operands(t, blk, x);
+        let prod = _mm256_maddubs_epi16(w, x);
         _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, _mm256_set1_epi16(1)))
     }
 
@@ -309,24 +298,8 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,avxvnni")]
     unsafe fn block_vnni(t: QType, blk: *const u8, x: __m256i) -> __m256 {
-        let z = _mm256_setzero_si256();
-        let sum = match t {
-            QType::Q8_0 => {
-                let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                _mm256_dpbusd_avx_epi32(z, _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
-            }
-            QType::F32 | QType::F16 | QType::BF16 => unreachable!("dense rows have no blocks"),
-            QType::Q4_0 | QType::Q4_1 => {
-                let off = if t == QType::Q4_0 { 2 } else { 4 };
-                let n = _mm_loadu_si128(blk.add(off) as *const __m128i);
-                let w = _mm256_and_si256(
-                    _mm256_set_m128i(_mm_srli_epi16(n, 4), n),
-                    _mm256_set1_epi8(0x0F),
-                );
-                _mm256_dpbusd_avx_epi32(z, w, x)
-            }
-        };
-        _mm256_cvtepi32_ps(sum)
+        let (w, x) = operands(t, blk, x);
+        _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, x))
     }
 
     /// Two weight rows against one activation row, sharing the activation loads: `dot2` with

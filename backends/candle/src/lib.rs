@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use minerva_core::error::TokenIdDisplay;
 use minerva_core::{
     Backend, Context, ContextOptions, CoreError, ForwardChunk, LoadOptions, Model, ModelFormat,
     ModelInfo, Result, SeqId, TokenId,
@@ -196,16 +195,6 @@ impl CandleModel {
         })
     }
 
-    fn check(&self, token: TokenId) -> Result<()> {
-        if token >= self.info.vocab_size {
-            return Err(CoreError::TokenOutOfRange {
-                token: TokenIdDisplay(token),
-                vocab_size: self.info.vocab_size,
-            });
-        }
-        Ok(())
-    }
-
     /// The decoder, for tests that drive it directly.
     pub fn transformer(&self) -> &Arc<Transformer> {
         &self.transformer
@@ -231,12 +220,12 @@ impl Model for CandleModel {
     }
 
     fn token_bytes(&self, token: TokenId) -> Result<Vec<u8>> {
-        self.check(token)?;
+        self.info.check_token(token)?;
         Ok(self.tok.token_bytes(token).unwrap_or_default().to_vec())
     }
 
     fn token_text(&self, token: TokenId) -> Result<String> {
-        self.check(token)?;
+        self.info.check_token(token)?;
         Ok(self.tok.token_text(token).unwrap_or_default())
     }
 

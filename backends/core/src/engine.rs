@@ -99,6 +99,17 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
+    /// An error unless `token` is inside the vocabulary.
+    pub fn check_token(&self, token: TokenId) -> Result<()> {
+        if token >= self.vocab_size {
+            return Err(crate::CoreError::TokenOutOfRange {
+                token: crate::error::TokenIdDisplay(token),
+                vocab_size: self.vocab_size,
+            });
+        }
+        Ok(())
+    }
+
     /// Memory the model needs with a context of `context_length` tokens: the weights (mapped),
     /// an f16 KV cache, and llama.cpp's compute buffer for a 512-token micro-batch (dominated by
     /// the logits: vocab × 512 × 4 bytes, plus activations).

@@ -109,12 +109,7 @@ impl LlamaCppModel {
     }
 
     fn token(&self, token: TokenId) -> Result<LlamaToken> {
-        if token >= self.info.vocab_size {
-            return Err(CoreError::TokenOutOfRange {
-                token: TokenIdDisplay(token),
-                vocab_size: self.info.vocab_size,
-            });
-        }
+        self.info.check_token(token)?;
         Ok(LlamaToken(token as i32))
     }
 }
