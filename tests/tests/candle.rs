@@ -434,65 +434,236 @@ async fn broken_hugging_face_folders_get_clear_errors_and_the_daemon_keeps_servi
     assert!(!marker.exists(), "the pickle ran");
 }
 
-/// `minerva convert` writes the GGUF's weights as a Hugging Face folder (dequantized, Q/K rows
-/// un-permuted, tokenizer and chat template from the metadata); the same passage then runs
-/// through every format and backend. The f32 folder is the exact math on the dequantized
-/// weights; the quantized paths (8-bit activations) and the f16 folder stay close to it.
+fn minerva_convert(args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(minerva_e2e::bin("minerva"))
+        .arg("convert")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "minerva convert {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `minerva convert` both ways: the GGUF's weights as a Hugging Face folder (dequantized, Q/K
+/// rows un-permuted, tokenizer and chat template from the metadata), and that folder back to
+/// GGUF (F16, and Q8_0 by llama.cpp's quantizer). The same passage then runs through every
+/// format and backend. The f32 folder is the exact math on the dequantized weights; the f16
+/// paths (folder and GGUF) round the same weights the same way, so they agree with each other;
+/// the quantized paths (8-bit activations) stay close.
 #[test]
 fn converted_gguf_runs_the_same_model_in_every_format_and_backend() {
     let gguf = model_path();
     let tmp = tempfile::tempdir().unwrap();
     let (f32_dir, f16_dir) = (tmp.path().join("f32"), tmp.path().join("f16"));
     for (dir, dtype) in [(&f32_dir, "f32"), (&f16_dir, "f16")] {
-        let out = std::process::Command::new(minerva_e2e::bin("minerva"))
-            .args([
-                "convert",
-                gguf.to_str().unwrap(),
-                "-o",
-                dir.to_str().unwrap(),
-                "--dtype",
-                dtype,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        minerva_convert(&[path_str(&gguf), "-o", path_str(dir), "--dtype", dtype]);
         let report = minerva_core::verify::verify_path(dir).unwrap();
         assert!(report.valid, "{report:?}");
     }
+    let (f16_gguf, q8_gguf) = (tmp.path().join("f16.gguf"), tmp.path().join("q8_0.gguf"));
+    for (file, dtype) in [(&f16_gguf, "f16"), (&q8_gguf, "q8_0")] {
+        minerva_convert(&[path_str(&f32_dir), "-o", path_str(file), "--dtype", dtype]);
+        let report = minerva_core::verify::verify_path(file).unwrap();
+        assert!(report.valid, "{report:?}");
+        assert_eq!(report.summary.quantization.to_ascii_lowercase(), dtype);
+    }
+    let opts = minerva_core::LoadOptions { gpu_layers: 0 };
     let reference = CandleModel::load(&f32_dir).unwrap();
-    let llama = LlamaCppModel::load(&gguf, &minerva_core::LoadOptions { gpu_layers: 0 }).unwrap();
+    let llama = LlamaCppModel::load(&gguf, &opts).unwrap();
+    let llama_f16 = LlamaCppModel::load(&f16_gguf, &opts).unwrap();
+    let llama_q8 = LlamaCppModel::load(&q8_gguf, &opts).unwrap();
     let candle_gguf = CandleModel::load(&gguf).unwrap();
+    let candle_f16_gguf = CandleModel::load(&f16_gguf).unwrap();
+    let candle_q8 = CandleModel::load(&q8_gguf).unwrap();
     let f16 = CandleModel::load(&f16_dir).unwrap();
+    for m in [&llama_f16 as &dyn Model, &llama_q8] {
+        assert_eq!(reference.info().chat_template, m.info().chat_template);
+    }
     assert_eq!(reference.info().chat_template, llama.info().chat_template);
     for text in [
         PASSAGE,
         "<|im_start|>user\nHi<|im_end|>\n",
         "Numbers 1234 and émojis 🚀",
     ] {
-        assert_eq!(
-            reference.tokenize(text, true).unwrap(),
-            llama.tokenize(text, true).unwrap()
-        );
+        let want = reference.tokenize(text, true).unwrap();
+        for m in [&llama as &dyn Model, &llama_f16, &llama_q8] {
+            assert_eq!(m.tokenize(text, true).unwrap(), want, "{text:?}");
+        }
     }
     let ids = llama.tokenize(PASSAGE, true).unwrap();
     let want = top1_per_position(&reference, &ids);
+    let f16_folder = top1_per_position(&f16, &ids);
+    let rate_of = |got: &[u32], want: &[u32]| {
+        got.iter().zip(want).filter(|(a, b)| a == b).count() as f64 / want.len() as f64
+    };
     for (name, model) in [
-        ("GGUF on llama.cpp", &llama as &dyn Model),
-        ("GGUF on candle", &candle_gguf as &dyn Model),
-        ("f16 folder on candle", &f16 as &dyn Model),
+        ("Q4_1 GGUF on llama.cpp", &llama as &dyn Model),
+        ("Q4_1 GGUF on candle", &candle_gguf),
+        ("f16 folder on candle", &f16),
+        ("F16 GGUF (from the folder) on llama.cpp", &llama_f16),
+        ("F16 GGUF (from the folder) on candle", &candle_f16_gguf),
+        ("Q8_0 GGUF (from the folder) on llama.cpp", &llama_q8),
+        ("Q8_0 GGUF (from the folder) on candle", &candle_q8),
     ] {
         let got = top1_per_position(model, &ids);
-        let same = got.iter().zip(&want).filter(|(a, b)| a == b).count();
-        let rate = same as f64 / ids.len() as f64;
+        let rate = rate_of(&got, &want);
         println!(
-            "{name}: top-1 agrees with the f32 folder at {same}/{} positions ({:.1}%)",
+            "{name}: top-1 agrees with the f32 folder at {:.1}% of {} positions, with the f16 folder at {:.1}%",
+            rate * 100.0,
             ids.len(),
-            rate * 100.0
+            rate_of(&got, &f16_folder) * 100.0
         );
         assert!(rate >= 0.95, "{name}: {rate:.3}");
+    }
+    // The F16 GGUF holds the f16 folder's values (Q/K rows permuted): on candle both are f32
+    // math on the same f16 weights.
+    let same = rate_of(&top1_per_position(&candle_f16_gguf, &ids), &f16_folder);
+    assert!(same >= 0.99, "F16 GGUF vs f16 folder on candle: {same:.3}");
+}
+
+struct Reference {
+    text: String,
+    input_ids: Vec<u32>,
+    last_logits: Vec<f32>,
+    argmax: Vec<u32>,
+    greedy: Vec<u32>,
+}
+
+fn full_reference(name: &str) -> Vec<Reference> {
+    use base64::Engine as _;
+    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ids = |x: &serde_json::Value| -> Vec<u32> {
+        x.as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap() as u32)
+            .collect()
+    };
+    v["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(p["last_logits_f32_le_base64"].as_str().unwrap())
+                .unwrap();
+            Reference {
+                text: p["text"].as_str().unwrap().to_string(),
+                input_ids: ids(&p["input_ids"]),
+                last_logits: raw
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+                argmax: ids(&p["argmax_per_position"]),
+                greedy: ids(&p["greedy"]),
+            }
+        })
+        .collect()
+}
+
+/// Hugging Face folders made by transformers, converted to F32 GGUF by `minerva convert`, run
+/// on llama.cpp and give transformers' tokens and logits: tiny-llama's SentencePiece
+/// tokenizer.model and tiny-mistral's byte-fallback tokenizer.json both become llama.cpp
+/// vocabularies that tokenize as the folder does. llama.cpp's "llama" graph has no sliding
+/// window, so for tiny-mistral (window 16) only what the first 16 positions see is compared,
+/// and the converter says so.
+#[test]
+fn converted_folders_run_on_llama_cpp_as_in_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = minerva_core::LoadOptions { gpu_layers: 0 };
+    for (name, window) in [("tiny-llama", None), ("tiny-mistral", Some(16usize))] {
+        let gguf = tmp.path().join(format!("{name}.gguf"));
+        let out = minerva_convert(&[
+            path_str(&fixture(name)),
+            "-o",
+            path_str(&gguf),
+            "--dtype",
+            "f32",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.contains("sliding_window 16 is not kept"),
+            window.is_some(),
+            "{stderr}"
+        );
+        // Never over an existing file; a quantized type is a GGUF type only.
+        let again = std::process::Command::new(minerva_e2e::bin("minerva"))
+            .args(["convert", path_str(&fixture(name)), "-o", path_str(&gguf)])
+            .output()
+            .unwrap();
+        assert!(!again.status.success());
+        assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
+        let wrong = std::process::Command::new(minerva_e2e::bin("minerva"))
+            .args([
+                "convert",
+                path_str(&gguf),
+                "-o",
+                path_str(&tmp.path().join("x")),
+            ])
+            .args(["--dtype", "q8_0"])
+            .output()
+            .unwrap();
+        assert!(!wrong.status.success());
+        assert!(
+            String::from_utf8_lossy(&wrong.stderr).contains("is not a folder type"),
+            "{}",
+            String::from_utf8_lossy(&wrong.stderr)
+        );
+        let llama = LlamaCppModel::load(&gguf, &opts).unwrap();
+        let folder = CandleModel::load(&fixture(name)).unwrap();
+        for text in [
+            "Hello, how are you?",
+            " leading space and  two spaces\nnew line\ttab",
+            "Numbers 1234 and émojis 🚀 ⟨unusual⟩ 日本語",
+            "[INST] What is 2+2? [/INST]",
+        ] {
+            assert_eq!(
+                llama.tokenize(text, true).unwrap(),
+                folder.tokenize(text, true).unwrap(),
+                "{name}: {text:?}"
+            );
+        }
+        assert_eq!(llama.info().chat_template, folder.info().chat_template);
+        for r in full_reference(name) {
+            assert_eq!(
+                llama.tokenize(&r.text, true).unwrap(),
+                r.input_ids,
+                "{name}"
+            );
+            let seen = window.unwrap_or(usize::MAX).min(r.input_ids.len());
+            let top1 = top1_per_position(&llama, &r.input_ids);
+            assert_eq!(top1[..seen], r.argmax[..seen], "{name}: {:?}", r.text);
+            let room = window.map_or(r.greedy.len(), |w| w.saturating_sub(r.input_ids.len()));
+            let (tokens, logits) = greedy(&llama, &r.input_ids, room);
+            assert_eq!(tokens, r.greedy[..room], "{name}: {:?}", r.text);
+            if r.input_ids.len() <= window.unwrap_or(usize::MAX) {
+                let got = if room > 0 {
+                    logits[0].clone()
+                } else {
+                    greedy(&llama, &r.input_ids, 1).1.remove(0)
+                };
+                let diff = got
+                    .iter()
+                    .zip(&r.last_logits)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                println!(
+                    "{name} {:?}: {} prompt tokens, {room} greedy tokens identical, max |logit diff| vs transformers {diff:.2e}",
+                    r.text,
+                    r.input_ids.len()
+                );
+                // llama.cpp keeps K and V in f16 (relative rounding 2^-11): a few 1e-3.
+                assert!(diff < 1e-2, "{name}: {diff}");
+            }
+        }
     }
 }

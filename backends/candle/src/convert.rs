@@ -137,3 +137,215 @@ pub fn gguf_to_hf(src: &Path, out: &Path, dtype: DType) -> Result<Converted, Str
         parameters,
     })
 }
+
+/// llama.cpp's Q/K permutation for its interleaved RoPE (what convert_hf_to_gguf.py does):
+/// Hugging Face row `h*hd + i*hd/2 + j` becomes GGUF row `h*hd + 2j + i`.
+fn permute(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (rows, cols) = t.dims2()?;
+    let hd = rows / heads;
+    t.reshape((heads, 2, hd / 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))
+}
+
+fn le_bytes(t: &Tensor, dtype: DType) -> candle_core::Result<Vec<u8>> {
+    let t = t.to_dtype(dtype)?.flatten_all()?;
+    Ok(match dtype {
+        DType::F16 => t
+            .to_vec1::<half::f16>()?
+            .iter()
+            .flat_map(|v| v.to_bits().to_le_bytes())
+            .collect(),
+        DType::BF16 => t
+            .to_vec1::<half::bf16>()?
+            .iter()
+            .flat_map(|v| v.to_bits().to_le_bytes())
+            .collect(),
+        _ => t
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+    })
+}
+
+/// What a folder-to-GGUF conversion wrote, and what the GGUF cannot say.
+#[derive(Debug, Clone)]
+pub struct ConvertedGguf {
+    pub file: PathBuf,
+    pub tensors: usize,
+    pub parameters: u64,
+    pub bytes: u64,
+    /// Settings of the folder that llama.cpp's "llama" architecture has no key for.
+    pub notes: Vec<String>,
+}
+
+/// Converts the Hugging Face folder `src` (Llama or Mistral; safetensors or .bin; any dtype)
+/// into the GGUF file `out` with matrices of `dtype` (F32, F16 or BF16) and norms in F32, the
+/// way llama.cpp's convert_hf_to_gguf.py does: architecture "llama", Q/K rows permuted for
+/// llama.cpp's RoPE, tokenizer, chat template and special tokens in the metadata. `out` must
+/// not exist; it appears only once complete.
+pub fn hf_to_gguf(src: &Path, out: &Path, dtype: DType) -> Result<ConvertedGguf, String> {
+    use crate::weights::{LAYER_TENSORS, MODEL_TENSORS};
+    use minerva_core::gguf_write::{self as gw, Value};
+    let (ggml_type, file_type) = match dtype {
+        DType::F32 => (gw::GGML_TYPE_F32, 0),
+        DType::F16 => (gw::GGML_TYPE_F16, 1),
+        DType::BF16 => (gw::GGML_TYPE_BF16, 32),
+        other => return Err(format!("unsupported GGUF dtype {other:?} (f32, f16, bf16)")),
+    };
+    if out.exists() {
+        return Err(format!("{} exists", out.display()));
+    }
+    let report = minerva_core::verify::verify_path(src).map_err(err)?;
+    if let Some(p) = report.error {
+        return Err(format!("{}: {p}", src.display()));
+    }
+    let cfg = Config::from_hf_folder(src)?;
+    let mut weights = Weights::from_hf_folder(src)?;
+    let mut notes = Vec::new();
+    if let Some(w) = cfg.sliding_window {
+        notes.push(format!(
+            "sliding_window {w} is not kept: llama.cpp's \"llama\" architecture has no sliding-window attention (convert_hf_to_gguf.py drops it too); prompts longer than {w} tokens will differ"
+        ));
+    }
+    // (GGUF name, Hugging Face name, shape, permute for this many heads).
+    let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+    let mut plan: Vec<(String, String, Vec<usize>, Option<usize>)> = Vec::new();
+    let model = |i: usize| {
+        (
+            MODEL_TENSORS[i].0.to_string(),
+            MODEL_TENSORS[i].1.to_string(),
+        )
+    };
+    let (g, n) = model(0);
+    plan.push((g, n, vec![cfg.vocab_size, h], None));
+    for layer in 0..cfg.num_layers {
+        for (g, n) in LAYER_TENSORS {
+            let (shape, heads) = match *g {
+                "attn_norm.weight" | "ffn_norm.weight" => (vec![h], None),
+                "attn_q.weight" => (vec![cfg.num_heads * hd, h], Some(cfg.num_heads)),
+                "attn_k.weight" => (vec![cfg.num_kv_heads * hd, h], Some(cfg.num_kv_heads)),
+                "attn_v.weight" => (vec![cfg.num_kv_heads * hd, h], None),
+                "attn_output.weight" => (vec![h, cfg.num_heads * hd], None),
+                "ffn_down.weight" => (vec![h, cfg.intermediate_size], None),
+                _ => (vec![cfg.intermediate_size, h], None),
+            };
+            plan.push((
+                format!("blk.{layer}.{g}"),
+                format!("model.layers.{layer}.{n}"),
+                shape,
+                heads,
+            ));
+        }
+    }
+    let (g, n) = model(1);
+    plan.push((g, n, vec![h], None));
+    if !cfg.tie_word_embeddings {
+        let (g, n) = model(2);
+        plan.push((g, n, vec![cfg.vocab_size, h], None));
+    }
+    let taken: std::collections::HashSet<&str> = plan.iter().map(|p| p.1.as_str()).collect();
+    let extra: Vec<String> = weights
+        .unused()
+        .into_iter()
+        .filter(|n| !taken.contains(n.as_str()))
+        // Old checkpoints store RoPE's frequencies; tied models may store lm_head anyway.
+        .filter(|n| !n.ends_with("rotary_emb.inv_freq") && n != "lm_head.weight")
+        .collect();
+    if !extra.is_empty() {
+        return Err(format!(
+            "tensors with no place in llama.cpp's llama graph: {}",
+            extra.join(", ")
+        ));
+    }
+    let tensors: Vec<gw::Tensor> = plan
+        .iter()
+        .map(|(g, _, shape, _)| {
+            let elements: usize = shape.iter().product();
+            let (ty, eb) = if shape.len() == 1 {
+                (gw::GGML_TYPE_F32, 4)
+            } else {
+                (ggml_type, dtype.size_in_bytes())
+            };
+            gw::Tensor {
+                name: g.clone(),
+                shape: shape.iter().map(|&d| d as u64).collect(),
+                ggml_type: ty,
+                bytes: (elements * eb) as u64,
+            }
+        })
+        .collect();
+    let name = src
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let u = |v: usize| Value::U32(v as u32);
+    let mut metadata: Vec<(String, Value)> = [
+        ("general.architecture", Value::Str("llama".into())),
+        ("general.type", Value::Str("model".into())),
+        ("general.name", Value::Str(name)),
+        ("general.file_type", Value::U32(file_type)),
+        (
+            "general.quantization_version",
+            Value::U32(gw::QUANTIZATION_VERSION),
+        ),
+        ("llama.vocab_size", u(cfg.vocab_size)),
+        ("llama.context_length", u(cfg.max_position_embeddings)),
+        ("llama.embedding_length", u(h)),
+        ("llama.block_count", u(cfg.num_layers)),
+        ("llama.feed_forward_length", u(cfg.intermediate_size)),
+        ("llama.rope.dimension_count", u(hd)),
+        ("llama.attention.head_count", u(cfg.num_heads)),
+        ("llama.attention.head_count_kv", u(cfg.num_kv_heads)),
+        ("llama.attention.key_length", u(hd)),
+        ("llama.attention.value_length", u(hd)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(cfg.rms_norm_eps as f32),
+        ),
+        ("llama.rope.freq_base", Value::F32(cfg.rope_theta)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    metadata.extend(crate::tokenizer::gguf_metadata(src)?);
+    let mut parameters = 0u64;
+    let partial = out.with_extension("gguf.partial");
+    let written = (|| -> Result<u64, String> {
+        let file = std::fs::File::create(&partial)
+            .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        let n = gw::write(&mut w, &metadata, &tensors, |i| {
+            let (_, hf, shape, heads) = &plan[i];
+            let t = weights.dense(hf, shape).map_err(std::io::Error::other)?;
+            let t = match heads {
+                Some(heads) => permute(&t, *heads).map_err(std::io::Error::other)?,
+                None => t,
+            };
+            parameters += t.elem_count() as u64;
+            let dt = if shape.len() == 1 { DType::F32 } else { dtype };
+            le_bytes(&t, dt).map_err(std::io::Error::other)
+        })
+        .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
+        use std::io::Write;
+        w.flush().map_err(err)?;
+        Ok(n)
+    })();
+    let bytes = match written {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&partial, out).map_err(err)?;
+    Ok(ConvertedGguf {
+        file: out.to_path_buf(),
+        tensors: tensors.len(),
+        parameters,
+        bytes,
+        notes,
+    })
+}

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file;
+use minerva_core::gguf_write as gw;
 use minerva_core::sentencepiece::{Piece, PieceType, SpModel};
 use serde_json::{json, Value};
 
@@ -207,18 +208,15 @@ fn byte_decoder() -> HashMap<char, u8> {
         .collect()
 }
 
-/// tokenizer.json for a GGUF byte-level BPE vocabulary, with the pre-tokenizer llama.cpp uses
-/// for `pre` (the splits of its llama-vocab.cpp, as Hugging Face tokenizers express them).
-fn byte_level_json(
-    tokens: &[String],
-    types: &[i32],
-    merges: &[String],
-    pre: &str,
-    bos: Option<u32>,
-) -> TResult<Value> {
+/// The byte-level pre-tokenizers (GGUF `tokenizer.ggml.pre`) this backend knows.
+const BYTE_LEVEL_PRES: &[&str] = &["default", "smollm", "llama3"];
+
+/// The pre-tokenizer llama.cpp applies for `pre` (the splits of its llama-vocab.cpp), as
+/// Hugging Face tokenizers express it.
+fn byte_level_pre_tokenizer(pre: &str) -> Option<Value> {
     let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-    let pre_tokenizer = match pre {
-        "default" | "gpt2" | "gpt-2" => byte_level.clone(),
+    Some(match pre {
+        "default" | "gpt2" | "gpt-2" => byte_level,
         // SmolLM: every digit on its own, then GPT-2's split.
         "smollm" => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": true},
@@ -228,12 +226,25 @@ fn byte_level_json(
             {"type": "Split", "pattern": {"Regex": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"}, "behavior": "Isolated", "invert": false},
             {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
         ]}),
-        other => {
-            return Err(format!(
-                "GGUF pre-tokenizer {other:?} is not supported by the pure-Rust backend yet (default, smollm, llama3 are)"
-            ))
-        }
-    };
+        _ => return None,
+    })
+}
+
+/// tokenizer.json for a GGUF byte-level BPE vocabulary, with the pre-tokenizer llama.cpp uses
+/// for `pre` (the splits of its llama-vocab.cpp, as Hugging Face tokenizers express them).
+fn byte_level_json(
+    tokens: &[String],
+    types: &[i32],
+    merges: &[String],
+    pre: &str,
+    bos: Option<u32>,
+) -> TResult<Value> {
+    let pre_tokenizer = byte_level_pre_tokenizer(pre).ok_or_else(|| {
+        format!(
+            "GGUF pre-tokenizer {pre:?} is not supported by the pure-Rust backend yet ({} are)",
+            BYTE_LEVEL_PRES.join(", ")
+        )
+    })?;
     let vocab: serde_json::Map<String, Value> = tokens
         .iter()
         .enumerate()
@@ -383,4 +394,212 @@ pub fn gguf_json(content: &gguf_file::Content) -> TResult<(Value, TokSettings)> 
         }
     };
     Ok((tok_json, settings))
+}
+
+/// `pre_tokenizer` JSON without the keys that don't change the splits.
+fn splits_of(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| k.as_str() != "trim_offsets")
+                .map(|(k, v)| (k.clone(), splits_of(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(splits_of).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Whether a SentencePiece-style tokenizer.json prepends "▁" to the text.
+fn prepends_space(v: &Value) -> bool {
+    let text = |key: &str| v.get(key).map(Value::to_string).unwrap_or_default();
+    let normalizer = text("normalizer");
+    let pre = text("pre_tokenizer");
+    normalizer.contains("\"Prepend\"")
+        || (pre.contains("\"Metaspace\"")
+            && (pre.contains("\"add_prefix_space\":true")
+                || pre.contains("\"prepend_scheme\":\"first\"")
+                || pre.contains("\"prepend_scheme\":\"always\"")))
+}
+
+fn gw_strings(v: Vec<String>) -> gw::Value {
+    gw::Value::StrArray(v)
+}
+
+/// The `tokenizer.*` GGUF metadata for a Hugging Face folder's tokenizer, as llama.cpp's
+/// convert_hf_to_gguf.py writes it: a SentencePiece `tokenizer.model` (preferred, as there)
+/// or a tokenizer.json byte-fallback BPE become the "llama" vocabulary (scores from the merge
+/// ranks when there is no .model); a byte-level BPE becomes "gpt2" with its merges and the
+/// llama.cpp pre-tokenizer whose splits are the same as the file's.
+pub fn gguf_metadata(dir: &Path) -> TResult<Vec<(String, gw::Value)>> {
+    let (_, settings) = Tok::from_hf_folder(dir, None)?;
+    let mut md: Vec<(String, gw::Value)> = Vec::new();
+    let mut put = |k: &str, v: gw::Value| md.push((k.to_string(), v));
+    let sp_path = dir.join("tokenizer.model");
+    let unk;
+    if sp_path.is_file() {
+        let bytes =
+            std::fs::read(&sp_path).map_err(|e| format!("cannot read tokenizer.model: {e}"))?;
+        let sp = SpModel::parse(&bytes).map_err(|e| format!("tokenizer.model: {e}"))?;
+        unk = sp.pieces.iter().position(|p| p.kind == PieceType::Unknown);
+        put("tokenizer.ggml.model", gw::Value::Str("llama".into()));
+        put("tokenizer.ggml.pre", gw::Value::Str("default".into()));
+        put(
+            "tokenizer.ggml.tokens",
+            gw_strings(sp.pieces.iter().map(|p| p.text.clone()).collect()),
+        );
+        put(
+            "tokenizer.ggml.scores",
+            gw::Value::F32Array(sp.pieces.iter().map(|p| p.score).collect()),
+        );
+        put(
+            "tokenizer.ggml.token_type",
+            gw::Value::I32Array(sp.pieces.iter().map(|p| p.kind as i32).collect()),
+        );
+        put(
+            "tokenizer.ggml.add_space_prefix",
+            gw::Value::Bool(sp.add_dummy_prefix),
+        );
+    } else {
+        let text = std::fs::read_to_string(dir.join("tokenizer.json"))
+            .map_err(|e| format!("cannot read tokenizer.json: {e}"))?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("tokenizer.json is not valid JSON: {e}"))?;
+        let model = &v["model"];
+        if model["type"].as_str() != Some("BPE") {
+            return Err(format!(
+                "tokenizer.json model {} has no GGUF vocabulary type here (BPE has)",
+                model["type"]
+            ));
+        }
+        let mut tokens: Vec<Option<String>> = Vec::new();
+        let mut set = |id: u64, t: &str| {
+            let id = id as usize;
+            if tokens.len() <= id {
+                tokens.resize(id + 1, None);
+            }
+            tokens[id] = Some(t.to_string());
+        };
+        for (t, id) in model["vocab"]
+            .as_object()
+            .ok_or("tokenizer.json has no model.vocab")?
+        {
+            set(
+                id.as_u64()
+                    .ok_or("tokenizer.json: a vocab id is not a number")?,
+                t,
+            );
+        }
+        let mut added: HashMap<usize, bool> = HashMap::new();
+        for a in v["added_tokens"].as_array().into_iter().flatten() {
+            if let (Some(id), Some(t)) = (a["id"].as_u64(), a["content"].as_str()) {
+                set(id, t);
+                added.insert(id as usize, a["special"].as_bool().unwrap_or(false));
+            }
+        }
+        let tokens: Vec<String> = tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| t.ok_or_else(|| format!("tokenizer.json has no token with id {i}")))
+            .collect::<TResult<_>>()?;
+        // Merges are "a b" strings (tokenizers < 0.20) or ["a", "b"] pairs.
+        let merges: Vec<(String, String)> = model["merges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| match m {
+                Value::String(s) => s.split_once(' ').map(|(a, b)| (a.into(), b.into())),
+                Value::Array(p) => Some((p.first()?.as_str()?.into(), p.get(1)?.as_str()?.into())),
+                _ => None,
+            })
+            .collect();
+        let unk_text = model["unk_token"].as_str();
+        unk = unk_text.and_then(|u| tokens.iter().position(|t| t == u));
+        let types: Vec<i32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match added.get(&i) {
+                Some(true) if Some(t.as_str()) == unk_text => PieceType::Unknown as i32,
+                Some(true) => PieceType::Control as i32,
+                Some(false) => PieceType::UserDefined as i32,
+                None if Some(t.as_str()) == unk_text => PieceType::Unknown as i32,
+                None if model["byte_fallback"] == true && byte_piece(t).is_some() => {
+                    PieceType::Byte as i32
+                }
+                None => PieceType::Normal as i32,
+            })
+            .collect();
+        if model["byte_fallback"] == true {
+            // llama.cpp's SentencePiece tokenizer merges the best-scored pair first: a token's
+            // score is minus the rank of the merge that makes it. Tokens no merge makes (single
+            // characters, bytes, specials) keep 0; they are never the result of a merge.
+            let index: HashMap<&str, usize> = tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.as_str(), i))
+                .collect();
+            let mut scores = vec![0f32; tokens.len()];
+            let mut scored = vec![false; tokens.len()];
+            for (rank, (a, b)) in merges.iter().enumerate() {
+                if let Some(&i) = index.get(format!("{a}{b}").as_str()) {
+                    if !scored[i] {
+                        scores[i] = -(rank as f32);
+                        scored[i] = true;
+                    }
+                }
+            }
+            put("tokenizer.ggml.model", gw::Value::Str("llama".into()));
+            put("tokenizer.ggml.pre", gw::Value::Str("default".into()));
+            put("tokenizer.ggml.tokens", gw_strings(tokens));
+            put("tokenizer.ggml.scores", gw::Value::F32Array(scores));
+            put("tokenizer.ggml.token_type", gw::Value::I32Array(types));
+            put(
+                "tokenizer.ggml.add_space_prefix",
+                gw::Value::Bool(prepends_space(&v)),
+            );
+        } else if v["pre_tokenizer"].to_string().contains("\"ByteLevel\"") {
+            let want = splits_of(&v["pre_tokenizer"]);
+            let pre = BYTE_LEVEL_PRES
+                .iter()
+                .find(|p| byte_level_pre_tokenizer(p).map(|j| splits_of(&j)) == Some(want.clone()))
+                .ok_or_else(|| {
+                    format!(
+                        "tokenizer.json's byte-level pre-tokenizer is not one llama.cpp names here ({}): {}",
+                        BYTE_LEVEL_PRES.join(", "),
+                        v["pre_tokenizer"]
+                    )
+                })?;
+            put("tokenizer.ggml.model", gw::Value::Str("gpt2".into()));
+            put("tokenizer.ggml.pre", gw::Value::Str((*pre).into()));
+            put("tokenizer.ggml.tokens", gw_strings(tokens));
+            put("tokenizer.ggml.token_type", gw::Value::I32Array(types));
+            put(
+                "tokenizer.ggml.merges",
+                gw_strings(merges.iter().map(|(a, b)| format!("{a} {b}")).collect()),
+            );
+        } else {
+            return Err(
+                "tokenizer.json is a BPE neither byte-fallback (SentencePiece style) nor byte-level (GPT-2 style)".into(),
+            );
+        }
+    }
+    let id = |i: Option<u32>| i.map(gw::Value::U32);
+    if let Some(v) = id(settings.bos_token) {
+        put("tokenizer.ggml.bos_token_id", v);
+    }
+    if let Some(v) = id(settings.eos_token) {
+        put("tokenizer.ggml.eos_token_id", v);
+    }
+    if let Some(u) = unk {
+        put("tokenizer.ggml.unknown_token_id", gw::Value::U32(u as u32));
+    }
+    put(
+        "tokenizer.ggml.add_bos_token",
+        gw::Value::Bool(settings.add_bos),
+    );
+    put("tokenizer.ggml.add_eos_token", gw::Value::Bool(false));
+    if let Some(t) = settings.chat_template {
+        put("tokenizer.chat_template", gw::Value::Str(t));
+    }
+    Ok(md)
 }

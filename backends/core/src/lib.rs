@@ -11,6 +11,7 @@ pub mod chat;
 pub mod engine;
 pub mod error;
 pub mod gguf;
+pub mod gguf_write;
 pub mod mlx;
 pub mod pickle;
 pub mod pypi;

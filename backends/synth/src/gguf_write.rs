@@ -9,77 +9,13 @@ use std::io::Write;
 use crate::shape::{Shape, TensorKind, TensorSpec};
 use crate::weights::{extend_le_u16, Half, Rng, CHUNK_ELEMENTS};
 use crate::Progress;
+use minerva_core::gguf_write::{
+    self as gw, align, Value, GGML_TYPE_F16, GGML_TYPE_F32, QUANTIZATION_VERSION,
+};
 use minerva_core::sentencepiece::SpModel;
 
-/// GGUF's default `general.alignment`.
-const ALIGNMENT: u64 = 32;
-const GGML_TYPE_F32: u32 = 0;
-const GGML_TYPE_F16: u32 = 1;
 /// `LLAMA_FTYPE_MOSTLY_F16`.
 const FILE_TYPE_F16: u32 = 1;
-/// `GGML_QNT_VERSION`, written by convert_hf_to_gguf.py whatever the type.
-const QUANTIZATION_VERSION: u32 = 2;
-
-enum Value<'a> {
-    U32(u32),
-    F32(f32),
-    Bool(bool),
-    Str(&'a str),
-    StrArray(Vec<&'a str>),
-    F32Array(Vec<f32>),
-    I32Array(Vec<i32>),
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn put_kv(out: &mut Vec<u8>, key: &str, value: &Value<'_>) {
-    put_str(out, key);
-    match value {
-        Value::U32(v) => {
-            out.extend_from_slice(&4u32.to_le_bytes());
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        Value::F32(v) => {
-            out.extend_from_slice(&6u32.to_le_bytes());
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        Value::Bool(v) => {
-            out.extend_from_slice(&7u32.to_le_bytes());
-            out.push(u8::from(*v));
-        }
-        Value::Str(s) => {
-            out.extend_from_slice(&8u32.to_le_bytes());
-            put_str(out, s);
-        }
-        Value::StrArray(items) => {
-            out.extend_from_slice(&9u32.to_le_bytes());
-            out.extend_from_slice(&8u32.to_le_bytes());
-            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
-            for s in items {
-                put_str(out, s);
-            }
-        }
-        Value::F32Array(items) => {
-            out.extend_from_slice(&9u32.to_le_bytes());
-            out.extend_from_slice(&6u32.to_le_bytes());
-            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
-            for v in items {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        Value::I32Array(items) => {
-            out.extend_from_slice(&9u32.to_le_bytes());
-            out.extend_from_slice(&5u32.to_le_bytes());
-            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
-            for v in items {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-    }
-}
 
 /// Mistral's instruct template (as in Mistral-7B-Instruct's tokenizer_config.json), so chat
 /// works against a synthetic model the way it does against the real one.
@@ -100,24 +36,18 @@ fn tensor_bytes(t: &TensorSpec) -> u64 {
         }
 }
 
-fn align(n: u64) -> u64 {
-    n.div_ceil(ALIGNMENT) * ALIGNMENT
-}
-
 /// Total bytes the F16 file will have.
 pub fn file_size(shape: &Shape, vocab: &SpModel) -> u64 {
-    let header = header(shape, vocab).len() as u64;
-    let data: u64 = shape.tensors().iter().map(|t| align(tensor_bytes(t))).sum();
-    align(header) + data
+    let (metadata, tensors) = layout(shape, vocab);
+    gw::file_size(&metadata, &tensors)
 }
 
-fn header(shape: &Shape, vocab: &SpModel) -> Vec<u8> {
-    let tensors = shape.tensors();
+fn layout(shape: &Shape, vocab: &SpModel) -> (Vec<(String, Value)>, Vec<gw::Tensor>) {
     let u32_of = |v: u64| Value::U32(v as u32);
-    let kvs: Vec<(&str, Value<'_>)> = vec![
-        ("general.architecture", Value::Str("llama")),
-        ("general.type", Value::Str("model")),
-        ("general.name", Value::Str(shape.display_name)),
+    let metadata: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::Str("llama".into())),
+        ("general.type", Value::Str("model".into())),
+        ("general.name", Value::Str(shape.display_name.into())),
         ("general.file_type", Value::U32(FILE_TYPE_F16)),
         (
             "general.quantization_version",
@@ -141,11 +71,11 @@ fn header(shape: &Shape, vocab: &SpModel) -> Vec<u8> {
             Value::F32(shape.rms_norm_eps),
         ),
         ("llama.rope.freq_base", Value::F32(shape.rope_theta)),
-        ("tokenizer.ggml.model", Value::Str("llama")),
-        ("tokenizer.ggml.pre", Value::Str("default")),
+        ("tokenizer.ggml.model", Value::Str("llama".into())),
+        ("tokenizer.ggml.pre", Value::Str("default".into())),
         (
             "tokenizer.ggml.tokens",
-            Value::StrArray(vocab.pieces.iter().map(|p| p.text.as_str()).collect()),
+            Value::StrArray(vocab.pieces.iter().map(|p| p.text.clone()).collect()),
         ),
         (
             "tokenizer.ggml.scores",
@@ -173,28 +103,26 @@ fn header(shape: &Shape, vocab: &SpModel) -> Vec<u8> {
             "tokenizer.ggml.add_space_prefix",
             Value::Bool(vocab.add_dummy_prefix),
         ),
-        ("tokenizer.chat_template", Value::Str(MISTRAL_CHAT_TEMPLATE)),
+        (
+            "tokenizer.chat_template",
+            Value::Str(MISTRAL_CHAT_TEMPLATE.into()),
+        ),
     ];
-    let mut out = Vec::with_capacity(1 << 20);
-    out.extend_from_slice(b"GGUF");
-    out.extend_from_slice(&3u32.to_le_bytes());
-    out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-    out.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
-    for (k, v) in &kvs {
-        put_kv(&mut out, k, v);
-    }
-    let mut offset = 0u64;
-    for t in &tensors {
-        put_str(&mut out, &t.gguf_name);
-        out.extend_from_slice(&(t.shape.len() as u32).to_le_bytes());
-        for d in t.shape.iter().rev() {
-            out.extend_from_slice(&d.to_le_bytes());
-        }
-        out.extend_from_slice(&tensor_type(t).to_le_bytes());
-        out.extend_from_slice(&offset.to_le_bytes());
-        offset += align(tensor_bytes(t));
-    }
-    out
+    let tensors = shape
+        .tensors()
+        .iter()
+        .map(|t| gw::Tensor {
+            name: t.gguf_name.clone(),
+            shape: t.shape.clone(),
+            ggml_type: tensor_type(t),
+            bytes: tensor_bytes(t),
+        })
+        .collect();
+    let metadata = metadata
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    (metadata, tensors)
 }
 
 /// Writes the F16 GGUF to `w`, reporting bytes written through `progress`.
@@ -204,9 +132,9 @@ pub fn write_f16(
     vocab: &SpModel,
     progress: &mut dyn FnMut(Progress),
 ) -> std::io::Result<u64> {
-    let total = file_size(shape, vocab);
-    let mut head = header(shape, vocab);
-    head.resize(align(head.len() as u64) as usize, 0);
+    let (metadata, tensors) = layout(shape, vocab);
+    let total = gw::file_size(&metadata, &tensors);
+    let head = gw::header(&metadata, &tensors);
     w.write_all(&head)?;
     let mut done = head.len() as u64;
     let table = Half::F16.uniform_table();

@@ -79,6 +79,8 @@ impl Format {
             Format::GgufF16 => "gguf-f16",
             Format::GgufQuant(QuantType::Q4KM) => "gguf-q4_k_m",
             Format::GgufQuant(QuantType::Q8_0) => "gguf-q8_0",
+            Format::GgufQuant(QuantType::Q4_0) => "gguf-q4_0",
+            Format::GgufQuant(QuantType::Q4_1) => "gguf-q4_1",
             Format::Safetensors => "safetensors",
             Format::Mlx => "mlx",
         }

@@ -11,13 +11,30 @@ use crate::SynthError;
 pub enum QuantType {
     Q4KM,
     Q8_0,
+    Q4_0,
+    Q4_1,
 }
 
 impl QuantType {
+    /// Every type, by the name llama-quantize gives it (lower case).
+    pub const ALL: &[(&str, QuantType)] = &[
+        ("q4_k_m", QuantType::Q4KM),
+        ("q8_0", QuantType::Q8_0),
+        ("q4_0", QuantType::Q4_0),
+        ("q4_1", QuantType::Q4_1),
+    ];
+
+    pub fn by_name(name: &str) -> Option<QuantType> {
+        let name = name.to_ascii_lowercase();
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, q)| *q)
+    }
+
     fn ftype(self) -> llama_cpp_sys_2::llama_ftype {
         match self {
             QuantType::Q4KM => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q4_K_M,
             QuantType::Q8_0 => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q8_0,
+            QuantType::Q4_0 => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q4_0,
+            QuantType::Q4_1 => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q4_1,
         }
     }
 }
