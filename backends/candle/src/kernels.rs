@@ -427,86 +427,116 @@ struct OutPtr(*mut f32);
 // SAFETY: tasks write disjoint elements (their own rows) of one buffer that outlives the job.
 unsafe impl Sync for OutPtr {}
 
+/// One matrix of a [`matmul_parts`] call: `n` rows of `row_bytes(k)` bytes of type `t`.
+#[derive(Clone, Copy)]
+pub struct Part<'a> {
+    pub t: QType,
+    pub w: &'a [u8],
+    pub n: usize,
+}
+
 /// `out[j * n + r] = W[r] . x[j]` for the `m` rows of `x` (each `k` long) and the `n` rows of
 /// `w` (each `row_bytes(k)` bytes of type `t`).
 pub fn matmul(pool: &Pool, t: QType, w: &[u8], n: usize, k: usize, x: &[f32], out: &mut [f32]) {
+    matmul_parts(pool, &[Part { t, w, n }], k, x, &mut [out]);
+}
+
+/// Several matrices against the same input in one pass over the pool (e.g. Q, K and V): the
+/// input is quantized once and every matrix's rows are shared out together, so the threads
+/// meet once instead of once per matrix. `outs[i]` gets `parts[i]`'s result, laid out as in
+/// [`matmul`].
+pub fn matmul_parts(pool: &Pool, parts: &[Part<'_>], k: usize, x: &[f32], outs: &mut [&mut [f32]]) {
     let m = x.len() / k;
-    let rb = t.row_bytes(k);
-    assert!(x.len() == m * k && out.len() == m * n && w.len() >= n * rb);
-    // Enough tasks to balance, few enough that each is worth a handoff.
-    let rows_per_task = (n / (pool.threads() * 8)).clamp(8, 256);
-    let tasks = n.div_ceil(rows_per_task);
-    let o = OutPtr(out.as_mut_ptr());
-    let o = &o;
-    if !t.is_quantized() {
-        pool.run(tasks, &|task| {
-            let r0 = task * rows_per_task;
-            for r in r0..(r0 + rows_per_task).min(n) {
-                let row = &w[r * rb..(r + 1) * rb];
-                for j in 0..m {
-                    let v = dot_dense(t, row, &x[j * k..(j + 1) * k]);
-                    // SAFETY: j < m and r < n; each (j, r) is written by one task.
-                    unsafe { *o.0.add(j * n + r) = v };
-                }
-            }
-        });
-        return;
+    assert!(x.len() == m * k && outs.len() == parts.len());
+    for (p, o) in parts.iter().zip(outs.iter()) {
+        assert!(o.len() == m * p.n && p.w.len() >= p.n * p.t.row_bytes(k));
     }
-    assert!(k.is_multiple_of(BLOCK));
-    let nb = k / BLOCK;
-    let q = quantize_rows(x, k);
-    pool.run(tasks, &|task| {
-        let r0 = task * rows_per_task;
-        let r1 = (r0 + rows_per_task).min(n);
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            let vnni = has_avx_vnni();
-            let mut r = r0;
-            while r + 1 < r1 {
-                for j in 0..m {
-                    let (xd, xs, xq) = q.row(j, k);
-                    // SAFETY: AVX2/FMA detected; rows r and r+1 < n lie inside `w` (checked
-                    // above), the activation row has nb blocks; each (j, r) has one writer.
-                    unsafe {
-                        let base = w.as_ptr();
-                        let (ra, rb2) = (base.add(r * rb), base.add((r + 1) * rb));
-                        let (va, vb) = if vnni {
-                            avx2::dot2_vnni(t, ra, rb2, xd, xs, xq)
-                        } else {
-                            avx2::dot2(t, ra, rb2, xd, xs, xq)
-                        };
-                        *o.0.add(j * n + r) = va;
-                        *o.0.add(j * n + r + 1) = vb;
-                    }
-                }
-                r += 2;
-            }
-            if r < r1 {
-                for j in 0..m {
-                    let (xd, xs, xq) = q.row(j, k);
-                    let v = dot(t, &w[r * rb..(r + 1) * rb], xd, xs, xq);
-                    // SAFETY: as above.
-                    unsafe { *o.0.add(j * n + r) = v };
-                }
-            }
-            return;
+    let total: usize = parts.iter().map(|p| p.n).sum();
+    // Enough tasks to balance, few enough that each is worth a handoff.
+    let rows_per_task = (total / (pool.threads() * 8)).clamp(8, 256);
+    // (part, first row) of every task; a task never spans two parts.
+    let mut tasks = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        tasks.extend((0..p.n).step_by(rows_per_task).map(|r| (i, r)));
+    }
+    let q = if parts.iter().any(|p| p.t.is_quantized()) {
+        assert!(k.is_multiple_of(BLOCK));
+        Some(quantize_rows(x, k))
+    } else {
+        None
+    };
+    let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    let (ptrs, q, tasks) = (&ptrs, q.as_ref(), &tasks);
+    pool.run(tasks.len(), &|task| {
+        let (i, r0) = tasks[task];
+        let p = parts[i];
+        let r1 = (r0 + rows_per_task).min(p.n);
+        match q {
+            Some(q) if p.t.is_quantized() => rows_quantized(p, k, m, q, r0, r1, &ptrs[i]),
+            _ => rows_dense(p, k, m, x, r0, r1, &ptrs[i]),
         }
-        for r in r0..r1 {
-            let row = &w[r * rb..(r + 1) * rb];
+    });
+}
+
+/// Rows `r0..r1` of a dense matrix against every input row.
+fn rows_dense(p: Part<'_>, k: usize, m: usize, x: &[f32], r0: usize, r1: usize, o: &OutPtr) {
+    let rb = p.t.row_bytes(k);
+    for r in r0..r1 {
+        let row = &p.w[r * rb..(r + 1) * rb];
+        for j in 0..m {
+            let v = dot_dense(p.t, row, &x[j * k..(j + 1) * k]);
+            // SAFETY: j < m and r < n; each (j, r) is written by one task.
+            unsafe { *o.0.add(j * p.n + r) = v };
+        }
+    }
+}
+
+/// Rows `r0..r1` of a quantized matrix against every (quantized) input row.
+fn rows_quantized(p: Part<'_>, k: usize, m: usize, q: &Q8Blocks, r0: usize, r1: usize, o: &OutPtr) {
+    let (t, w, n, rb) = (p.t, p.w, p.n, p.t.row_bytes(k));
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        let vnni = has_avx_vnni();
+        let mut r = r0;
+        while r + 1 < r1 {
             for j in 0..m {
-                let v = dot(
-                    t,
-                    row,
-                    &q.d[j * nb..(j + 1) * nb],
-                    &q.sum[j * nb..(j + 1) * nb],
-                    &q.qs[j * k..(j + 1) * k],
-                );
-                // SAFETY: j < m and r < n, so the index is inside `out`; each (j, r) is
-                // written by exactly one task.
+                let (xd, xs, xq) = q.row(j, k);
+                // SAFETY: AVX2/FMA detected; rows r and r+1 < n lie inside `w` (checked by
+                // matmul_parts), the activation row has k/32 blocks; each (j, r) has one writer.
+                unsafe {
+                    let base = w.as_ptr();
+                    let (ra, rb2) = (base.add(r * rb), base.add((r + 1) * rb));
+                    let (va, vb) = if vnni {
+                        avx2::dot2_vnni(t, ra, rb2, xd, xs, xq)
+                    } else {
+                        avx2::dot2(t, ra, rb2, xd, xs, xq)
+                    };
+                    *o.0.add(j * n + r) = va;
+                    *o.0.add(j * n + r + 1) = vb;
+                }
+            }
+            r += 2;
+        }
+        if r < r1 {
+            for j in 0..m {
+                let (xd, xs, xq) = q.row(j, k);
+                let v = dot(t, &w[r * rb..(r + 1) * rb], xd, xs, xq);
+                // SAFETY: as above.
                 unsafe { *o.0.add(j * n + r) = v };
             }
         }
-    });
+        return;
+    }
+    for r in r0..r1 {
+        let row = &w[r * rb..(r + 1) * rb];
+        for j in 0..m {
+            let (xd, xs, xq) = q.row(j, k);
+            let v = dot(t, row, xd, xs, xq);
+            // SAFETY: j < m and r < n, so the index is inside the output; each (j, r) is
+            // written by exactly one task.
+            unsafe { *o.0.add(j * n + r) = v };
+        }
+    }
 }
 
 /// Dequantizes row `r` (of `k` weights) into `out`.

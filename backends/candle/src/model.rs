@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use crate::config::Config;
 use crate::kernels;
 use crate::pool::Pool;
-use crate::weights::{Embedding, Layout, Linear, Weights};
+use crate::weights::{Embedding, Layout, Linear, MappedQ, Weights};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -47,42 +47,206 @@ pub struct Transformer {
     /// GGUF stores Q/K rows permuted for llama.cpp's interleaved ("normal") RoPE; Hugging Face
     /// files use the half-split (NeoX) form.
     rope_interleaved: bool,
+    /// The one-token path, when every matrix is Minerva's to multiply.
+    fast: Option<Fast>,
 }
 
-/// One layer's keys and values for one sequence: buffers [1, kv_heads, capacity, head_dim] of
-/// which the first `len` positions are filled. They double when full, so appending a token
-/// copies one token's worth (amortized), not the whole cache.
+/// A layer as the one-token path reads it: norms as plain vectors, matrices in the mapped file.
+struct FastLayer {
+    input_norm: Vec<f32>,
+    post_norm: Vec<f32>,
+    q: MappedQ,
+    k: MappedQ,
+    v: MappedQ,
+    o: MappedQ,
+    gate: MappedQ,
+    up: MappedQ,
+    down: MappedQ,
+}
+
+/// Decoding one token with candle's operations costs more in per-operation overhead (a
+/// tensor allocated and dispatched for each norm, RoPE, softmax, add...) than in arithmetic at
+/// this size. This path runs a step on plain slices instead: Q/K/V and gate/up each in one
+/// pass over the pool (the input quantized once), attention heads spread over the pool, the
+/// KV cache read where it lies.
+struct Fast {
+    layers: Vec<FastLayer>,
+    norm: Vec<f32>,
+    lm_head: MappedQ,
+    /// [max_positions, head_dim / 2], row-major.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Fast {
+    fn new(
+        layers: &[Layer],
+        norm: &Tensor,
+        lm_head: &Linear,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> CResult<Option<Fast>> {
+        let mapped = |l: &Linear| match l {
+            Linear::Mapped(m) => Some(m.clone()),
+            Linear::Candle(_) => None,
+        };
+        let mut fast_layers = Vec::with_capacity(layers.len());
+        for l in layers {
+            let (a, m) = (&l.attn, &l.mlp);
+            let (Some(q), Some(k), Some(v), Some(o), Some(gate), Some(up), Some(down)) = (
+                mapped(&a.q),
+                mapped(&a.k),
+                mapped(&a.v),
+                mapped(&a.o),
+                mapped(&m.gate),
+                mapped(&m.up),
+                mapped(&m.down),
+            ) else {
+                return Ok(None);
+            };
+            fast_layers.push(FastLayer {
+                input_norm: l.input_norm.to_vec1()?,
+                post_norm: l.post_norm.to_vec1()?,
+                q,
+                k,
+                v,
+                o,
+                gate,
+                up,
+                down,
+            });
+        }
+        let Some(lm_head) = mapped(lm_head) else {
+            return Ok(None);
+        };
+        Ok(Some(Fast {
+            layers: fast_layers,
+            norm: norm.to_vec1()?,
+            lm_head,
+            cos: cos.flatten_all()?.to_vec1()?,
+            sin: sin.flatten_all()?.to_vec1()?,
+        }))
+    }
+}
+
+fn part(m: &MappedQ) -> kernels::Part<'_> {
+    kernels::Part {
+        t: m.qtype,
+        w: m.bytes(),
+        n: m.rows,
+    }
+}
+
+/// `out = x / rms(x) * w`, as candle's rms_norm computes it.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let mean = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let r = 1.0 / (mean + eps).sqrt();
+    for ((o, v), w) in out.iter_mut().zip(x).zip(w) {
+        *o = v * r * w;
+    }
+}
+
+/// Rotates one head's vector: pairs (2i, 2i+1) when `interleaved`, else (i, i + hd/2).
+fn rope(v: &mut [f32], cos: &[f32], sin: &[f32], interleaved: bool) {
+    let half = v.len() / 2;
+    for i in 0..half {
+        let (a, b) = if interleaved {
+            (2 * i, 2 * i + 1)
+        } else {
+            (i, i + half)
+        };
+        let (x0, x1) = (v[a], v[b]);
+        v[a] = x0 * cos[i] - x1 * sin[i];
+        v[b] = x0 * sin[i] + x1 * cos[i];
+    }
+}
+
+/// Eight independent sums, so the loop vectorizes.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
+}
+
+struct HeadsOut(*mut f32);
+// SAFETY: each task writes only its own head's slice of the buffer, which outlives the job.
+unsafe impl Sync for HeadsOut {}
+
+/// One query token's attention over cached positions `lo..total`, a task per query head.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    pool: &Pool,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    (lo, total): (usize, usize),
+    (heads, kv_heads, hd): (usize, usize, usize),
+    out: &mut [f32],
+) {
+    let (rep, kvd) = (heads / kv_heads, kv_heads * hd);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let o = HeadsOut(out.as_mut_ptr());
+    let o = &o;
+    pool.run(heads, &|head| {
+        let g = head / rep;
+        let qh = &q[head * hd..(head + 1) * hd];
+        let at = |x: &[f32], j: usize| -> std::ops::Range<usize> {
+            let s = j * kvd + g * hd;
+            debug_assert!(s + hd <= x.len());
+            s..s + hd
+        };
+        let mut p: Vec<f32> = (lo..total)
+            .map(|j| dot(qh, &keys[at(keys, j)]) * scale)
+            .collect();
+        let max = p.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut sum = 0f32;
+        for x in p.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        let mut acc = vec![0f32; hd];
+        for (j, pj) in (lo..total).zip(&p) {
+            let w = pj * inv;
+            for (a, v) in acc.iter_mut().zip(&values[at(values, j)]) {
+                *a += w * v;
+            }
+        }
+        // SAFETY: head < heads, so the slice lies inside `out`; each head has one task.
+        unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), o.0.add(head * hd), hd) };
+    });
+}
+
+/// One layer's keys and values for one sequence, token-major: position `p`'s keys are
+/// `k[p * kv_dim..(p + 1) * kv_dim]` (heads one after another). Appending a token copies one
+/// token's worth (the vectors grow by doubling); the one-token path reads them in place.
+#[derive(Default)]
 pub struct LayerKv {
-    k: Tensor,
-    v: Tensor,
-    len: usize,
+    k: Vec<f32>,
+    v: Vec<f32>,
 }
 
 impl LayerKv {
-    /// Appends `k`, `v` ([1, kv_heads, t, head_dim]) and returns views of everything cached.
-    fn append(slot: &mut Option<LayerKv>, k: &Tensor, v: &Tensor) -> CResult<(Tensor, Tensor)> {
-        let (b, kvh, t, hd) = k.dims4()?;
-        let (len, cap) = match slot {
-            Some(c) => (c.len, c.k.dim(2)?),
-            None => (0, 0),
+    /// Appends `k`, `v` ([1, kv_heads, t, head_dim]) and returns everything cached as
+    /// [1, kv_heads, len, head_dim] tensors.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> CResult<(Tensor, Tensor)> {
+        let (b, kvh, _, hd) = k.dims4()?;
+        let token_major = |x: &Tensor| x.transpose(1, 2)?.flatten_all()?.to_vec1::<f32>();
+        self.k.extend(token_major(k)?);
+        self.v.extend(token_major(v)?);
+        let len = self.k.len() / (kvh * hd);
+        let all = |x: &[f32]| {
+            Tensor::from_slice(x, (b, len, kvh, hd), &Device::Cpu)?
+                .transpose(1, 2)?
+                .contiguous()
         };
-        if len + t > cap {
-            let cap = (len + t).next_power_of_two().max(64);
-            let nk = Tensor::zeros((b, kvh, cap, hd), DType::F32, &Device::Cpu)?;
-            let nv = Tensor::zeros((b, kvh, cap, hd), DType::F32, &Device::Cpu)?;
-            if let Some(c) = slot.as_ref().filter(|c| c.len > 0) {
-                nk.slice_set(&c.k.narrow(2, 0, c.len)?.contiguous()?, 2, 0)?;
-                nv.slice_set(&c.v.narrow(2, 0, c.len)?.contiguous()?, 2, 0)?;
-            }
-            *slot = Some(LayerKv { k: nk, v: nv, len });
-        }
-        let Some(c) = slot.as_mut() else {
-            candle_core::bail!("KV cache slot missing after growth");
-        };
-        c.k.slice_set(k, 2, len)?;
-        c.v.slice_set(v, 2, len)?;
-        c.len = len + t;
-        Ok((c.k.narrow(2, 0, c.len)?, c.v.narrow(2, 0, c.len)?))
+        Ok((all(&self.k)?, all(&self.v)?))
     }
 }
 
@@ -98,7 +262,7 @@ struct Positions {
 /// One sequence's cached keys and values, per layer.
 #[derive(Default)]
 pub struct SeqCache {
-    layers: Vec<Option<LayerKv>>,
+    layers: Vec<LayerKv>,
     len: usize,
 }
 
@@ -118,8 +282,10 @@ impl SeqCache {
             *self = SeqCache::default();
             return Ok(());
         }
-        for c in self.layers.iter_mut().flatten() {
-            c.len = c.len.min(pos);
+        for c in self.layers.iter_mut() {
+            let per_token = c.k.len() / self.len;
+            c.k.truncate(pos * per_token);
+            c.v.truncate(pos * per_token);
         }
         self.len = pos;
         Ok(())
@@ -179,7 +345,9 @@ impl Transformer {
         }
         let (cos, sin) =
             rope_tables(hd, cfg.rope_theta, max_positions).map_err(|e| e.to_string())?;
+        let fast = Fast::new(&layers, &norm, &lm_head, &cos, &sin).map_err(|e| e.to_string())?;
         Ok(Transformer {
+            fast,
             rope_interleaved: w.layout == Layout::Gguf,
             cfg,
             embed,
@@ -218,7 +386,12 @@ impl Transformer {
             );
         }
         if cache.layers.len() != self.layers.len() {
-            cache.layers = (0..self.layers.len()).map(|_| None).collect();
+            cache.layers = (0..self.layers.len()).map(|_| LayerKv::default()).collect();
+        }
+        if t == 1 {
+            if let Some(fast) = &self.fast {
+                return self.forward_one(fast, tokens[0], cache, pool);
+            }
         }
         let mut x = self.embed(tokens)?.unsqueeze(0)?; // [1, t, d]
         let at = Positions {
@@ -241,6 +414,84 @@ impl Transformer {
         let x = if all { x } else { x.narrow(1, t - 1, 1)? };
         let x = candle_nn::ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps as f32)?;
         self.lm_head.forward(&x, pool)?.squeeze(0)
+    }
+
+    /// One token at position `cache.len()` on plain slices (see [`Fast`]); logits [1, vocab].
+    fn forward_one(
+        &self,
+        fast: &Fast,
+        token: u32,
+        cache: &mut SeqCache,
+        pool: &Pool,
+    ) -> CResult<Tensor> {
+        let cfg = &self.cfg;
+        let (d, ff, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (h, kvh) = (cfg.num_heads, cfg.num_kv_heads);
+        let eps = cfg.rms_norm_eps as f32;
+        let mut x = match &self.embed {
+            Embedding::Mapped(m) => {
+                if token as usize >= m.rows {
+                    candle_core::bail!("token {token} is outside the vocabulary of {}", m.rows);
+                }
+                let mut x = vec![0f32; d];
+                kernels::dequantize_row(m.qtype, m.bytes(), m.cols, token as usize, &mut x);
+                x
+            }
+            Embedding::Dense(_) => self.embed(&[token])?.flatten_all()?.to_vec1()?,
+        };
+        let pos = cache.len;
+        let half = hd / 2;
+        let (cos, sin) = (
+            &fast.cos[pos * half..(pos + 1) * half],
+            &fast.sin[pos * half..(pos + 1) * half],
+        );
+        let total = pos + 1;
+        let lo = cfg.sliding_window.map_or(0, |w| total.saturating_sub(w));
+        let mut hn = vec![0f32; d];
+        let (mut q, mut k, mut v) = (
+            vec![0f32; h * hd],
+            vec![0f32; kvh * hd],
+            vec![0f32; kvh * hd],
+        );
+        let (mut att, mut o) = (vec![0f32; h * hd], vec![0f32; d]);
+        let (mut g, mut u) = (vec![0f32; ff], vec![0f32; ff]);
+        for (l, kv) in fast.layers.iter().zip(cache.layers.iter_mut()) {
+            rms_norm(&x, &l.input_norm, eps, &mut hn);
+            kernels::matmul_parts(
+                pool,
+                &[part(&l.q), part(&l.k), part(&l.v)],
+                d,
+                &hn,
+                &mut [&mut q, &mut k, &mut v],
+            );
+            for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
+                rope(head, cos, sin, self.rope_interleaved);
+            }
+            kv.k.extend_from_slice(&k);
+            kv.v.extend_from_slice(&v);
+            attend(pool, &q, &kv.k, &kv.v, (lo, total), (h, kvh, hd), &mut att);
+            kernels::matmul_parts(pool, &[part(&l.o)], h * hd, &att, &mut [&mut o]);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            rms_norm(&x, &l.post_norm, eps, &mut hn);
+            kernels::matmul_parts(
+                pool,
+                &[part(&l.gate), part(&l.up)],
+                d,
+                &hn,
+                &mut [&mut g, &mut u],
+            );
+            for (a, b) in g.iter_mut().zip(&u) {
+                *a = *a / (1.0 + (-*a).exp()) * b;
+            }
+            kernels::matmul_parts(pool, &[part(&l.down)], ff, &g, &mut [&mut o]);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        }
+        cache.len = total;
+        rms_norm(&x, &fast.norm, eps, &mut hn);
+        let vocab = fast.lm_head.rows;
+        let mut logits = vec![0f32; vocab];
+        kernels::matmul_parts(pool, &[part(&fast.lm_head)], d, &hn, &mut [&mut logits]);
+        Tensor::from_vec(logits, (1, vocab), &Device::Cpu)
     }
 
     fn embed(&self, tokens: &[u32]) -> CResult<Tensor> {
@@ -284,7 +535,7 @@ impl Transformer {
         a: &Attention,
         x: &Tensor,
         at: &Positions,
-        slot: &mut Option<LayerKv>,
+        slot: &mut LayerKv,
         pool: &Pool,
     ) -> CResult<Tensor> {
         let (_, t, _) = x.dims3()?;
@@ -316,7 +567,7 @@ impl Transformer {
                 candle_nn::rotary_emb::rope(&k, cos, sin)?,
             )
         };
-        let (k, v) = LayerKv::append(slot, &k, &v)?;
+        let (k, v) = slot.append(&k, &v)?;
         let total = k.dim(2)?;
         let rep = h / kvh;
         // Heads kv*rep .. kv*rep+rep share K/V head kv: fold them into the query rows.
