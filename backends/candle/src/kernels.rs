@@ -73,9 +73,17 @@ pub struct Q8Blocks {
     pub d: Vec<f32>,
     pub sum: Vec<i32>,
     pub qs: Vec<i8>,
+    /// Per block, `d` and `d * sum` side by side (what the AVX-512 kernel loads per pair).
+    pub info: Vec<f32>,
 }
 
 impl Q8Blocks {
+    /// Row `j`'s (d, d * sum) pairs.
+    fn info_row(&self, j: usize, k: usize) -> &[f32] {
+        let nb = k / BLOCK;
+        &self.info[2 * j * nb..2 * (j + 1) * nb]
+    }
+
     /// Row `j`'s scales, sums and integers (rows of `k` values).
     fn row(&self, j: usize, k: usize) -> (&[f32], &[i32], &[i8]) {
         let nb = k / BLOCK;
@@ -94,6 +102,7 @@ pub fn quantize_rows(x: &[f32], k: usize) -> Q8Blocks {
         d: Vec::with_capacity(nb),
         sum: Vec::with_capacity(nb),
         qs: vec![0i8; x.len()],
+        info: Vec::with_capacity(2 * nb),
     };
     debug_assert_eq!(x.len() % k, 0);
     for (b, chunk) in x.chunks_exact(BLOCK).enumerate() {
@@ -108,6 +117,7 @@ pub fn quantize_rows(x: &[f32], k: usize) -> Q8Blocks {
         }
         out.d.push(d);
         out.sum.push(s);
+        out.info.extend([d, d * s as f32]);
     }
     out
 }
@@ -381,12 +391,279 @@ fn has_avx_vnni() -> bool {
     }
 }
 
+/// How far ahead (bytes) the AVX-512 kernel asks for weights: about two rows of a typical
+/// matrix; measured 5% faster than none on 0.5 MB Q4_1 matrices read from memory.
+const PREFETCH_BYTES: usize = 2048;
+
+/// AVX-512 kernels unless `MINERVA_NO_AVX512` is set (to compare with the AVX2 ones).
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| {
+            has_avx2()
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+                && std::env::var_os("MINERVA_NO_AVX512").is_none()
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Which kernels run here, for build info.
 pub fn kernel_name() -> &'static str {
-    match (has_avx2(), has_avx_vnni()) {
-        (true, true) => "avx2+fma+f16c, avx-vnni",
-        (true, false) => "avx2+fma+f16c",
+    match (has_avx2(), has_avx_vnni(), has_avx512()) {
+        (true, _, true) => "avx512-vnni (two blocks a step), avx2+fma+f16c",
+        (true, true, false) => "avx2+fma+f16c, avx-vnni",
+        (true, false, false) => "avx2+fma+f16c",
         _ => "scalar",
+    }
+}
+
+/// AVX-512 (F, BW, VNNI): two blocks of a row per step. Each step unpacks both blocks' weights
+/// into one 512-bit register (as u8; Q8_0 shifted by 128 to make them unsigned), multiplies by
+/// the 64 activation bytes with one `vpdpbusd`, and scales the 16 lane sums with a vector built
+/// from the two blocks' scales. The per-block offset terms (Q4_1's min, Q4_0's -8, Q8_0's -128,
+/// each times the activation block's sum) gather in a small vector and are added once at the
+/// end. About half the instructions of the AVX2 path per weight.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{QType, BLOCK};
+    use std::arch::x86_64::*;
+
+    /// Two blocks' weights as 64 unsigned bytes in activation order (block `a` then `b`).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx2")]
+    unsafe fn weights(t: QType, a: *const u8, b: *const u8) -> __m512i {
+        match t {
+            QType::Q8_0 => {
+                let w = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_loadu_si256(a.add(2) as *const __m256i)),
+                    _mm256_loadu_si256(b.add(2) as *const __m256i),
+                    1,
+                );
+                _mm512_xor_si512(w, _mm512_set1_epi8(-128))
+            }
+            _ => {
+                let off = if t == QType::Q4_0 { 2 } else { 4 };
+                let n = _mm256_inserti128_si256(
+                    _mm256_castsi128_si256(_mm_loadu_si128(a.add(off) as *const __m128i)),
+                    _mm_loadu_si128(b.add(off) as *const __m128i),
+                    1,
+                );
+                // Low nibbles are a block's weights 0..16, high nibbles 16..32:
+                // [a lo | a hi | b lo | b hi] from the quadwords of n and n >> 4.
+                let idx = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+                let w = _mm512_permutex2var_epi64(
+                    _mm512_castsi256_si512(n),
+                    idx,
+                    _mm512_castsi256_si512(_mm256_srli_epi16(n, 4)),
+                );
+                _mm512_and_si512(w, _mm512_set1_epi8(0x0F))
+            }
+        }
+    }
+
+    /// The two blocks' [scale, offset scale, scale, offset scale] (offset scale: Q4_1's min;
+    /// the block scale for Q4_0 and Q8_0, whose offsets are constants).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,f16c")]
+    unsafe fn scales(t: QType, a: *const u8, b: *const u8) -> __m128 {
+        let pair = |p: *const u8| -> i32 {
+            let v = std::ptr::read_unaligned(p as *const u32);
+            if t == QType::Q4_1 {
+                v as i32
+            } else {
+                let d = v & 0xFFFF;
+                (d | (d << 16)) as i32
+            }
+        };
+        _mm_cvtph_ps(_mm_set_epi32(0, 0, pair(b), pair(a)))
+    }
+
+    /// Two weight rows against one activation row.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VNNI, AVX2, FMA, F16C; `a` and `b` point at rows of `xd.len()` blocks of
+    /// `t`; `xq` has 32 per block, `info` two per block.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn dot2(
+        t: QType,
+        a: *const u8,
+        b: *const u8,
+        xd: &[f32],
+        xs: &[i32],
+        xq: &[i8],
+        info: &[f32],
+    ) -> (f32, f32) {
+        let nb = xd.len();
+        let bb = t.block_bytes();
+        let (mut acc_a, mut acc_b) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let (mut off_a, mut off_b) = (_mm_setzero_ps(), _mm_setzero_ps());
+        // Lanes 0..8 hold block i's sums, 8..16 block i+1's: take scale lanes 0 and 2.
+        let spread = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+        let zero = _mm512_setzero_si512();
+        let dist = super::PREFETCH_BYTES;
+        let mut i = 0;
+        while i + 2 <= nb {
+            // Rows are small (a few hundred bytes) and matrices a few hundred KB: the hardware
+            // prefetcher barely ramps up before a task's rows end, so ask for what comes next.
+            _mm_prefetch::<_MM_HINT_T0>(a.add(i * bb).wrapping_add(dist) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(b.add(i * bb).wrapping_add(dist) as *const i8);
+            let x = _mm512_loadu_si512(xq.as_ptr().add(i * BLOCK) as *const __m512i);
+            let xi = _mm_loadu_ps(info.as_ptr().add(2 * i));
+            let (pa, pb) = (a.add(i * bb), b.add(i * bb));
+            let sa = _mm_mul_ps(scales(t, pa, pa.add(bb)), xi);
+            let sb = _mm_mul_ps(scales(t, pb, pb.add(bb)), xi);
+            off_a = _mm_add_ps(off_a, sa);
+            off_b = _mm_add_ps(off_b, sb);
+            let da = _mm512_dpbusd_epi32(zero, weights(t, pa, pa.add(bb)), x);
+            let db = _mm512_dpbusd_epi32(zero, weights(t, pb, pb.add(bb)), x);
+            acc_a = _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(da),
+                _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(sa)),
+                acc_a,
+            );
+            acc_b = _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(db),
+                _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(sb)),
+                acc_b,
+            );
+            i += 2;
+        }
+        // Offsets: lanes 1 and 3 hold scale * (d_x * sum_x) per block.
+        let coef = match t {
+            QType::Q4_1 => 1.0,
+            QType::Q4_0 => -8.0,
+            _ => -128.0,
+        };
+        let odd = |v: __m128| {
+            let mut l = [0f32; 4];
+            _mm_storeu_ps(l.as_mut_ptr(), v);
+            coef * (l[1] + l[3])
+        };
+        let mut ra = _mm512_reduce_add_ps(acc_a) + odd(off_a);
+        let mut rb = _mm512_reduce_add_ps(acc_b) + odd(off_b);
+        if i < nb {
+            // An odd last block: the AVX2 kernel on that block alone.
+            let (xd1, xs1, xq1) = (&xd[i..], &xs[i..], &xq[i * BLOCK..]);
+            ra += super::avx2::dot(
+                t,
+                std::slice::from_raw_parts(a.add(i * bb), bb),
+                xd1,
+                xs1,
+                xq1,
+            );
+            rb += super::avx2::dot(
+                t,
+                std::slice::from_raw_parts(b.add(i * bb), bb),
+                xd1,
+                xs1,
+                xq1,
+            );
+        }
+        (ra, rb)
+    }
+}
+
+/// Attention's two vector loops for one query, on AVX-512 where the CPU has it.
+#[cfg(target_arch = "x86_64")]
+mod attn512 {
+    use std::arch::x86_64::*;
+
+    fn mask(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    }
+
+    /// See [`super::scores`].
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn scores(q: &[f32], kt: &[f32], stride: usize, start: usize, out: &mut [f32]) {
+        let n = out.len();
+        let mut c = 0;
+        while c < n {
+            let (m0, m1) = (mask(n - c), mask((n - c).saturating_sub(16)));
+            let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            for (d, &qd) in q.iter().enumerate() {
+                let p = kt.as_ptr().add(d * stride + start + c);
+                let qv = _mm512_set1_ps(qd);
+                a0 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m0, p), a0);
+                a1 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m1, p.add(16)), a1);
+            }
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(c), m0, a0);
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(c + 16), m1, a1);
+            c += 32;
+        }
+    }
+
+    /// See [`super::weighted_sum`].
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn weighted_sum(
+        p: &[f32],
+        v: &[f32],
+        stride: usize,
+        offset: usize,
+        out: &mut [f32],
+    ) {
+        let hd = out.len();
+        let mut c = 0;
+        while c < hd {
+            let m = mask(hd - c);
+            let mut acc = _mm512_setzero_ps();
+            for (j, &w) in p.iter().enumerate() {
+                let src = v.as_ptr().add(j * stride + offset + c);
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(w), _mm512_maskz_loadu_ps(m, src), acc);
+            }
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(c), m, acc);
+            c += 16;
+        }
+    }
+}
+
+/// One query's attention scores at `out.len()` consecutive positions from keys stored
+/// transposed: `out[i] = sum_d q[d] * kt[d * stride + start + i]`.
+pub fn scores(q: &[f32], kt: &[f32], stride: usize, start: usize, out: &mut [f32]) {
+    let n = out.len();
+    assert!(q.is_empty() || (q.len() - 1) * stride + start + n <= kt.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: AVX-512F detected; every (d, i) read lies inside `kt` (asserted above), and
+        // masked loads and stores touch only the lanes below n.
+        return unsafe { attn512::scores(q, kt, stride, start, out) };
+    }
+    out.fill(0.0);
+    for (d, &qd) in q.iter().enumerate() {
+        let row = &kt[d * stride + start..][..n];
+        for (o, k) in out.iter_mut().zip(row) {
+            *o += qd * k;
+        }
+    }
+}
+
+/// `out = sum_j p[j] * v[j * stride + offset..][..out.len()]`: attention's weighted sum of
+/// values stored token-major.
+pub fn weighted_sum(p: &[f32], v: &[f32], stride: usize, offset: usize, out: &mut [f32]) {
+    let hd = out.len();
+    assert!(p.is_empty() || (p.len() - 1) * stride + offset + hd <= v.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: AVX-512F detected; every read lies inside `v` (asserted above); masked
+        // loads and stores touch only lanes below hd.
+        return unsafe { attn512::weighted_sum(p, v, stride, offset, out) };
+    }
+    out.fill(0.0);
+    for (j, &w) in p.iter().enumerate() {
+        for (o, x) in out.iter_mut().zip(&v[j * stride + offset..][..hd]) {
+            *o += w * x;
+        }
     }
 }
 
@@ -494,6 +771,29 @@ fn rows_dense(p: Part<'_>, k: usize, m: usize, x: &[f32], r0: usize, r1: usize, 
 /// Rows `r0..r1` of a quantized matrix against every (quantized) input row.
 fn rows_quantized(p: Part<'_>, k: usize, m: usize, q: &Q8Blocks, r0: usize, r1: usize, o: &OutPtr) {
     let (t, w, n, rb) = (p.t, p.w, p.n, p.t.row_bytes(k));
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        let mut r = r0;
+        while r < r1 {
+            // An odd last row pairs with itself.
+            let r2 = if r + 1 < r1 { r + 1 } else { r };
+            for j in 0..m {
+                let (xd, xs, xq) = q.row(j, k);
+                let info = q.info_row(j, k);
+                // SAFETY: AVX-512 F/BW/VNNI with AVX2/FMA/F16C detected; rows r, r2 < n lie
+                // inside `w` (checked by matmul_parts); each (j, r) has one writer.
+                unsafe {
+                    let base = w.as_ptr();
+                    let (va, vb) =
+                        avx512::dot2(t, base.add(r * rb), base.add(r2 * rb), xd, xs, xq, info);
+                    *o.0.add(j * n + r) = va;
+                    *o.0.add(j * n + r2) = vb;
+                }
+            }
+            r += 2;
+        }
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         let vnni = has_avx_vnni();
@@ -675,6 +975,35 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn attention_loops_match_plain_sums() {
+        // Sizes off the vector widths, so the masked tails run.
+        let (hd, n, stride, start) = (24, 45, 70, 3);
+        let x = activations(1, (hd + n) * stride + 64);
+        let q = &x[..hd];
+        let kt = &x[hd..hd + hd * stride];
+        let mut got = vec![0f32; n];
+        scores(q, kt, stride, start, &mut got);
+        for (i, g) in got.iter().enumerate() {
+            let want: f32 = (0..hd).map(|d| q[d] * kt[d * stride + start + i]).sum();
+            assert!(
+                (g - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "score {i}: {g} vs {want}"
+            );
+        }
+        let p: Vec<f32> = (0..n).map(|j| 1.0 / (1.0 + j as f32)).collect();
+        let v = &x[..n * stride];
+        let mut sum = vec![0f32; hd];
+        weighted_sum(&p, v, stride, 5, &mut sum);
+        for (d, s) in sum.iter().enumerate() {
+            let want: f32 = (0..n).map(|j| p[j] * v[j * stride + 5 + d]).sum();
+            assert!(
+                (s - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "dim {d}: {s} vs {want}"
+            );
         }
     }
 

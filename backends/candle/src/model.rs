@@ -161,49 +161,31 @@ fn rope(v: &mut [f32], cos: &[f32], sin: &[f32], interleaved: bool) {
     }
 }
 
-/// Eight independent sums, so the loop vectorizes.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
-}
-
 struct HeadsOut(*mut f32);
 // SAFETY: each task writes only its own head's slice of the buffer, which outlives the job.
 unsafe impl Sync for HeadsOut {}
 
-/// One query token's attention over cached positions `lo..total`, a task per query head.
-#[allow(clippy::too_many_arguments)]
+/// One query token's attention over cached positions `lo..kv.len`, a task per query head.
 fn attend(
     pool: &Pool,
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    (lo, total): (usize, usize),
+    kv: &LayerKv,
+    lo: usize,
     (heads, kv_heads, hd): (usize, usize, usize),
     out: &mut [f32],
 ) {
-    let (rep, kvd) = (heads / kv_heads, kv_heads * hd);
+    let (rep, kvd, total, cap) = (heads / kv_heads, kv_heads * hd, kv.len, kv.cap);
     let scale = 1.0 / (hd as f32).sqrt();
     let o = HeadsOut(out.as_mut_ptr());
     let o = &o;
     pool.run(heads, &|head| {
         let g = head / rep;
-        let qh = &q[head * hd..(head + 1) * hd];
-        let at = |x: &[f32], j: usize| -> std::ops::Range<usize> {
-            let s = j * kvd + g * hd;
-            debug_assert!(s + hd <= x.len());
-            s..s + hd
-        };
-        let mut p: Vec<f32> = (lo..total)
-            .map(|j| dot(qh, &keys[at(keys, j)]) * scale)
+        let qh: Vec<f32> = q[head * hd..(head + 1) * hd]
+            .iter()
+            .map(|x| x * scale)
             .collect();
+        let mut p = vec![0f32; total - lo];
+        kernels::scores(&qh, &kv.kt[g * hd * cap..], cap, lo, &mut p);
         let max = p.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         let mut sum = 0f32;
         for x in p.iter_mut() {
@@ -211,42 +193,65 @@ fn attend(
             sum += *x;
         }
         let inv = 1.0 / sum;
+        p.iter_mut().for_each(|x| *x *= inv);
         let mut acc = vec![0f32; hd];
-        for (j, pj) in (lo..total).zip(&p) {
-            let w = pj * inv;
-            for (a, v) in acc.iter_mut().zip(&values[at(values, j)]) {
-                *a += w * v;
-            }
-        }
+        kernels::weighted_sum(&p, &kv.v[lo * kvd..], kvd, g * hd, &mut acc);
         // SAFETY: head < heads, so the slice lies inside `out`; each head has one task.
         unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), o.0.add(head * hd), hd) };
     });
 }
 
-/// One layer's keys and values for one sequence, token-major: position `p`'s keys are
-/// `k[p * kv_dim..(p + 1) * kv_dim]` (heads one after another). Appending a token copies one
-/// token's worth (the vectors grow by doubling); the one-token path reads them in place.
+/// One layer's keys and values for one sequence. Values are token-major: position `p`'s are
+/// `v[p * kv_dim..(p + 1) * kv_dim]` (heads one after another). Keys are stored transposed per
+/// head, `kt[(head * head_dim + d) * cap + p]`, so a query's scores over consecutive positions
+/// are one vector multiply-add per dimension (no horizontal sums), and candle's path multiplies
+/// by them as they lie. Both grow by doubling: appending copies one token's worth (amortized).
 #[derive(Default)]
 pub struct LayerKv {
-    k: Vec<f32>,
+    kt: Vec<f32>,
     v: Vec<f32>,
+    cap: usize,
+    len: usize,
 }
 
 impl LayerKv {
-    /// Appends `k`, `v` ([1, kv_heads, t, head_dim]) and returns everything cached as
-    /// [1, kv_heads, len, head_dim] tensors.
+    /// Appends `n` tokens' keys and values, each token-major ([n, kv_heads * head_dim]).
+    fn push(&mut self, keys: &[f32], values: &[f32], kv_dim: usize) {
+        let n = keys.len() / kv_dim;
+        if self.len + n > self.cap {
+            let cap = (self.len + n).next_power_of_two().max(64);
+            let mut kt = vec![0f32; kv_dim * cap];
+            for r in 0..kv_dim {
+                kt[r * cap..r * cap + self.len]
+                    .copy_from_slice(&self.kt[r * self.cap..r * self.cap + self.len]);
+            }
+            self.kt = kt;
+            self.cap = cap;
+        }
+        for (i, tok) in keys.chunks_exact(kv_dim).enumerate() {
+            for (r, &x) in tok.iter().enumerate() {
+                self.kt[r * self.cap + self.len + i] = x;
+            }
+        }
+        self.v.truncate(self.len * kv_dim);
+        self.v.extend_from_slice(values);
+        self.len += n;
+    }
+
+    /// Appends `k`, `v` ([1, kv_heads, t, head_dim]) and returns everything cached: keys
+    /// transposed [1, kv_heads, head_dim, len], values [1, kv_heads, len, head_dim].
     fn append(&mut self, k: &Tensor, v: &Tensor) -> CResult<(Tensor, Tensor)> {
         let (b, kvh, _, hd) = k.dims4()?;
         let token_major = |x: &Tensor| x.transpose(1, 2)?.flatten_all()?.to_vec1::<f32>();
-        self.k.extend(token_major(k)?);
-        self.v.extend(token_major(v)?);
-        let len = self.k.len() / (kvh * hd);
-        let all = |x: &[f32]| {
-            Tensor::from_slice(x, (b, len, kvh, hd), &Device::Cpu)?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        Ok((all(&self.k)?, all(&self.v)?))
+        self.push(&token_major(k)?, &token_major(v)?, kvh * hd);
+        let len = self.len;
+        let kt = Tensor::from_slice(&self.kt, (b, kvh, hd, self.cap), &Device::Cpu)?
+            .narrow(3, 0, len)?
+            .contiguous()?;
+        let v = Tensor::from_slice(&self.v, (b, len, kvh, hd), &Device::Cpu)?
+            .transpose(1, 2)?
+            .contiguous()?;
+        Ok((kt, v))
     }
 }
 
@@ -283,9 +288,9 @@ impl SeqCache {
             return Ok(());
         }
         for c in self.layers.iter_mut() {
-            let per_token = c.k.len() / self.len;
-            c.k.truncate(pos * per_token);
+            let per_token = c.v.len() / self.len;
             c.v.truncate(pos * per_token);
+            c.len = c.len.min(pos);
         }
         self.len = pos;
         Ok(())
@@ -467,9 +472,8 @@ impl Transformer {
             for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
                 rope(head, cos, sin, self.rope_interleaved);
             }
-            kv.k.extend_from_slice(&k);
-            kv.v.extend_from_slice(&v);
-            attend(pool, &q, &kv.k, &kv.v, (lo, total), (h, kvh, hd), &mut att);
+            kv.push(&k, &v, kvh * hd);
+            attend(pool, &q, kv, lo, (h, kvh, hd), &mut att);
             kernels::matmul_parts(pool, &[part(&l.o)], h * hd, &att, &mut [&mut o]);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             rms_norm(&x, &l.post_norm, eps, &mut hn);
@@ -567,13 +571,13 @@ impl Transformer {
                 candle_nn::rotary_emb::rope(&k, cos, sin)?,
             )
         };
-        let (k, v) = slot.append(&k, &v)?;
-        let total = k.dim(2)?;
+        let (kt, v) = slot.append(&k, &v)?;
+        let total = kt.dim(3)?;
         let rep = h / kvh;
         // Heads kv*rep .. kv*rep+rep share K/V head kv: fold them into the query rows.
         let q = q.reshape((1, kvh, rep * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?; // [1, kvh, rep*t, total]
+        let scores = (q.matmul(&kt)? * scale)?; // [1, kvh, rep*t, total]
         let scores = match &at.mask {
             Some(m) => scores
                 .reshape((1, kvh, rep, t, total))?

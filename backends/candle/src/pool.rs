@@ -24,6 +24,8 @@ struct Shared {
     done: AtomicUsize,
     sleep: Mutex<()>,
     wake: Condvar,
+    /// Workers waiting on `wake`: `run` only signals (a system call) when there are some.
+    sleepers: AtomicUsize,
     stop: AtomicBool,
     /// A task panicked: `run` panics too once the job is over, on the caller's thread.
     panicked: AtomicBool,
@@ -47,6 +49,7 @@ impl Pool {
             done: AtomicUsize::new(0),
             sleep: Mutex::new(()),
             wake: Condvar::new(),
+            sleepers: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
         });
@@ -88,8 +91,10 @@ impl Pool {
         s.next.store(0, Ordering::Relaxed);
         s.done.store(0, Ordering::Relaxed);
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some((raw.0, raw.1, n));
-        s.epoch.fetch_add(1, Ordering::Release);
-        {
+        s.epoch.fetch_add(1, Ordering::SeqCst);
+        // A worker counts itself in `sleepers` (SeqCst) before it re-reads the epoch under the
+        // lock, so either it sees the new epoch or this sees it asleep.
+        if s.sleepers.load(Ordering::SeqCst) > 0 {
             let _g = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
@@ -141,9 +146,11 @@ fn worker(s: &Shared) {
                 return;
             }
             let g = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
-            if s.epoch.load(Ordering::Acquire) == seen && !s.stop.load(Ordering::Relaxed) {
+            s.sleepers.fetch_add(1, Ordering::SeqCst);
+            if s.epoch.load(Ordering::SeqCst) == seen && !s.stop.load(Ordering::Relaxed) {
                 let _g = s.wake.wait_timeout(g, Duration::from_millis(100));
             }
+            s.sleepers.fetch_sub(1, Ordering::SeqCst);
             if s.stop.load(Ordering::Relaxed) {
                 return;
             }
