@@ -73,24 +73,34 @@ pub struct Q8Blocks {
     pub d: Vec<f32>,
     pub sum: Vec<i32>,
     pub qs: Vec<i8>,
+    /// Per block, llama.cpp's Q8_1 `s`: `d * sum` rounded to f16 (Q4_1's offset term).
+    pub s: Vec<f32>,
     /// Per block, `d` and `d * sum` side by side (what the AVX-512 kernel loads per pair).
     pub info: Vec<f32>,
+    /// Per block, `d` and `s` side by side (the same, for Q4_1).
+    pub info1: Vec<f32>,
 }
 
 impl Q8Blocks {
-    /// Row `j`'s (d, d * sum) pairs.
-    fn info_row(&self, j: usize, k: usize) -> &[f32] {
+    /// Row `j`'s (d, offset scale) pairs for weights of type `t`.
+    fn info_row(&self, t: QType, j: usize, k: usize) -> &[f32] {
         let nb = k / BLOCK;
-        &self.info[2 * j * nb..2 * (j + 1) * nb]
+        let all = if t == QType::Q4_1 {
+            &self.info1
+        } else {
+            &self.info
+        };
+        &all[2 * j * nb..2 * (j + 1) * nb]
     }
 
-    /// Row `j`'s scales, sums and integers (rows of `k` values).
-    fn row(&self, j: usize, k: usize) -> (&[f32], &[i32], &[i8]) {
+    /// Row `j`'s scales, sums, integers and Q8_1 `s` values (rows of `k` values).
+    fn row(&self, j: usize, k: usize) -> (&[f32], &[i32], &[i8], &[f32]) {
         let nb = k / BLOCK;
         (
             &self.d[j * nb..(j + 1) * nb],
             &self.sum[j * nb..(j + 1) * nb],
             &self.qs[j * k..(j + 1) * k],
+            &self.s[j * nb..(j + 1) * nb],
         )
     }
 }
@@ -102,7 +112,9 @@ pub fn quantize_rows(x: &[f32], k: usize) -> Q8Blocks {
         d: Vec::with_capacity(nb),
         sum: Vec::with_capacity(nb),
         qs: vec![0i8; x.len()],
+        s: Vec::with_capacity(nb),
         info: Vec::with_capacity(2 * nb),
+        info1: Vec::with_capacity(2 * nb),
     };
     debug_assert_eq!(x.len() % k, 0);
     for (b, chunk) in x.chunks_exact(BLOCK).enumerate() {
@@ -115,9 +127,15 @@ pub fn quantize_rows(x: &[f32], k: usize) -> Q8Blocks {
             *q = r as i8;
             s += r;
         }
-        out.d.push(d);
+        // As llama.cpp's Q8_0/Q8_1 blocks: integers from the exact scale, the scale (and
+        // Q8_1's d * sum) stored as f16, so both backends compute the same sums from a GGUF.
+        let d16 = f16::from_f32(d).to_f32();
+        let s16 = f16::from_f32(d * s as f32).to_f32();
+        out.d.push(d16);
         out.sum.push(s);
-        out.info.extend([d, d * s as f32]);
+        out.s.push(s16);
+        out.info.extend([d16, d16 * s as f32]);
+        out.info1.extend([d16, s16]);
     }
     out
 }
@@ -128,7 +146,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 }
 
 /// Dot product of one weight row (`nb` blocks) with one quantized activation row.
-fn dot_scalar(t: QType, row: &[u8], xd: &[f32], xs: &[i32], xq: &[i8]) -> f32 {
+fn dot_scalar(t: QType, row: &[u8], xd: &[f32], xs: &[i32], xq: &[i8], xm: &[f32]) -> f32 {
     let bb = t.block_bytes();
     let mut acc = 0f32;
     for (b, blk) in row.chunks_exact(bb).enumerate() {
@@ -160,7 +178,7 @@ fn dot_scalar(t: QType, row: &[u8], xd: &[f32], xs: &[i32], xq: &[i8]) -> f32 {
                     acc += d * xd[b] * (s - 8 * xs[b]) as f32;
                 } else {
                     let m = f16_at(blk, 2);
-                    acc += d * xd[b] * s as f32 + m * xd[b] * xs[b] as f32;
+                    acc += d * xd[b] * s as f32 + m * xm[b];
                 }
             }
         }
@@ -187,7 +205,7 @@ mod avx2 {
     /// # Safety
     /// The CPU must have AVX2 and FMA; `row` holds `xd.len()` blocks of `t`, `xq` 32 per block.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot(t: QType, row: &[u8], xd: &[f32], xs: &[i32], xq: &[i8]) -> f32 {
+    pub unsafe fn dot(t: QType, row: &[u8], xd: &[f32], xs: &[i32], xq: &[i8], xm: &[f32]) -> f32 {
         let bb = t.block_bytes();
         let nb = xd.len();
         debug_assert!(row.len() >= nb * bb && xq.len() >= nb * BLOCK);
@@ -204,7 +222,7 @@ mod avx2 {
                 QType::Q4_0 => extra -= 8.0 * d * xs[b] as f32,
                 QType::Q4_1 => {
                     let m = f16_at(std::slice::from_raw_parts(blk, 4), 2);
-                    extra += m * xd[b] * xs[b] as f32;
+                    extra += m * xm[b];
                 }
                 _ => {}
             }
@@ -328,6 +346,7 @@ mod avx2 {
                 xd: &[f32],
                 xs: &[i32],
                 xq: &[i8],
+                xm: &[f32],
             ) -> (f32, f32) {
                 let bb = t.block_bytes();
                 let (mut acc_a, mut acc_b) = (_mm256_setzero_ps(), _mm256_setzero_ps());
@@ -347,8 +366,8 @@ mod avx2 {
                             ex_b -= 8.0 * db * s;
                         }
                         QType::Q4_1 => {
-                            ex_a += min(ba) * dx * s;
-                            ex_b += min(bbk) * dx * s;
+                            ex_a += min(ba) * *xm.get_unchecked(i);
+                            ex_b += min(bbk) * *xm.get_unchecked(i);
                         }
                         _ => {}
                     }
@@ -499,6 +518,7 @@ mod avx512 {
         xd: &[f32],
         xs: &[i32],
         xq: &[i8],
+        xm: &[f32],
         info: &[f32],
     ) -> (f32, f32) {
         let nb = xd.len();
@@ -558,6 +578,7 @@ mod avx512 {
                 xd1,
                 xs1,
                 xq1,
+                &xm[i..],
             );
             rb += super::avx2::dot(
                 t,
@@ -565,6 +586,7 @@ mod avx512 {
                 xd1,
                 xs1,
                 xq1,
+                &xm[i..],
             );
         }
         (ra, rb)
@@ -667,14 +689,14 @@ pub fn weighted_sum(p: &[f32], v: &[f32], stride: usize, offset: usize, out: &mu
     }
 }
 
-fn dot(t: QType, row: &[u8], xd: &[f32], xs: &[i32], xq: &[i8]) -> f32 {
+fn dot(t: QType, row: &[u8], xd: &[f32], xs: &[i32], xq: &[i8], xm: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 and FMA were detected; the slices have the sizes `dot` needs (checked
         // by the caller's layout: `row` is one row of `xd.len()` blocks).
-        return unsafe { avx2::dot(t, row, xd, xs, xq) };
+        return unsafe { avx2::dot(t, row, xd, xs, xq, xm) };
     }
-    dot_scalar(t, row, xd, xs, xq)
+    dot_scalar(t, row, xd, xs, xq, xm)
 }
 
 /// Weight `i` of a dense row.
@@ -778,14 +800,14 @@ fn rows_quantized(p: Part<'_>, k: usize, m: usize, q: &Q8Blocks, r0: usize, r1: 
             // An odd last row pairs with itself.
             let r2 = if r + 1 < r1 { r + 1 } else { r };
             for j in 0..m {
-                let (xd, xs, xq) = q.row(j, k);
-                let info = q.info_row(j, k);
+                let (xd, xs, xq, xm) = q.row(j, k);
+                let info = q.info_row(t, j, k);
                 // SAFETY: AVX-512 F/BW/VNNI with AVX2/FMA/F16C detected; rows r, r2 < n lie
                 // inside `w` (checked by matmul_parts); each (j, r) has one writer.
                 unsafe {
                     let base = w.as_ptr();
                     let (va, vb) =
-                        avx512::dot2(t, base.add(r * rb), base.add(r2 * rb), xd, xs, xq, info);
+                        avx512::dot2(t, base.add(r * rb), base.add(r2 * rb), xd, xs, xq, xm, info);
                     *o.0.add(j * n + r) = va;
                     *o.0.add(j * n + r2) = vb;
                 }
@@ -800,16 +822,16 @@ fn rows_quantized(p: Part<'_>, k: usize, m: usize, q: &Q8Blocks, r0: usize, r1: 
         let mut r = r0;
         while r + 1 < r1 {
             for j in 0..m {
-                let (xd, xs, xq) = q.row(j, k);
+                let (xd, xs, xq, xm) = q.row(j, k);
                 // SAFETY: AVX2/FMA detected; rows r and r+1 < n lie inside `w` (checked by
                 // matmul_parts), the activation row has k/32 blocks; each (j, r) has one writer.
                 unsafe {
                     let base = w.as_ptr();
                     let (ra, rb2) = (base.add(r * rb), base.add((r + 1) * rb));
                     let (va, vb) = if vnni {
-                        avx2::dot2_vnni(t, ra, rb2, xd, xs, xq)
+                        avx2::dot2_vnni(t, ra, rb2, xd, xs, xq, xm)
                     } else {
-                        avx2::dot2(t, ra, rb2, xd, xs, xq)
+                        avx2::dot2(t, ra, rb2, xd, xs, xq, xm)
                     };
                     *o.0.add(j * n + r) = va;
                     *o.0.add(j * n + r + 1) = vb;
@@ -819,8 +841,8 @@ fn rows_quantized(p: Part<'_>, k: usize, m: usize, q: &Q8Blocks, r0: usize, r1: 
         }
         if r < r1 {
             for j in 0..m {
-                let (xd, xs, xq) = q.row(j, k);
-                let v = dot(t, &w[r * rb..(r + 1) * rb], xd, xs, xq);
+                let (xd, xs, xq, xm) = q.row(j, k);
+                let v = dot(t, &w[r * rb..(r + 1) * rb], xd, xs, xq, xm);
                 // SAFETY: as above.
                 unsafe { *o.0.add(j * n + r) = v };
             }
@@ -830,8 +852,8 @@ fn rows_quantized(p: Part<'_>, k: usize, m: usize, q: &Q8Blocks, r0: usize, r1: 
     for r in r0..r1 {
         let row = &w[r * rb..(r + 1) * rb];
         for j in 0..m {
-            let (xd, xs, xq) = q.row(j, k);
-            let v = dot(t, row, xd, xs, xq);
+            let (xd, xs, xq, xm) = q.row(j, k);
+            let v = dot(t, row, xd, xs, xq, xm);
             // SAFETY: j < m and r < n, so the index is inside the output; each (j, r) is
             // written by exactly one task.
             unsafe { *o.0.add(j * n + r) = v };
@@ -935,13 +957,13 @@ mod tests {
                 // Both x86 paths: the same integer sums, so the same floats.
                 let rb = t.row_bytes(k);
                 for r in 0..n - 1 {
-                    let (xd, xs, xq) = q.row(0, k);
+                    let (xd, xs, xq, xm) = q.row(0, k);
                     // SAFETY: features detected; rows r, r+1 < n lie in w.
                     let (a, b) = unsafe {
                         let p = w.as_ptr();
                         (
-                            avx2::dot2(t, p.add(r * rb), p.add((r + 1) * rb), xd, xs, xq),
-                            avx2::dot2_vnni(t, p.add(r * rb), p.add((r + 1) * rb), xd, xs, xq),
+                            avx2::dot2(t, p.add(r * rb), p.add((r + 1) * rb), xd, xs, xq, xm),
+                            avx2::dot2_vnni(t, p.add(r * rb), p.add((r + 1) * rb), xd, xs, xq, xm),
                         )
                     };
                     assert_eq!(a, b, "{t:?} row {r}: AVX2 and AVX-VNNI differ");
@@ -951,13 +973,14 @@ mod tests {
             for r in 0..n {
                 dequantize_row(t, &w, k, r, &mut row);
                 for j in 0..m {
-                    let (xd, xs, xq) = q.row(j, k);
+                    let (xd, xs, xq, xm) = q.row(j, k);
                     let scalar = dot_scalar(
                         t,
                         &w[r * t.row_bytes(k)..(r + 1) * t.row_bytes(k)],
                         xd,
                         xs,
                         xq,
+                        xm,
                     );
                     let got = fast[j * n + r];
                     let tol = 1e-4 * (1.0 + scalar.abs());

@@ -49,6 +49,10 @@ pub struct Transformer {
     rope_interleaved: bool,
     /// The one-token path, when every matrix is Minerva's to multiply.
     fast: Option<Fast>,
+    /// Round cached keys and values to f16, as llama.cpp's default cache does: for GGUF files,
+    /// so both backends compute the same attention from the same file. Hugging Face folders
+    /// keep f32 (the transformers reference).
+    kv_f16: bool,
 }
 
 /// A layer as the one-token path reads it: norms as plain vectors, matrices in the mapped file.
@@ -353,6 +357,7 @@ impl Transformer {
         let fast = Fast::new(&layers, &norm, &lm_head, &cos, &sin).map_err(|e| e.to_string())?;
         Ok(Transformer {
             fast,
+            kv_f16: w.layout == Layout::Gguf,
             rope_interleaved: w.layout == Layout::Gguf,
             cfg,
             embed,
@@ -472,6 +477,11 @@ impl Transformer {
             for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
                 rope(head, cos, sin, self.rope_interleaved);
             }
+            if self.kv_f16 {
+                for x in k.iter_mut().chain(v.iter_mut()) {
+                    *x = half::f16::from_f32(*x).to_f32();
+                }
+            }
             kv.push(&k, &v, kvh * hd);
             attend(pool, &q, kv, lo, (h, kvh, hd), &mut att);
             kernels::matmul_parts(pool, &[part(&l.o)], h * hd, &att, &mut [&mut o]);
@@ -570,6 +580,12 @@ impl Transformer {
                 candle_nn::rotary_emb::rope(&q, cos, sin)?,
                 candle_nn::rotary_emb::rope(&k, cos, sin)?,
             )
+        };
+        let (k, v) = if self.kv_f16 {
+            let round = |x: &Tensor| x.to_dtype(DType::F16)?.to_dtype(DType::F32);
+            (round(&k)?, round(&v)?)
+        } else {
+            (k, v)
         };
         let (kt, v) = slot.append(&k, &v)?;
         let total = kt.dim(3)?;
