@@ -94,7 +94,7 @@ impl Q8Blocks {
     }
 
     /// Row `j`'s scales, sums, integers and Q8_1 `s` values (rows of `k` values).
-    fn row(&self, j: usize, k: usize) -> (&[f32], &[i32], &[i8], &[f32]) {
+    fn row(&self, j: usize, k: usize) -> XRow<'_> {
         let nb = k / BLOCK;
         (
             &self.d[j * nb..(j + 1) * nb],
@@ -104,6 +104,9 @@ impl Q8Blocks {
         )
     }
 }
+
+/// One activation row: scales, integer sums, integers, Q8_1 `s` values.
+type XRow<'a> = (&'a [f32], &'a [i32], &'a [i8], &'a [f32]);
 
 /// Quantizes `m` rows of `k` floats (k a multiple of 32).
 pub fn quantize_rows(x: &[f32], k: usize) -> Q8Blocks {
@@ -515,10 +518,7 @@ mod avx512 {
         t: QType,
         a: *const u8,
         b: *const u8,
-        xd: &[f32],
-        xs: &[i32],
-        xq: &[i8],
-        xm: &[f32],
+        (xd, xs, xq, xm): super::XRow<'_>,
         info: &[f32],
     ) -> (f32, f32) {
         let nb = xd.len();
@@ -806,8 +806,13 @@ fn rows_quantized(p: Part<'_>, k: usize, m: usize, q: &Q8Blocks, r0: usize, r1: 
                 // inside `w` (checked by matmul_parts); each (j, r) has one writer.
                 unsafe {
                     let base = w.as_ptr();
-                    let (va, vb) =
-                        avx512::dot2(t, base.add(r * rb), base.add(r2 * rb), xd, xs, xq, xm, info);
+                    let (va, vb) = avx512::dot2(
+                        t,
+                        base.add(r * rb),
+                        base.add(r2 * rb),
+                        (xd, xs, xq, xm),
+                        info,
+                    );
                     *o.0.add(j * n + r) = va;
                     *o.0.add(j * n + r2) = vb;
                 }
