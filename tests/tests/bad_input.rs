@@ -275,7 +275,9 @@ async fn a_prompt_longer_than_the_context_is_refused_naming_both_lengths() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_is_refused_with_resource_exhausted_not_a_hang() {
     model_path();
-    let d = Daemon::start(&["--max-queue", "1"]);
+    // One sequence at a time: with continuous batching (--parallel > 1) the second request
+    // may join the running batch and leave the queue empty, depending on timing.
+    let d = Daemon::start(&["--max-queue", "1", "--parallel", "1"]);
     let ch = d.channel().await;
     let long = |seed| pb::GenerateRequest {
         model: MODEL.into(),
