@@ -110,8 +110,7 @@ fn greedy(model: &dyn Model, prompt: &[u32], n: usize) -> (Vec<f32>, Vec<u32>) {
     ctx.forward(&[chunk], &mut logits).unwrap();
     let first = logits[0].clone();
     let mut out = Vec::new();
-    let mut pos = prompt.len() as u32;
-    for _ in 0..n {
+    for pos in prompt.len() as u32..(prompt.len() + n) as u32 {
         let t = argmax(&logits[0]);
         out.push(t);
         let tokens = [t];
@@ -121,7 +120,6 @@ fn greedy(model: &dyn Model, prompt: &[u32], n: usize) -> (Vec<f32>, Vec<u32>) {
             tokens: &tokens,
         };
         ctx.forward(&[chunk], &mut logits).unwrap();
-        pos += 1;
     }
     (first, out)
 }
@@ -297,7 +295,7 @@ fn drop_tensors(dir: &Path, drop: &[&str]) {
     let mut h = serde_json::Value::Object(out_header)
         .to_string()
         .into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut file = (h.len() as u64).to_le_bytes().to_vec();
