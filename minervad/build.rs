@@ -44,4 +44,13 @@ fn main() {
     for var in ["LLAMA_LIB_PROFILE", "CXXFLAGS", &cxx_var] {
         println!("cargo:rerun-if-env-changed={var}");
     }
+
+    // The MLX backend on a prebuilt MLX (Linux: the mlx-cpu wheel) links libmlx.so dynamically;
+    // mlx-sys's link arguments do not reach this binary, so it records where the library is.
+    println!("cargo:rerun-if-env-changed=MINERVA_MLX_DIR");
+    if std::env::var_os("CARGO_FEATURE_MLX").is_some() {
+        if let Ok(dir) = std::env::var("MINERVA_MLX_DIR") {
+            println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}/lib");
+        }
+    }
 }

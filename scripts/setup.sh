@@ -25,3 +25,24 @@ if ((${#missing[@]})); then
   fi
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found: install Rust (rustup)" >&2; exit 1; }
+
+# The MLX backend on Linux x86_64 builds against MLX's CPU build from PyPI: the mlx-cpu wheel (a
+# zip holding libmlx.so, its BLAS/LAPACK and the C++ headers), fetched once by hash and unpacked
+# into target/ (the Makefile points MINERVA_MLX_DIR there). MLX=0 skips it.
+MLX_CPU_VERSION=0.32.4
+MLX_CPU_SHA256=0e0a24fa2ce8b6b94d2e6a90604e8813aa8e29fcb918bb2aa01cfb6d133d8cee
+if [ "${MLX:-1}" = 1 ] && [ "$(uname -s)-$(uname -m)" = Linux-x86_64 ]; then
+  root="$(cd "$(dirname "$0")/.." && pwd)"
+  dest="$root/target/mlx-cpu-$MLX_CPU_VERSION"
+  if [ ! -f "$dest/mlx/lib/libmlx.so" ]; then
+    wheels="$root/target/wheels"
+    mkdir -p "$wheels"
+    printf 'mlx-cpu==%s --hash=sha256:%s\n' "$MLX_CPU_VERSION" "$MLX_CPU_SHA256" >"$wheels/mlx-cpu.txt"
+    echo "setup: fetching the mlx-cpu $MLX_CPU_VERSION wheel (10 MB) for the MLX backend" >&2
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+      --require-hashes -r "$wheels/mlx-cpu.txt" -d "$wheels"
+    rm -rf "$dest.partial" && mkdir -p "$dest.partial"
+    python3 -m zipfile -e "$wheels/mlx_cpu-$MLX_CPU_VERSION-py3-none-manylinux_2_35_x86_64.whl" "$dest.partial"
+    mv "$dest.partial" "$dest"
+  fi
+fi

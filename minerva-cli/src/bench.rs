@@ -46,7 +46,7 @@ pub struct RunArgs {
     pub threads: Option<u32>,
     #[arg(long)]
     pub ctx: Option<u32>,
-    /// Backends to run every model on, comma-separated (llama.cpp, candle) [default: each
+    /// Backends to run every model on, comma-separated (llama.cpp, candle, mlx) [default: each
     /// model's default backend].
     #[arg(long, value_delimiter = ',')]
     pub backend: Vec<String>,
@@ -76,7 +76,7 @@ pub enum BenchCommand {
         threads: Option<u32>,
         #[arg(long)]
         ctx: Option<u32>,
-        /// Backend (llama.cpp, candle) [default: by format].
+        /// Backend (llama.cpp, candle, mlx) [default: by format].
         #[arg(long)]
         backend: Option<String>,
     },

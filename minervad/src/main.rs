@@ -80,6 +80,8 @@ fn backends() -> Vec<Arc<dyn minerva_core::Backend>> {
     v.push(Arc::new(minerva_llamacpp::LlamaCppBackend));
     #[cfg(feature = "candle")]
     v.push(Arc::new(minerva_candle::CandleBackend));
+    #[cfg(feature = "mlx")]
+    v.push(Arc::new(minerva_mlx::MlxBackend));
     v
 }
 

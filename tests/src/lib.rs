@@ -32,6 +32,9 @@ fn ensure_built() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--bins", "-p", "minervad", "-p", "minerva-cli"]);
+        if cfg!(feature = "mlx") {
+            cmd.args(["--features", "minervad/mlx"]);
+        }
         if profile_dir().ends_with("release") {
             cmd.arg("--release");
         }

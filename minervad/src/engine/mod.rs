@@ -363,7 +363,9 @@ impl Engine {
             let b = find(name).ok_or_else(|| not_built(name))?;
             let can = match format {
                 ModelFormat::Gguf => name != "mlx",
-                ModelFormat::SafeTensors | ModelFormat::PyTorch => name == "candle",
+                // MLX reads plain SafeTensors folders too (when asked: candle is the default).
+                ModelFormat::SafeTensors => name == "candle" || name == "mlx",
+                ModelFormat::PyTorch => name == "candle",
                 ModelFormat::Mlx => name == "mlx",
             };
             if !can {
@@ -632,4 +634,43 @@ fn trained_context(path: &std::path::Path, format: ModelFormat) -> Result<u32> {
         .into());
     }
     Ok(report.summary.context_length)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A daemon built without a backend names the missing cargo feature: checked here with an
+    /// engine that has no backends, so it runs whatever features this build has.
+    #[test]
+    fn a_backend_this_build_lacks_is_a_failed_precondition() {
+        let engine = Engine::new(
+            Vec::new(),
+            Arc::new(ModelStore::new(PathBuf::from("/nonexistent"))),
+            EngineConfig {
+                keep_alive: KeepAlive::Forever,
+                max_queue: 1,
+                threads: 1,
+                context_length: 16,
+                parallel: 1,
+            },
+        );
+        for format in [ModelFormat::Mlx, ModelFormat::SafeTensors] {
+            let Err(DaemonError::FailedPrecondition(msg)) =
+                engine.choose_backend(format, Some("mlx"))
+            else {
+                panic!("{format:?}: expected FailedPrecondition");
+            };
+            assert!(
+                msg.contains("without the mlx backend (cargo feature \"mlx\")"),
+                "{msg}"
+            );
+        }
+        let Err(DaemonError::FailedPrecondition(msg)) =
+            engine.choose_backend(ModelFormat::Mlx, None)
+        else {
+            panic!("expected FailedPrecondition");
+        };
+        assert!(msg.contains("mlx"), "{msg}");
+    }
 }
