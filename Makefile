@@ -37,6 +37,6 @@ demo: build
 test: setup
 	$(CARGO) test --release --workspace $(FEATURES)
 
-lint:
+lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets $(FEATURES) -- -D warnings
