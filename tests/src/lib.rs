@@ -244,3 +244,56 @@ pub fn token_ids(run: &serde_json::Value) -> Vec<u64> {
         .map(|t| t["id"].as_u64().expect("token id"))
         .collect()
 }
+
+/// A committed test fixture: `tests/fixtures/NAME`.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// One prompt of a fixture's `reference.json` (written by tests/fixtures/generate*.py).
+pub struct Reference {
+    pub text: String,
+    pub input_ids: Vec<u32>,
+    /// Logits at the prompt's last position.
+    pub last_logits: Vec<f32>,
+    /// Argmax at every prompt position (empty where the generator did not record it).
+    pub argmax: Vec<u32>,
+    /// Greedy continuation.
+    pub greedy: Vec<u32>,
+}
+
+/// The prompts of `dir/reference.json`.
+pub fn reference(dir: &Path) -> Vec<Reference> {
+    use base64::Engine as _;
+    let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ids = |x: &serde_json::Value| -> Vec<u32> {
+        x.as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| n.as_u64().unwrap() as u32)
+            .collect()
+    };
+    v["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(p["last_logits_f32_le_base64"].as_str().unwrap())
+                .unwrap();
+            Reference {
+                text: p["text"].as_str().unwrap().to_string(),
+                input_ids: ids(&p["input_ids"]),
+                last_logits: raw
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+                argmax: ids(&p["argmax_per_position"]),
+                greedy: ids(&p["greedy"]),
+            }
+        })
+        .collect()
+}

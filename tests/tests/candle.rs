@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use minerva_candle::CandleModel;
 use minerva_core::{ContextOptions, ForwardChunk, Model, SeqId};
-use minerva_e2e::{model_path, token_ids, Daemon, MODEL};
+use minerva_e2e::{fixture, model_path, reference, token_ids, Daemon, MODEL};
 use minerva_llamacpp::LlamaCppModel;
 use minerva_proto::v1 as pb;
 use pb::generate_service_client::GenerateServiceClient;
@@ -221,33 +221,6 @@ fn candle_and_llamacpp_agree_on_the_smollm2_gguf() {
     );
 }
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
-
-fn reference(name: &str) -> Vec<(String, Vec<u64>)> {
-    let v: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture(name).join("reference.json")).unwrap(),
-    )
-    .unwrap();
-    v["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            let ids = p["greedy"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i.as_u64().unwrap())
-                .collect();
-            (p["text"].as_str().unwrap().to_string(), ids)
-        })
-        .collect()
-}
-
 /// Hugging Face folders run through the daemon and CLI exactly as GGUF files do, on candle by
 /// default, and give transformers' greedy continuations.
 #[test]
@@ -256,9 +229,10 @@ fn daemon_runs_hugging_face_folders_on_candle() {
     for name in ["tiny-mistral", "tiny-mistral-bin", "tiny-llama"] {
         let dir = fixture(name);
         let dir = dir.to_str().unwrap();
-        for (text, want) in reference(name) {
-            let run = d.cli_json(&["run", dir, &text, "--raw", "--max-tokens", "32"]);
-            assert_eq!(token_ids(&run), want, "{name}: {text:?}");
+        for r in reference(&fixture(name)) {
+            let run = d.cli_json(&["run", dir, &r.text, "--raw", "--max-tokens", "32"]);
+            let want: Vec<u64> = r.greedy.iter().map(|&t| u64::from(t)).collect();
+            assert_eq!(token_ids(&run), want, "{name}: {:?}", r.text);
         }
         let show = d.cli_json(&["models", "show", dir]);
         assert_eq!(show["backend"], "candle", "{show}");
@@ -569,47 +543,6 @@ fn converted_gguf_runs_the_same_model_in_every_format_and_backend() {
     assert!(same >= 0.99, "F16 GGUF vs f16 folder on candle: {same:.3}");
 }
 
-struct Reference {
-    text: String,
-    input_ids: Vec<u32>,
-    last_logits: Vec<f32>,
-    argmax: Vec<u32>,
-    greedy: Vec<u32>,
-}
-
-fn full_reference(name: &str) -> Vec<Reference> {
-    use base64::Engine as _;
-    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let ids = |x: &serde_json::Value| -> Vec<u32> {
-        x.as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n.as_u64().unwrap() as u32)
-            .collect()
-    };
-    v["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(p["last_logits_f32_le_base64"].as_str().unwrap())
-                .unwrap();
-            Reference {
-                text: p["text"].as_str().unwrap().to_string(),
-                input_ids: ids(&p["input_ids"]),
-                last_logits: raw
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
-                argmax: ids(&p["argmax_per_position"]),
-                greedy: ids(&p["greedy"]),
-            }
-        })
-        .collect()
-}
-
 /// Hugging Face folders made by transformers, converted to F32 GGUF by `minerva convert`, run
 /// on llama.cpp and give transformers' tokens and logits: tiny-llama's SentencePiece
 /// tokenizer.model and tiny-mistral's byte-fallback tokenizer.json both become llama.cpp
@@ -673,7 +606,7 @@ fn converted_folders_run_on_llama_cpp_as_in_transformers() {
             );
         }
         assert_eq!(llama.info().chat_template, folder.info().chat_template);
-        for r in full_reference(name) {
+        for r in reference(&fixture(name)) {
             assert_eq!(
                 llama.tokenize(&r.text, true).unwrap(),
                 r.input_ids,

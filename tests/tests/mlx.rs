@@ -4,11 +4,11 @@
 //! and on broken folders.
 #![cfg(feature = "mlx")]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use minerva_candle::CandleModel;
 use minerva_core::{ContextOptions, ForwardChunk, Model, SeqId};
-use minerva_e2e::{token_ids, Daemon};
+use minerva_e2e::{fixture, reference, token_ids, Daemon};
 use minerva_mlx::MlxModel;
 use minerva_proto::v1 as pb;
 use pb::generate_service_client::GenerateServiceClient;
@@ -26,12 +26,6 @@ const FOLDERS: [&str; 3] = [
     "tiny-mistral-mlx-q4",
     "tiny-mistral-mlx-q8",
 ];
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
 
 fn options(ctx: u32) -> ContextOptions {
     ContextOptions {
@@ -56,45 +50,6 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
-}
-
-struct Reference {
-    text: String,
-    input_ids: Vec<u32>,
-    last_logits: Vec<f32>,
-    greedy: Vec<u32>,
-}
-
-fn reference(dir: &Path) -> Vec<Reference> {
-    use base64::Engine as _;
-    let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let ids = |x: &serde_json::Value| -> Vec<u32> {
-        x.as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n.as_u64().unwrap() as u32)
-            .collect()
-    };
-    v["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(p["last_logits_f32_le_base64"].as_str().unwrap())
-                .unwrap();
-            Reference {
-                text: p["text"].as_str().unwrap().to_string(),
-                input_ids: ids(&p["input_ids"]),
-                last_logits: raw
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
-                greedy: ids(&p["greedy"]),
-            }
-        })
-        .collect()
 }
 
 /// The prompt's last logits (one forward over the whole prompt), then `n` greedy tokens fed
