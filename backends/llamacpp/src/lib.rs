@@ -69,16 +69,15 @@ impl Backend for LlamaCppBackend {
 pub struct LlamaCppModel {
     model: Arc<LlamaModel>,
     info: ModelInfo,
-    gpu_layers: u32,
 }
 
-/// llama.cpp's flash-attention setting for a context. `MINERVA_FLASH_ATTN=on|off|auto` decides
-/// when set. Otherwise: off when the model runs on the CPU only, llama.cpp's "auto" when
-/// layers are offloaded. On the CPU its flash-attention kernel gets slower as the context
-/// grows: SmolLM2 Q4_1 on 2 threads decoded tg128 / tg512 at 198 / 116 tok/s with auto (= on)
-/// and 169 / 160 with it off (`minerva bench ... --tests tg128,tg512`); long generations
-/// matter more than the first hundred tokens.
-fn flash_attention(gpu_layers: u32) -> llama_cpp_sys_2::llama_flash_attn_type {
+/// llama.cpp's flash-attention setting for a context: llama.cpp's "auto" (on for these models),
+/// unless `MINERVA_FLASH_ATTN=on|off|auto` says otherwise. On the CPU its flash-attention kernel
+/// gets slower as the context grows: SmolLM2 Q4_1 on 2 threads decoded tg128 / tg512 at 198 / 116
+/// tok/s with it and 169 / 160 without. It stays on by default because without it this
+/// llama.cpp no longer gives a sequence the same tokens alone as batched with another
+/// (tests/generate.rs `two_clients_at_once_...` fails), which continuous batching relies on.
+fn flash_attention() -> llama_cpp_sys_2::llama_flash_attn_type {
     use llama_cpp_sys_2::{
         LLAMA_FLASH_ATTN_TYPE_AUTO as AUTO, LLAMA_FLASH_ATTN_TYPE_DISABLED as OFF,
         LLAMA_FLASH_ATTN_TYPE_ENABLED as ON,
@@ -86,8 +85,6 @@ fn flash_attention(gpu_layers: u32) -> llama_cpp_sys_2::llama_flash_attn_type {
     match std::env::var("MINERVA_FLASH_ATTN").ok().as_deref() {
         Some("on") => ON,
         Some("off") => OFF,
-        Some("auto") => AUTO,
-        _ if gpu_layers == 0 => OFF,
         _ => AUTO,
     }
 }
@@ -126,7 +123,6 @@ impl LlamaCppModel {
         Ok(Self {
             model: Arc::new(model),
             info,
-            gpu_layers: options.gpu_layers,
         })
     }
 
@@ -175,7 +171,6 @@ impl Model for LlamaCppModel {
             Arc::clone(&self.model),
             self.info.vocab_size,
             options,
-            self.gpu_layers,
         )?))
     }
 }
@@ -194,12 +189,7 @@ struct LlamaCppContext {
 }
 
 impl LlamaCppContext {
-    fn new(
-        model: Arc<LlamaModel>,
-        vocab_size: u32,
-        options: &ContextOptions,
-        gpu_layers: u32,
-    ) -> Result<Self> {
+    fn new(model: Arc<LlamaModel>, vocab_size: u32, options: &ContextOptions) -> Result<Self> {
         let fail = |detail: String| CoreError::ContextFailed {
             backend: NAME,
             context_length: options.context_length,
@@ -219,7 +209,7 @@ impl LlamaCppContext {
             .with_kv_unified(true)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
-        let params = params.with_flash_attention_policy(flash_attention(gpu_layers));
+        let params = params.with_flash_attention_policy(flash_attention());
         let backend = llama_backend()?;
         let ctx = model
             .new_context(backend, params)
