@@ -46,6 +46,9 @@ pub struct RunArgs {
     pub threads: Option<u32>,
     #[arg(long)]
     pub ctx: Option<u32>,
+    /// Layers on the GPU [default: the daemon's, all of them when it has a GPU].
+    #[arg(long)]
+    pub gpu_layers: Option<u32>,
     /// Backends to run every model on, comma-separated (llama.cpp, candle, mlx) [default: each
     /// model's default backend].
     #[arg(long, value_delimiter = ',')]
@@ -215,12 +218,13 @@ async fn run(
         runs: Some(args.runs),
         warmup_runs: Some(args.warmup),
         concurrency: Some(args.concurrency),
-        options: (args.threads.is_some() || args.ctx.is_some()).then_some(pb::LoadOptions {
-            threads: args.threads,
-            context_length: args.ctx,
-            gpu_layers: None,
-            backend: None,
-        }),
+        options: (args.threads.is_some() || args.ctx.is_some() || args.gpu_layers.is_some())
+            .then_some(pb::LoadOptions {
+                threads: args.threads,
+                context_length: args.ctx,
+                gpu_layers: args.gpu_layers,
+                backend: None,
+            }),
         seed: Some(args.seed),
         backends: args.backend.clone(),
     };

@@ -54,6 +54,19 @@ pub struct Args {
     /// Default context length in tokens (capped at the model's trained context).
     #[arg(long = "ctx", value_name = "TOKENS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..))]
     pub context_length: u32,
+
+    /// Default layers offloaded to the GPU per model [default: all of them when llama.cpp was
+    /// built with a GPU backend (CUDA, Metal) and sees a device, else 0]. A load request's
+    /// gpu_layers overrides it.
+    #[arg(long, value_name = "N", env = "MINERVA_GPU_LAYERS")]
+    pub gpu_layers: Option<u32>,
+
+    /// Give each of the --parallel sequences its own --ctx tokens of KV cache (llama.cpp's
+    /// per-sequence KV streams) instead of one shared pool of --ctx. Attention then reads only
+    /// a sequence's own cells, which many concurrent sequences on a GPU need to run fast
+    /// (bench/results/README.md), at --parallel times the KV memory.
+    #[arg(long, env = "MINERVA_KV_PER_SEQUENCE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub kv_per_sequence: bool,
 }
 
 impl Args {
@@ -89,9 +102,24 @@ impl Args {
             threads: self.threads.unwrap_or_else(default_threads),
             context_length: self.context_length,
             parallel: self.parallel,
+            gpu_layers: self.gpu_layers.unwrap_or_else(default_gpu_layers),
+            kv_per_sequence: self.kv_per_sequence,
         }
     }
 }
+
+/// Every layer on the GPU when llama.cpp has one to offload to (as ollama and llama-server with
+/// `-ngl 999` do), none otherwise: a CPU-only build keeps 0 so nothing changes there.
+pub fn default_gpu_layers() -> u32 {
+    #[cfg(feature = "llamacpp")]
+    if minerva_llamacpp::gpu_offload_available() {
+        return ALL_LAYERS;
+    }
+    0
+}
+
+/// More layers than any model has: llama.cpp offloads them all (its own `-ngl 999`).
+pub const ALL_LAYERS: u32 = 999;
 
 /// Physical cores, as llama.cpp picks by default (hyperthreads do not help matrix work).
 pub fn default_threads() -> u32 {

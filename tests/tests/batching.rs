@@ -102,6 +102,42 @@ async fn requests_wait_while_their_kv_reservation_does_not_fit() {
     assert!(runs.iter().map(|t| t.first).max() < runs.iter().map(|t| t.done).min());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_kv_per_sequence_each_request_has_a_whole_context() {
+    // The same two requests as above, which cannot share one 64-token pool: with a context per
+    // sequence they run together, each giving the tokens it gives alone. Also with llama.cpp's
+    // flash attention off, whose attention sums over KV cells in cache order: in a shared pool
+    // a sequence's cells sit elsewhere when another runs beside it, and its tokens changed
+    // (tests/generate.rs failed that way); in its own stream they do not move.
+    for fa in ["auto", "off"] {
+        kv_per_sequence_run(fa).await;
+    }
+}
+
+async fn kv_per_sequence_run(flash_attn: &str) {
+    let d = Daemon::start_with_env(
+        &["--parallel", "2", "--ctx", "64", "--kv-per-sequence"],
+        &[("MINERVA_FLASH_ATTN", flash_attn)],
+    );
+    let prompts = ["Count: one two", "Count: three four"];
+    let mut solo = Vec::new();
+    for p in prompts {
+        solo.push(generate(&d, p, 40).await.ids);
+    }
+    let runs = futures_join(prompts.map(|p| generate(&d, p, 40))).await;
+    assert!(
+        runs.iter().map(|t| t.first).max() < runs.iter().map(|t| t.done).min(),
+        "the second request waited for the first: the contexts were shared"
+    );
+    for (i, t) in runs.iter().enumerate() {
+        assert_eq!(
+            t.ids, solo[i],
+            "{:?}: batched tokens differ from solo (flash attention {flash_attn})",
+            prompts[i]
+        );
+    }
+}
+
 /// Runs futures concurrently on the test's runtime and returns their outputs in order.
 async fn futures_join<F, T>(futs: impl IntoIterator<Item = F>) -> Vec<T>
 where

@@ -18,6 +18,7 @@ fn options(ctx: u32) -> ContextOptions {
         threads: 2,
         batch_size: ctx,
         max_sequences: 1,
+        kv_per_sequence: false,
     }
 }
 

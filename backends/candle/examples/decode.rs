@@ -27,6 +27,7 @@ fn main() {
             threads: 2,
             batch_size: 2048,
             max_sequences: 1,
+            kv_per_sequence: false,
         })
         .unwrap();
     let mut logits = Vec::new();

@@ -65,6 +65,7 @@ fn options() -> ContextOptions {
         threads: 2,
         batch_size: 256,
         max_sequences: 2,
+        kv_per_sequence: false,
     }
 }
 

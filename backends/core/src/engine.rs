@@ -143,6 +143,9 @@ pub struct ContextOptions {
     pub batch_size: u32,
     /// How many sequences may live in the KV cache at once.
     pub max_sequences: u32,
+    /// Each sequence gets its own `context_length` cells instead of all of them sharing one pool
+    /// of `context_length` (backends whose cache is per sequence anyway ignore this).
+    pub kv_per_sequence: bool,
 }
 
 /// One sequence's tokens for a forward pass, placed at `start_pos..start_pos + tokens.len()`.

@@ -119,7 +119,7 @@ impl Sampler {
         let penalty = self.config.repetition_penalty;
         let penalized = penalty != 1.0 && !self.recent.is_empty();
         if self.config.is_greedy() && !penalized {
-            return argmax(logits.iter().copied().enumerate());
+            return argmax_slice(logits);
         }
         self.candidates.clear();
         self.candidates
@@ -174,6 +174,42 @@ impl Sampler {
         }
         cands.last().map(|c| c.0).unwrap_or(0)
     }
+}
+
+/// `argmax` over a slice, in two vectorizable passes: the maximum over 16 lanes, then the
+/// first position holding it. Same answer as `argmax` (lowest index on ties, NaN never wins)
+/// several times faster on a 32k-50k vocabulary, which a daemon decoding 64 sequences does 64
+/// times a step on its one worker thread.
+pub fn argmax_slice(values: &[f32]) -> TokenId {
+    const LANES: usize = 16;
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            // `>` is false for NaN, so NaN never replaces a lane's value.
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    let mut max = f32::NEG_INFINITY;
+    for &x in acc.iter().chain(rest) {
+        if x > max {
+            max = x;
+        }
+    }
+    if max == f32::NEG_INFINITY {
+        // All -inf or NaN: index 0, as `argmax` gives.
+        return 0;
+    }
+    let mut base = 0;
+    for c in values.chunks(LANES) {
+        if c.iter().fold(false, |hit, &x| hit | (x == max)) {
+            let at = c.iter().position(|&x| x == max).unwrap_or(0);
+            return (base + at) as TokenId;
+        }
+        base += c.len();
+    }
+    0
 }
 
 /// Index of the largest value; ties go to the lowest index; NaN never wins.
@@ -231,6 +267,36 @@ mod tests {
 
     fn logits() -> Vec<f32> {
         vec![0.1, 2.0, -1.0, 1.9, 0.5, 3.0, 2.9, -4.0]
+    }
+
+    #[test]
+    fn argmax_slice_matches_the_scalar_argmax() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for len in [0usize, 1, 5, 16, 17, 33, 1000, 32000, 49152] {
+            for case in 0..4 {
+                let mut v: Vec<f32> = (0..len)
+                    .map(|_| rng.random::<f32>() * 20.0 - 10.0)
+                    .collect();
+                if len > 3 {
+                    match case {
+                        // A tie, the later copy first in lane order.
+                        1 => {
+                            let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                            v[len - 1] = m;
+                            v[len / 2] = m;
+                        }
+                        2 => v.iter_mut().step_by(3).for_each(|x| *x = f32::NAN),
+                        3 => v.iter_mut().for_each(|x| *x = f32::NEG_INFINITY),
+                        _ => {}
+                    }
+                }
+                assert_eq!(
+                    argmax_slice(&v),
+                    argmax(v.iter().copied().enumerate()),
+                    "len {len} case {case}"
+                );
+            }
+        }
     }
 
     #[test]

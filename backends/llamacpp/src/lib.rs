@@ -89,6 +89,11 @@ fn flash_attention() -> llama_cpp_sys_2::llama_flash_attn_type {
     }
 }
 
+/// Whether this llama.cpp build can offload layers to a GPU (CUDA, Metal, ...) and sees one.
+pub fn gpu_offload_available() -> bool {
+    llama_backend().is_ok_and(|b| b.supports_gpu_offload())
+}
+
 impl LlamaCppModel {
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
         if !path.is_file() {
@@ -195,7 +200,19 @@ impl LlamaCppContext {
             context_length: options.context_length,
             detail,
         };
-        let n_ctx = NonZeroU32::new(options.context_length)
+        let n_seq = options.max_sequences.max(1);
+        // Per-sequence KV: llama.cpp splits n_ctx evenly into one stream per sequence.
+        let total = if options.kv_per_sequence {
+            options.context_length.checked_mul(n_seq).ok_or_else(|| {
+                fail(format!(
+                    "{n_seq} sequences x {} tokens",
+                    options.context_length
+                ))
+            })?
+        } else {
+            options.context_length
+        };
+        let n_ctx = NonZeroU32::new(total)
             .ok_or_else(|| fail("context length must be at least 1".into()))?;
         let threads = i32::try_from(options.threads.max(1)).unwrap_or(i32::MAX);
         let batch_size = options.batch_size.clamp(1, options.context_length);
@@ -203,10 +220,12 @@ impl LlamaCppContext {
             .with_n_ctx(Some(n_ctx))
             .with_n_batch(batch_size)
             .with_n_ubatch(batch_size.min(512))
-            .with_n_seq_max(options.max_sequences.max(1))
-            // One pool of KV cells for all sequences (not n_ctx / n_seq each): the daemon
-            // admits sequences while their reservations fit the whole context.
-            .with_kv_unified(true)
+            .with_n_seq_max(n_seq)
+            // Shared: one pool of KV cells for all sequences, the daemon admitting sequences
+            // while their reservations fit it. Per sequence: a stream of context_length cells
+            // each, and attention reads only the sequence's own stream (with one shared pool
+            // every sequence's attention spans all cells in use, masked).
+            .with_kv_unified(!options.kv_per_sequence)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
         let params = params.with_flash_attention_policy(flash_attention());

@@ -136,6 +136,7 @@ fn generate(p: &Path) -> Vec<u32> {
             threads: 2,
             batch_size: 64,
             max_sequences: 1,
+            kv_per_sequence: false,
         })
         .unwrap();
     let mut logits = Vec::new();

@@ -175,6 +175,6 @@ pub async fn serve(
         }
     };
     reaper.abort();
-    engine.unload_all();
+    engine.shutdown(std::time::Duration::from_secs(10));
     result.map_err(|e| DaemonError::Internal(format!("server error: {e}")))
 }

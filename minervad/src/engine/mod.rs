@@ -97,6 +97,10 @@ pub struct EngineConfig {
     pub context_length: u32,
     /// Sequences a model's worker decodes together.
     pub parallel: u32,
+    /// Layers offloaded to a GPU when a load request does not say.
+    pub gpu_layers: u32,
+    /// Each sequence gets its own context of `context_length` tokens (`--kv-per-sequence`).
+    pub kv_per_sequence: bool,
 }
 
 /// A token event or the end of a generation, sent from the worker to the request's stream.
@@ -175,6 +179,8 @@ pub struct LoadedModel {
     jobs: mpsc::Sender<Work>,
     max_queue: usize,
     idle: Mutex<IdleState>,
+    /// The worker thread, joined at shutdown (`Engine::shutdown`).
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 #[derive(Debug)]
@@ -502,13 +508,14 @@ impl Engine {
             None => self.config.threads,
         };
         let load_options = LoadOptions {
-            gpu_layers: req.gpu_layers.unwrap_or(0),
+            gpu_layers: req.gpu_layers.unwrap_or(self.config.gpu_layers),
         };
         let context_options = ContextOptions {
             context_length,
             threads,
             batch_size: context_length.min(2048),
             max_sequences: self.config.parallel.max(1),
+            kv_per_sequence: self.config.kv_per_sequence,
         };
         // A model loaded with other options is replaced; its worker finishes what it has queued.
         if let Some(old) = self.lock_loaded().remove(&resolved.path) {
@@ -522,7 +529,7 @@ impl Engine {
         let path = resolved.path.clone();
         let (lo, co) = (load_options.clone(), context_options.clone());
         let name = resolved.name.clone();
-        std::thread::Builder::new()
+        let worker = std::thread::Builder::new()
             .name(format!("worker {}", resolved.name))
             .spawn(move || {
                 let started = Instant::now();
@@ -580,6 +587,7 @@ impl Engine {
                 busy: 0,
                 idle_since: Instant::now(),
             }),
+            worker: Mutex::new(Some(worker)),
         }))
     }
 
@@ -605,8 +613,28 @@ impl Engine {
         });
     }
 
-    pub fn unload_all(&self) {
-        self.lock_loaded().clear();
+    /// Unloads every model and waits (up to `timeout`) for the worker threads to free their
+    /// contexts. Called before the process exits: a GPU runtime shuts down at exit, and a worker
+    /// still freeing its context then aborts the process (CUDA "driver shutting down").
+    pub fn shutdown(&self, timeout: Duration) {
+        let models: Vec<Arc<LoadedModel>> = self.lock_loaded().drain().map(|(_, m)| m).collect();
+        let workers: Vec<_> = models
+            .iter()
+            .filter_map(|m| m.worker.lock().unwrap_or_else(|e| e.into_inner()).take())
+            .collect();
+        // The workers stop once every sender of their queue is gone.
+        drop(models);
+        let deadline = Instant::now() + timeout;
+        for w in workers {
+            while !w.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if w.is_finished() {
+                let _ = w.join();
+            } else {
+                tracing::warn!("a model worker is still busy at shutdown; exiting without it");
+            }
+        }
     }
 }
 
@@ -653,6 +681,8 @@ mod tests {
                 threads: 1,
                 context_length: 16,
                 parallel: 1,
+                gpu_layers: 0,
+                kv_per_sequence: false,
             },
         );
         for format in [ModelFormat::Mlx, ModelFormat::SafeTensors] {

@@ -9,7 +9,9 @@
 //! beside the reservations of those running, so a forward pass never runs out of cells; the
 //! queue stays first in, first out (a request that does not fit yet waits at the head). A
 //! sequence alone in the worker decodes exactly as a plain llama.cpp loop does. Perplexity
-//! jobs need the whole context and run between generations.
+//! jobs need the whole context and run between generations. With `kv_per_sequence` (the
+//! daemon's `--kv-per-sequence`) every sequence has a whole context of its own, so only
+//! `max_sequences` limits admission.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -88,6 +90,39 @@ impl Sequence {
 }
 
 /// Runs until every sender of `jobs` is gone (the model was unloaded) or the context breaks.
+/// Where a worker's time goes, logged at debug level every `StepTimes::EVERY` steps
+/// (`RUST_LOG=minervad::engine::worker=debug`): the forward pass (the backend), sampling and
+/// streaming, and the rest of the loop (admission, retiring).
+#[derive(Default)]
+struct StepTimes {
+    steps: u32,
+    sequences: usize,
+    forward: std::time::Duration,
+    sample: std::time::Duration,
+    total: std::time::Duration,
+}
+
+impl StepTimes {
+    const EVERY: u32 = 256;
+
+    fn report(&mut self, model: &str) {
+        if self.steps < Self::EVERY {
+            return;
+        }
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3 / f64::from(self.steps);
+        tracing::debug!(
+            model,
+            steps = self.steps,
+            sequences_per_step = self.sequences as f64 / f64::from(self.steps),
+            step_ms = ms(self.total),
+            forward_ms = ms(self.forward),
+            sample_and_stream_ms = ms(self.sample),
+            "worker step times (means)"
+        );
+        *self = StepTimes::default();
+    }
+}
+
 pub fn run(
     model_name: String,
     model: Arc<dyn Model>,
@@ -98,10 +133,23 @@ pub fn run(
     let mut logits: Vec<Vec<f32>> = Vec::new();
     let batch = ctx.options().batch_size as usize;
     let max_active = ctx.options().max_sequences.max(1) as usize;
-    let cells = ctx.options().context_length as usize;
+    // The shared pool's size; with a context per sequence there is nothing to share.
+    let cells = if ctx.options().kv_per_sequence {
+        usize::MAX
+    } else {
+        ctx.options().context_length as usize
+    };
     // Taken from the queue but not admitted yet (no room): it goes first next time.
     let mut held: Option<Work> = None;
+    let mut times = StepTimes::default();
+    let timing = tracing::enabled!(tracing::Level::DEBUG);
+    let mut step_started = Instant::now();
     loop {
+        if timing && !active.is_empty() {
+            times.total += step_started.elapsed();
+            times.report(&model_name);
+        }
+        step_started = Instant::now();
         // Admit: block when idle, otherwise only take what is already queued.
         while active.len() < max_active {
             let work = if let Some(work) = held.take() {
@@ -147,7 +195,7 @@ pub fn run(
                 continue; // the client left while queued
             }
             let reserved: usize = active.iter().map(|s| reservation(&s.job)).sum();
-            if !active.is_empty() && reserved + reservation(&job) > cells {
+            if !active.is_empty() && reserved.saturating_add(reservation(&job)) > cells {
                 held = Some(Work::Generate(job));
                 break;
             }
@@ -156,7 +204,14 @@ pub fn run(
         }
 
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            step(&*model, &mut *ctx, &mut active, &mut logits, batch)
+            step(
+                &*model,
+                &mut *ctx,
+                &mut active,
+                &mut logits,
+                batch,
+                &mut times,
+            )
         }));
         let failure = match outcome {
             Ok(Ok(())) => None,
@@ -241,6 +296,7 @@ fn step(
     active: &mut [Sequence],
     logits: &mut Vec<Vec<f32>>,
     batch: usize,
+    times: &mut StepTimes,
 ) -> minerva_core::Result<()> {
     let mut budget = batch;
     let mut owners: Vec<usize> = Vec::with_capacity(active.len());
@@ -283,10 +339,14 @@ fn step(
         return Ok(());
     }
     let sizes: Vec<usize> = chunks.iter().map(|c| c.tokens.len()).collect();
+    let started = Instant::now();
     ctx.forward(&chunks, logits)?;
     drop(chunks);
 
     let now = Instant::now();
+    times.steps += 1;
+    times.sequences += owners.len();
+    times.forward += now - started;
     for (k, &i) in owners.iter().enumerate() {
         let seq = &mut active[i];
         if let Phase::Prefill { done } = seq.phase {
@@ -301,6 +361,7 @@ fn step(
         seq.sampler.accept(token);
         emit(model, seq, token)?;
     }
+    times.sample += now.elapsed();
     Ok(())
 }
 
