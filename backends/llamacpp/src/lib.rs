@@ -215,7 +215,7 @@ impl LlamaCppContext {
         let n_ctx = NonZeroU32::new(total)
             .ok_or_else(|| fail("context length must be at least 1".into()))?;
         let threads = i32::try_from(options.threads.max(1)).unwrap_or(i32::MAX);
-        let batch_size = options.batch_size.clamp(1, options.context_length);
+        let batch_size = options.batch_size.clamp(1, total);
         let params = LlamaContextParams::default()
             .with_n_ctx(Some(n_ctx))
             .with_n_batch(batch_size)

@@ -513,7 +513,14 @@ impl Engine {
         let context_options = ContextOptions {
             context_length,
             threads,
-            batch_size: context_length.min(2048),
+            // Tokens per forward call: up to 2048, and no more than the KV cells there are
+            // (one context, or one per sequence).
+            batch_size: if self.config.kv_per_sequence {
+                context_length.saturating_mul(self.config.parallel.max(1))
+            } else {
+                context_length
+            }
+            .min(2048),
             max_sequences: self.config.parallel.max(1),
             kv_per_sequence: self.config.kv_per_sequence,
         };
