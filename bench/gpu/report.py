@@ -16,26 +16,11 @@ time (prompts included) and time per output token, for each KV layout (Minerva's
 Usage: report.py RESULTS_DIR OUT.json
 """
 import json
-import math
 import os
 import sys
 
-
-def summarize(values):
-    v = sorted(x for x in values if math.isfinite(x))
-    if not v:
-        return {"n": 0}
-    n = len(v)
-    mean = sum(v) / n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1)) if n > 1 else 0.0
-
-    def pct(p):
-        r = p / 100 * (n - 1)
-        lo, hi = math.floor(r), math.ceil(r)
-        return v[lo] + (v[hi] - v[lo]) * (r - lo)
-
-    return {"n": n, "mean": mean, "stddev": sd, "min": v[0], "p50": pct(50), "p90": pct(90),
-            "p99": pct(99), "max": v[-1]}
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from summary import summarize  # noqa: E402  (bench/summary.py)
 
 
 def metric(test, name):
