@@ -297,3 +297,70 @@ pub fn reference(dir: &Path) -> Vec<Reference> {
         })
         .collect()
 }
+
+/// Context options for a direct (no daemon) test: one sequence, a batch of the whole context.
+pub fn options(ctx: u32) -> minerva_core::ContextOptions {
+    minerva_core::ContextOptions {
+        context_length: ctx,
+        threads: 2,
+        batch_size: ctx,
+        max_sequences: 1,
+        kv_per_sequence: false,
+    }
+}
+
+/// Index of the largest logit.
+pub fn argmax(v: &[f32]) -> u32 {
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i as u32)
+        .unwrap()
+}
+
+/// A copy of a fixture folder (links followed), so a test may edit it.
+pub fn copy_fixture(name: &str, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in std::fs::read_dir(fixture(name)).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+    }
+}
+
+/// Edits a model folder's config.json in place.
+pub fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let p = dir.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(p, v.to_string()).unwrap();
+}
+
+/// Generates 4 tokens from "Hello" on `model` (on `backend` when given); the generated-token
+/// count from the final stats, or the call's error status.
+pub async fn generate_count(
+    c: &mut minerva_proto::v1::generate_service_client::GenerateServiceClient<
+        tonic::transport::Channel,
+    >,
+    model: &str,
+    backend: Option<&str>,
+) -> Result<u32, tonic::Status> {
+    use minerva_proto::v1 as pb;
+    let req = pb::GenerateRequest {
+        model: model.into(),
+        input: Some(pb::generate_request::Input::Prompt("Hello".into())),
+        max_tokens: Some(4),
+        options: backend.map(|b| pb::LoadOptions {
+            backend: Some(b.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut s = c.generate(req).await?.into_inner();
+    while let Some(m) = s.message().await? {
+        if let Some(pb::generate_response::Event::Done(stats)) = m.event {
+            return Ok(stats.generated_tokens);
+        }
+    }
+    Err(tonic::Status::internal("stream ended without stats"))
+}

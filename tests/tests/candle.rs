@@ -5,30 +5,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use minerva_candle::CandleModel;
-use minerva_core::{ContextOptions, ForwardChunk, Model, SeqId};
-use minerva_e2e::{fixture, model_path, reference, token_ids, Daemon, MODEL};
+use minerva_core::{ForwardChunk, Model, SeqId};
+use minerva_e2e::{
+    argmax, copy_fixture, edit_config, fixture, generate_count, model_path, options, reference,
+    token_ids, Daemon, MODEL,
+};
 use minerva_llamacpp::LlamaCppModel;
 use minerva_proto::v1 as pb;
 use pb::generate_service_client::GenerateServiceClient;
 use tonic::Code;
-
-fn options(ctx: u32) -> ContextOptions {
-    ContextOptions {
-        context_length: ctx,
-        threads: 2,
-        batch_size: ctx,
-        max_sequences: 1,
-        kv_per_sequence: false,
-    }
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(i, _)| i as u32)
-        .unwrap()
-}
 
 /// Greedy tokens, and the logits each was picked from.
 fn greedy(model: &dyn Model, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
@@ -269,46 +254,6 @@ fn daemon_runs_hugging_face_folders_on_candle() {
     );
 }
 
-async fn generate(
-    c: &mut GenerateServiceClient<tonic::transport::Channel>,
-    model: &str,
-    backend: Option<&str>,
-) -> Result<u32, tonic::Status> {
-    let req = pb::GenerateRequest {
-        model: model.into(),
-        input: Some(pb::generate_request::Input::Prompt("Hello".into())),
-        max_tokens: Some(4),
-        options: backend.map(|b| pb::LoadOptions {
-            backend: Some(b.into()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let mut s = c.generate(req).await?.into_inner();
-    while let Some(m) = s.message().await? {
-        if let Some(pb::generate_response::Event::Done(stats)) = m.event {
-            return Ok(stats.generated_tokens);
-        }
-    }
-    Err(tonic::Status::internal("stream ended without stats"))
-}
-
-fn copy_fixture(name: &str, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for f in std::fs::read_dir(fixture(name)).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
-    }
-}
-
-fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
-    let p = dir.join("config.json");
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-    f(&mut v);
-    std::fs::write(p, v.to_string()).unwrap();
-}
-
 /// A torch.save-style zip whose pickle imports posix.system.
 fn hostile_bin(path: &Path) {
     let f = std::fs::File::create(path).unwrap();
@@ -428,7 +373,9 @@ async fn broken_hugging_face_folders_get_clear_errors_and_the_daemon_keeps_servi
         ),
     ];
     for (model, backend, code, needles) in cases {
-        let err = generate(&mut c, &model, backend).await.expect_err(&model);
+        let err = generate_count(&mut c, &model, backend)
+            .await
+            .expect_err(&model);
         assert_eq!(err.code(), code, "{model}: {}", err.message());
         for n in needles {
             assert!(
@@ -438,9 +385,9 @@ async fn broken_hugging_face_folders_get_clear_errors_and_the_daemon_keeps_servi
             );
         }
         // The daemon keeps serving, on both backends.
-        assert_eq!(generate(&mut c, MODEL, None).await.unwrap(), 4);
+        assert_eq!(generate_count(&mut c, MODEL, None).await.unwrap(), 4);
         assert_eq!(
-            generate(&mut c, fixture("tiny-llama").to_str().unwrap(), None)
+            generate_count(&mut c, fixture("tiny-llama").to_str().unwrap(), None)
                 .await
                 .unwrap(),
             4

@@ -7,8 +7,11 @@
 use std::path::Path;
 
 use minerva_candle::CandleModel;
-use minerva_core::{ContextOptions, ForwardChunk, Model, SeqId};
-use minerva_e2e::{fixture, reference, token_ids, Daemon};
+use minerva_core::{ForwardChunk, Model, SeqId};
+use minerva_e2e::{
+    argmax, copy_fixture, edit_config, fixture, generate_count, options, reference, token_ids,
+    Daemon,
+};
 use minerva_mlx::MlxModel;
 use minerva_proto::v1 as pb;
 use pb::generate_service_client::GenerateServiceClient;
@@ -26,24 +29,6 @@ const FOLDERS: [&str; 3] = [
     "tiny-mistral-mlx-q4",
     "tiny-mistral-mlx-q8",
 ];
-
-fn options(ctx: u32) -> ContextOptions {
-    ContextOptions {
-        context_length: ctx,
-        threads: 2,
-        batch_size: ctx,
-        max_sequences: 1,
-        kv_per_sequence: false,
-    }
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(i, _)| i as u32)
-        .unwrap()
-}
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -122,23 +107,6 @@ fn mlx_backend_matches_mlx_lm_on_the_fixtures() {
             assert_eq!(tokens, r.greedy, "{name} {:?}", r.text);
         }
     }
-}
-
-/// A copy of a fixture folder (links followed), so a test may edit it.
-fn copy_fixture(name: &str, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for f in std::fs::read_dir(fixture(name)).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
-    }
-}
-
-fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
-    let p = dir.join("config.json");
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-    f(&mut v);
-    std::fs::write(p, v.to_string()).unwrap();
 }
 
 /// The plain (bf16) MLX folder, as transformers and candle run a Mistral (the window on every
@@ -267,30 +235,6 @@ fn drop_tensors(dir: &Path, drop: &[&str]) {
     std::fs::write(index, v.to_string()).unwrap();
 }
 
-async fn generate(
-    c: &mut GenerateServiceClient<tonic::transport::Channel>,
-    model: &str,
-    backend: Option<&str>,
-) -> Result<u32, tonic::Status> {
-    let req = pb::GenerateRequest {
-        model: model.into(),
-        input: Some(pb::generate_request::Input::Prompt("Hello".into())),
-        max_tokens: Some(4),
-        options: backend.map(|b| pb::LoadOptions {
-            backend: Some(b.into()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let mut s = c.generate(req).await?.into_inner();
-    while let Some(m) = s.message().await? {
-        if let Some(pb::generate_response::Event::Done(stats)) = m.event {
-            return Ok(stats.generated_tokens);
-        }
-    }
-    Err(tonic::Status::internal("stream ended without stats"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_mlx_folders_get_clear_errors_and_the_daemon_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
@@ -398,7 +342,9 @@ async fn broken_mlx_folders_get_clear_errors_and_the_daemon_keeps_serving() {
         ),
     ];
     for (model, backend, code, needles) in cases {
-        let err = generate(&mut c, &model, backend).await.expect_err(&model);
+        let err = generate_count(&mut c, &model, backend)
+            .await
+            .expect_err(&model);
         eprintln!("{model}: {:?} {}", err.code(), err.message());
         assert_eq!(err.code(), code, "{model}: {}", err.message());
         for n in needles {
@@ -409,6 +355,6 @@ async fn broken_mlx_folders_get_clear_errors_and_the_daemon_keeps_serving() {
             );
         }
         // The daemon keeps serving.
-        assert_eq!(generate(&mut c, good, None).await.unwrap(), 4);
+        assert_eq!(generate_count(&mut c, good, None).await.unwrap(), 4);
     }
 }
