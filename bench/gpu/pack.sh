@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Packs, on a CPU machine with cargo, what the GPU machine needs (it has nvcc, CMake and Python
 # but no cargo and no network) into .gpu/ (git-ignored), for bench/gpu/run.sh there:
-#   minervad, minerva   built here against llama.cpp as shared libraries (feature
+#   minervad.xz, minerva  built here against llama.cpp as shared libraries (feature
 #                       minervad/llama-dynamic) for plain x86-64-v3, so they run on any recent
 #                       x86-64 host and pick up whichever libllama.so/libggml*.so they find;
+#                       with the candle backend on CUDA (minervad/candle-cuda), which loads the
+#                       GPU machine's libcuda, cuBLAS and cuRAND;
 #   llama.cpp.tar.gz    the exact llama.cpp source that llama-cpp-sys-2 vendors (the source of
 #                       minervad's own llama.cpp), to be built there with CUDA, plus the sources
 #                       of llama.cpp's llama-bench and llama-batched-bench, which the crate does
@@ -29,11 +31,23 @@ fi
 echo "$LCP_SHA256  $sdist" | sha256sum -c --quiet
 
 # minervad and minerva, llama.cpp linked dynamically. A separate target dir: the features and
-# CPU flags differ from the normal build, which stays as it is.
-RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release --target-dir target-gpu \
-  -p minervad -p minerva-cli --features minervad/llama-dynamic
-strip -o "$out/minervad" target-gpu/release/minervad
+# CPU flags differ from the normal build, which stays as it is. The CLI first, on its own, so
+# that it is built without CUDA (it runs here too, and needs no GPU).
+export RUSTFLAGS="-C target-cpu=x86-64-v3"
+cargo build --release --target-dir target-gpu -p minerva-cli
 strip -o "$out/minerva" target-gpu/release/minerva
+# minervad with candle on CUDA too: nvcc and headers from PyPI wheels (bench/gpu/cuda-toolkit.sh);
+# candle's kernels compiled here for the GPU's compute capability (CUDA_COMPUTE_CAP, 90 for
+# H100/H200). They make the binary large: it travels xz-compressed (~12 MB), run.sh unpacks it.
+tk=$(bash "$root/bench/gpu/cuda-toolkit.sh")
+CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90} NVCC=$tk/bin/nvcc PATH=$tk/bin:$PATH CUDA_HOME=$tk \
+  LIBRARY_PATH=$tk/lib:$tk/lib/stubs \
+  cargo build --release --target-dir target-gpu -p minervad \
+  --features minervad/llama-dynamic,minervad/candle-cuda
+rm -f "$out/minervad"
+strip -o "$out/minervad.tmp" target-gpu/release/minervad
+xz -T0 -6 -c "$out/minervad.tmp" >"$out/minervad.xz"
+rm "$out/minervad.tmp"
 
 # llama.cpp: the source llama-cpp-sys-2 built above, with the two bench tools added.
 sys=$(cargo metadata --format-version 1 --locked 2>/dev/null | python3 -c '

@@ -43,6 +43,17 @@ def main():
         t["model"] = short(t["model"])
     for l in minerva["loads"]:
         l["model"] = short(l["model"])
+    # The candle backend on CUDA (run.sh's candle step), when it ran: its tests join Minerva's
+    # (each test names its backend), so the chart shows both backends beside the peer.
+    candle_path = os.path.join(src, "candle-single.json")
+    if os.path.exists(candle_path):
+        candle = json.load(open(candle_path))
+        for t in candle["tests"]:
+            t["model"] = short(t["model"])
+            minerva["tests"].append(t)
+        for l in candle["loads"]:
+            l["model"] = short(l["model"])
+            minerva["loads"].append(l)
     lb = json.load(open(os.path.join(src, "peer-llama-bench.json")))
     # Minerva's model names, by quantization (the same files llama-bench ran).
     names = {quant_of(l["path"].lower()): l["model"] for l in minerva["loads"]}
@@ -81,7 +92,8 @@ def main():
                 stat = "p50" if m["name"].endswith("_ms") else "mean"
                 a, b = m["summary"].get(stat), metric(mt, m["name"]).get(stat)
                 if a and b:
-                    ratio.append({"model": pt["model"], "test": pt["test"], "metric": m["name"],
+                    ratio.append({"model": pt["model"], "backend": mt["backend"],
+                                  "test": pt["test"], "metric": m["name"],
                                   "stat": stat, "a": a, "b": b, "ratio": b / a})
 
     conc = []
@@ -112,15 +124,30 @@ def main():
                          "ratio": {"generated_tokens_per_s": mine["generated_tokens_per_s"]
                                    / theirs["generated_tokens_per_s"],
                                    "tpot_ms": mine["tpot_ms_p50"] / theirs["tpot_ms"]}})
+    # candle on CUDA with 1 and 8 clients (it runs one sequence's step at a time).
+    candle_conc = []
+    for n in (1, 8):
+        path = os.path.join(src, f"candle-c{n}.json")
+        if not os.path.exists(path):
+            continue
+        mt = json.load(open(path))["tests"][0]
+        ttft, tpot = metric(mt, "ttft_ms"), metric(mt, "tpot_ms")
+        candle_conc.append({"sequences": n, "generated_tokens_per_s": mt["aggregate_tokens_per_s"],
+                            "ttft_ms_p50": ttft.get("p50"), "ttft_ms_p99": ttft.get("p99"),
+                            "tpot_ms_p50": tpot.get("p50"), "runs": len(mt["runs"])})
     machine = open(os.path.join(src, "machine.txt")).read() if os.path.exists(
         os.path.join(src, "machine.txt")) else ""
+    # The same text's perplexity on each backend and device (run.sh's candle step): one line each.
+    ppl_path = os.path.join(src, "candle-perplexity.txt")
+    ppl = [l.strip() for l in open(ppl_path)] if os.path.exists(ppl_path) else []
     result = {"minerva": minerva, "peer": peer, "ratio": ratio, "concurrency": conc,
-              "machine": machine, "command": "bash bench/gpu/run.sh build models peer minerva pack"}
+              "candle_concurrency": candle_conc, "perplexity_check": ppl, "machine": machine,
+              "command": "bash bench/gpu/run.sh build models peer minerva candle pack"}
     json.dump(result, open(out, "w"), indent=1)
-    print("| model | test | metric | Minerva | llama.cpp | ratio |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| model | test | metric | Minerva backend | Minerva | llama.cpp | ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in ratio:
-        print(f"| {r['model']} | {r['test']} | {r['metric']} ({r['stat']}) | {r['b']:.1f} | {r['a']:.1f} | {r['ratio']:.3f} |")
+        print(f"| {r['model']} | {r['test']} | {r['metric']} ({r['stat']}) | {r['backend']} | {r['b']:.1f} | {r['a']:.1f} | {r['ratio']:.3f} |")
     print()
     print("| KV | sequences | Minerva gen tok/s | llama.cpp gen tok/s | ratio | Minerva TpT p50 ms | llama.cpp TpT ms | ratio | Minerva TTFT p50 / p99 ms | llama.cpp prompt phase ms | llama.cpp S_TG |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -129,6 +156,14 @@ def main():
         print(f"| {c['kv']} | {c['sequences']} | {m['generated_tokens_per_s']:.0f} | {p['generated_tokens_per_s']:.0f} | "
               f"{r['generated_tokens_per_s']:.3f} | {m['tpot_ms_p50']:.2f} | {p['tpot_ms']:.2f} | {r['tpot_ms']:.3f} | "
               f"{m['ttft_ms_p50']:.0f} / {m['ttft_ms_p99']:.0f} | {p['prompt_phase_ms']:.0f} | {p['decode_tokens_per_s']:.0f} |")
+
+    if candle_conc:
+        print()
+        print("| candle, clients | gen tok/s | TpT p50 ms | TTFT p50 / p99 ms |")
+        print("| --- | --- | --- | --- |")
+        for c in candle_conc:
+            print(f"| {c['sequences']} | {c['generated_tokens_per_s']:.0f} | {c['tpot_ms_p50']:.2f} | "
+                  f"{c['ttft_ms_p50']:.0f} / {c['ttft_ms_p99']:.0f} |")
 
 
 if __name__ == "__main__":

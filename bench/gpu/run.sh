@@ -2,6 +2,7 @@
 # Runs on the GPU machine, in a copy of the repo holding .gpu/ from bench/gpu/pack.sh:
 #   build    llama.cpp (the source minervad was built against) with CUDA, as shared libraries,
 #            plus llama-bench and llama-batched-bench linked to those same libraries
+#   check    that minervad finds every library it links (llama.cpp's, CUDA's)
 #   models   `minerva synth --shape mistral-7b-v0.1` as GGUF Q4_K_M and F16
 #   peer     llama-bench (pp512, tg128) on both files and llama-batched-bench (128 in, 128 out;
 #            1/8/32/64 sequences; its default KV stream per sequence, and -kvu) on Q4_K_M, all
@@ -9,10 +10,12 @@
 #   minerva  minervad (same llama.cpp libraries, all layers on the GPU) and `minerva bench`:
 #            pp512, tg128, the four standard scenarios; pp128+tg128 at concurrency 1/8/32/64,
 #            with one shared KV pool and with a KV stream per sequence (--kv-per-sequence)
+#   candle   the same minervad with the candle backend on CUDA (feature candle-cuda): pp512,
+#            tg128, the four standard scenarios on both files; pp128+tg128 at concurrency 1, 8
 #   pack     everything measured into $OUT/gpu-results.tar.gz
 # Each step skips what an earlier call on the same (still warm) machine finished, so a step cut
 # off by the device's 10-minute limit resumes where it stopped. Work dir: $MINERVA_GPU_WORK.
-# Usage: bash bench/gpu/run.sh build models peer minerva pack
+# Usage: bash bench/gpu/run.sh build check models peer minerva candle pack
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 G=$root/.gpu
@@ -21,8 +24,22 @@ R=$W/results
 B=$W/build/bin
 mkdir -p "$W" "$R"
 export LD_LIBRARY_PATH=$B${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}:$G/lib
+# candle's CUDA path loads the CUDA runtime, cuBLAS and cuRAND (CUDA 13): from the toolkit, or the wheels PyTorch
+# brought along.
+for so in libcudart.so.13 libcublas.so.13 libcurand.so.10; do
+  d=$(find /usr/local/cuda*/ /usr/local/lib/python3*/ /opt/ -name "$so" 2>/dev/null | head -1 || true)
+  if [ -n "$d" ]; then LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$(dirname "$d"); fi
+done
 export XDG_CACHE_HOME=$G/cache
 export MINERVA_HOME=$W/home
+# minervad travels xz-compressed (candle's CUDA kernels make it large).
+D=$W/bin/minervad
+if [ ! -x "$D" ]; then
+  mkdir -p "$W/bin"
+  python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+    "$G/minervad.xz" "$D.tmp"
+  chmod +x "$D.tmp" && mv "$D.tmp" "$D"
+fi
 Q4=$W/mistral-7b-v0.1-q4_k_m.gguf
 F16=$W/mistral-7b-v0.1-f16.gguf
 # Compute capability of the GPU (9.0 on H100/H200), for nvcc.
@@ -48,6 +65,12 @@ step_build() {
   log "build"
   cmake --build "$W/build" -j "$(nproc)" --target llama-bench llama-batched-bench >"$R/build.log"
   log "built: $(ls "$B" | tr '\n' ' ')"
+}
+
+step_check() {
+  # Every library minervad loads is found (llama.cpp's from build, CUDA's from the machine).
+  if ldd "$D" | grep "not found"; then log "minervad misses the libraries above"; return 1; fi
+  "$D" --version
 }
 
 step_models() {
@@ -88,7 +111,7 @@ daemon=
 start_daemon() {
   # Debug level for the worker: it logs where its step time goes (forward vs sampling).
   RUST_LOG=info,minervad::engine::worker=debug \
-    "$G/minervad" --keep-alive forever --max-queue 256 "$@" >>"$R/minervad.log" 2>&1 &
+    "$D" --keep-alive forever --max-queue 256 "$@" >>"$R/minervad.log" 2>&1 &
   daemon=$!
   for _ in $(seq 100); do "$G/minerva" status >/dev/null 2>&1 && return; sleep 0.2; done
   log "minervad did not start"; tail "$R/minervad.log" >&2; return 1
@@ -124,6 +147,38 @@ step_minerva() {
   # Then a KV stream per sequence (--kv-per-sequence), as llama-batched-bench runs by default.
   start_daemon --parallel 64 --ctx 1024 --kv-per-sequence
   concurrency per-sequence
+  stop_daemon
+}
+
+step_candle() {
+  # gpu_layers > 0 (the default with a GPU) puts a candle model wholly on the GPU.
+  start_daemon --parallel 8 --ctx 4096
+  if [ ! -s "$R/candle-single.json" ]; then
+    log "minerva bench --backend candle: pp512, tg128, standard"
+    "$G/minerva" bench "$Q4" "$F16" --backend candle --tests pp512,tg128,standard --runs 3 \
+      -o "$R/candle-single.json.tmp" | tee "$R/candle-single.txt"
+    mv "$R/candle-single.json.tmp" "$R/candle-single.json"
+  fi
+  # Does the GPU path compute what the CPU path and llama.cpp do? Perplexity of the same text
+  # (the start of the README, ~1,500 tokens, 3 chunks of 512) on the same files: candle on the
+  # GPU, candle on the CPU (Q4_K_M only: the CPU is slow at 7B) and llama.cpp on the GPU.
+  if [ ! -s "$R/candle-perplexity.txt" ]; then
+    head -c 6000 "$root/README.md" >"$W/ppl.txt"
+    for run in "$Q4 candle 99" "$Q4 candle 0" "$Q4 llama.cpp 99" "$F16 candle 99" "$F16 llama.cpp 99"; do
+      set -- $run
+      log "perplexity: $(basename "$1") $2 gpu_layers $3"
+      echo "$(basename "$1") $2 gpu_layers=$3: $("$G/minerva" bench perplexity "$1" "$W/ppl.txt" \
+        --chunk 512 --backend "$2" --gpu-layers "$3" 2>&1 | tail -1)" | tee -a "$R/candle-perplexity.txt.tmp"
+    done
+    mv "$R/candle-perplexity.txt.tmp" "$R/candle-perplexity.txt"
+  fi
+  for c in 1 8; do
+    [ -s "$R/candle-c$c.json" ] && continue
+    log "minerva bench --backend candle: pp128+tg128 at concurrency $c"
+    "$G/minerva" bench "$Q4" --backend candle --tests pp128+tg128 --concurrency "$c" --runs 3 \
+      -o "$R/candle-c$c.json.tmp" | tee "$R/candle-c$c.txt"
+    mv "$R/candle-c$c.json.tmp" "$R/candle-c$c.json"
+  done
   stop_daemon
 }
 

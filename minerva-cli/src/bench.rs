@@ -79,6 +79,9 @@ pub enum BenchCommand {
         threads: Option<u32>,
         #[arg(long)]
         ctx: Option<u32>,
+        /// Layers on the GPU [default: the daemon's, all of them when it has a GPU].
+        #[arg(long)]
+        gpu_layers: Option<u32>,
         /// Backend (llama.cpp, candle, mlx) [default: by format].
         #[arg(long)]
         backend: Option<String>,
@@ -135,12 +138,13 @@ pub async fn bench(global: &Global, args: BenchArgs) -> CliResult {
             chunk,
             threads,
             ctx,
+            gpu_layers,
             backend,
         }) => {
             let options = pb::LoadOptions {
                 threads,
                 context_length: ctx,
-                gpu_layers: None,
+                gpu_layers,
                 backend,
             };
             perplexity(global, &mut client, model, &file, chunk, options).await

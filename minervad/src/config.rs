@@ -56,8 +56,9 @@ pub struct Args {
     pub context_length: u32,
 
     /// Default layers offloaded to the GPU per model [default: all of them when llama.cpp was
-    /// built with a GPU backend (CUDA, Metal) and sees a device, else 0]. A load request's
-    /// gpu_layers overrides it.
+    /// built with a GPU backend (CUDA, Metal) or candle with CUDA, and sees a device, else 0].
+    /// candle runs a model wholly on the GPU when this is above 0. A load request's gpu_layers
+    /// overrides it.
     #[arg(long, value_name = "N", env = "MINERVA_GPU_LAYERS")]
     pub gpu_layers: Option<u32>,
 
@@ -108,11 +109,16 @@ impl Args {
     }
 }
 
-/// Every layer on the GPU when llama.cpp has one to offload to (as ollama and llama-server with
-/// `-ngl 999` do), none otherwise: a CPU-only build keeps 0 so nothing changes there.
+/// Every layer on the GPU when a backend has one to offload to (llama.cpp built with CUDA or
+/// Metal, candle built with CUDA; as ollama and llama-server with `-ngl 999` do), none
+/// otherwise: a CPU-only build keeps 0 so nothing changes there.
 pub fn default_gpu_layers() -> u32 {
     #[cfg(feature = "llamacpp")]
     if minerva_llamacpp::gpu_offload_available() {
+        return ALL_LAYERS;
+    }
+    #[cfg(feature = "candle")]
+    if minerva_candle::gpu_available() {
         return ALL_LAYERS;
     }
     0

@@ -5,6 +5,8 @@
 
 pub mod config;
 pub mod convert;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod kernels;
 pub mod model;
 pub mod pool;
@@ -22,6 +24,7 @@ use minerva_core::{
 
 use crate::config::Config;
 use crate::model::{SeqCache, Transformer};
+use crate::pool::Pool;
 use crate::tokenizer::Tok;
 use crate::weights::Weights;
 
@@ -41,7 +44,12 @@ impl Backend for CandleBackend {
 
     fn build_info(&self) -> String {
         format!(
-            "candle 0.11 (pure Rust, f32 compute on CPU; Minerva kernels for mapped weights: {}; avx {}, f16c {}, neon {}); {} threads for candle's ops (process-wide: RAYON_NUM_THREADS or physical cores)",
+            "candle 0.11 (pure Rust, f32 compute on CPU{}; Minerva kernels for mapped weights: {}; avx {}, f16c {}, neon {}); {} threads for candle's ops (process-wide: RAYON_NUM_THREADS or physical cores)",
+            if cfg!(feature = "cuda") {
+                "; CUDA: candle's kernels when a model loads with gpu_layers > 0"
+            } else {
+                ""
+            },
             kernels::kernel_name(),
             candle_core::utils::with_avx(),
             candle_core::utils::with_f16c(),
@@ -50,13 +58,31 @@ impl Backend for CandleBackend {
         )
     }
 
-    fn load(&self, path: &Path, _options: &LoadOptions) -> Result<Arc<dyn Model>> {
-        Ok(Arc::new(CandleModel::load(path)?))
+    fn load(&self, path: &Path, options: &LoadOptions) -> Result<Arc<dyn Model>> {
+        Ok(Arc::new(CandleModel::load_with(path, options)?))
     }
 }
 
+/// Whether this build can run the candle backend on a GPU and sees one (CUDA device 0).
+pub fn gpu_available() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| gpu::open_device().is_some())
+    }
+    #[cfg(not(feature = "cuda"))]
+    false
+}
+
+/// The decoder a model runs on.
+enum Decoder {
+    Cpu(Arc<Transformer>),
+    #[cfg(feature = "cuda")]
+    Gpu(Arc<gpu::GpuTransformer>),
+}
+
 pub struct CandleModel {
-    transformer: Arc<Transformer>,
+    decoder: Decoder,
     tok: Tok,
     info: ModelInfo,
     eog: Vec<TokenId>,
@@ -71,8 +97,15 @@ fn bad(path: &Path, detail: impl Into<String>) -> CoreError {
 }
 
 impl CandleModel {
-    /// Loads a Hugging Face folder (or a weights file inside one) or a GGUF file.
+    /// Loads a Hugging Face folder (or a weights file inside one) or a GGUF file, on the CPU.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_with(path, &LoadOptions { gpu_layers: 0 })
+    }
+
+    /// Like [`Self::load`]; with `gpu_layers > 0` in a CUDA build the whole decoder runs on
+    /// CUDA device 0 (candle's GPU path has no partial offload), else on the CPU.
+    pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Self> {
+        let gpu = options.gpu_layers > 0;
         if !path.exists() {
             return Err(CoreError::FileNotFound {
                 path: path.to_path_buf(),
@@ -85,7 +118,7 @@ impl CandleModel {
             )
         })?;
         match format {
-            ModelFormat::Gguf => Self::load_gguf(path),
+            ModelFormat::Gguf => Self::load_gguf(path, gpu),
             ModelFormat::Mlx => Err(bad(
                 path,
                 "this is an MLX-format folder (config.json has \"quantization\"); the candle backend reads plain Hugging Face folders and GGUF",
@@ -96,20 +129,20 @@ impl CandleModel {
                 } else {
                     path.to_path_buf()
                 };
-                Self::load_hf(&dir, format)
+                Self::load_hf(&dir, format, gpu)
             }
         }
     }
 
-    fn load_hf(dir: &Path, format: ModelFormat) -> Result<Self> {
+    fn load_hf(dir: &Path, format: ModelFormat, gpu: bool) -> Result<Self> {
         let cfg = Config::from_hf_folder(dir).map_err(|e| bad(dir, e))?;
         let weights = Weights::from_hf_folder(dir).map_err(|e| bad(dir, e))?;
         let (tok, settings) =
             Tok::from_hf_folder(dir, cfg.bos_token_id).map_err(|e| bad(dir, e))?;
-        Self::assemble(dir.to_path_buf(), format, cfg, weights, tok, settings)
+        Self::assemble(dir.to_path_buf(), format, cfg, weights, tok, settings, gpu)
     }
 
-    fn load_gguf(path: &Path) -> Result<Self> {
+    fn load_gguf(path: &Path, gpu: bool) -> Result<Self> {
         // minerva_core's reader checks the header and every tensor's bounds before candle's
         // reader sees the file (candle trusts counts and offsets).
         let report =
@@ -137,6 +170,7 @@ impl CandleModel {
             weights,
             tok,
             settings,
+            gpu,
         )?;
         m.info.trained_context_length = u32::try_from(info_ctx).unwrap_or(u32::MAX);
         Ok(m)
@@ -149,6 +183,7 @@ impl CandleModel {
         weights: Weights,
         tok: Tok,
         settings: tokenizer::TokSettings,
+        gpu: bool,
     ) -> Result<Self> {
         if tok.vocab_size() > cfg.vocab_size {
             return Err(bad(
@@ -187,17 +222,42 @@ impl CandleModel {
             add_bos: settings.add_bos,
         };
         let transformer = Transformer::new(cfg, weights, positions).map_err(|e| bad(&path, e))?;
+        let decoder = Self::place(transformer, gpu).map_err(|e| bad(&path, e))?;
         Ok(CandleModel {
-            transformer: Arc::new(transformer),
+            decoder,
             tok,
             info,
             eog,
         })
     }
 
-    /// The decoder, for tests that drive it directly.
-    pub fn transformer(&self) -> &Arc<Transformer> {
-        &self.transformer
+    #[cfg(feature = "cuda")]
+    fn place(transformer: Transformer, gpu: bool) -> std::result::Result<Decoder, String> {
+        if let Some(dev) = gpu.then(gpu::open_device).flatten() {
+            let g = gpu::GpuTransformer::new(transformer, dev)
+                .map_err(|e| format!("moving the model to the GPU: {e}"))?;
+            tracing::info!("candle: the model runs on CUDA device 0");
+            return Ok(Decoder::Gpu(Arc::new(g)));
+        }
+        Ok(Decoder::Cpu(Arc::new(transformer)))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn place(transformer: Transformer, _gpu: bool) -> std::result::Result<Decoder, String> {
+        Ok(Decoder::Cpu(Arc::new(transformer)))
+    }
+
+    /// Whether the decoder runs on a GPU.
+    pub fn on_gpu(&self) -> bool {
+        !matches!(self.decoder, Decoder::Cpu(_))
+    }
+
+    fn max_positions(&self) -> usize {
+        match &self.decoder {
+            Decoder::Cpu(t) => t.max_positions(),
+            #[cfg(feature = "cuda")]
+            Decoder::Gpu(t) => t.max_positions(),
+        }
     }
 }
 
@@ -234,7 +294,7 @@ impl Model for CandleModel {
     }
 
     fn new_context(&self, options: &ContextOptions) -> Result<Box<dyn Context>> {
-        let limit = self.transformer.max_positions();
+        let limit = self.max_positions();
         if options.context_length as usize > limit || options.context_length == 0 {
             return Err(CoreError::ContextFailed {
                 backend: NAME,
@@ -243,29 +303,103 @@ impl Model for CandleModel {
             });
         }
         let threads = candle_core::utils::get_num_threads();
-        if options.threads as usize != threads {
+        if options.threads as usize != threads && !self.on_gpu() {
             tracing::warn!(
                 requested = options.threads,
                 threads,
                 "candle's thread pool is process-wide; set RAYON_NUM_THREADS before starting the daemon to change it"
             );
         }
-        Ok(Box::new(CandleContext {
-            pool: pool::Pool::new(options.threads.max(1) as usize),
-            transformer: Arc::clone(&self.transformer),
-            seqs: HashMap::new(),
-            options: options.clone(),
-        }))
+        Ok(match &self.decoder {
+            Decoder::Cpu(t) => Box::new(CandleContext::new(Arc::clone(t), options)),
+            #[cfg(feature = "cuda")]
+            Decoder::Gpu(t) => Box::new(CandleContext::new(Arc::clone(t), options)),
+        })
+    }
+}
+
+/// What a context needs of a decoder: forward passes of one sequence over its own cache.
+pub trait Decode: Send + Sync + 'static {
+    type Cache: Default + Send;
+    /// Threads the context's pool needs (the CPU kernels'), 1 when it needs none.
+    fn pool_threads(&self, requested: u32) -> usize;
+    /// Runs `tokens` at positions `cache_len(cache)..`; logits [n, vocab] on the CPU, for the
+    /// last token or, with `all`, every token.
+    fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut Self::Cache,
+        all: bool,
+        pool: &Pool,
+    ) -> candle_core::Result<candle_core::Tensor>;
+    fn cache_len(cache: &Self::Cache) -> usize;
+    fn truncate(cache: &mut Self::Cache, pos: usize) -> candle_core::Result<()>;
+}
+
+impl Decode for Transformer {
+    type Cache = SeqCache;
+    fn pool_threads(&self, requested: u32) -> usize {
+        requested.max(1) as usize
+    }
+    fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut SeqCache,
+        all: bool,
+        pool: &Pool,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        Transformer::forward(self, tokens, cache, all, pool)
+    }
+    fn cache_len(cache: &SeqCache) -> usize {
+        cache.len()
+    }
+    fn truncate(cache: &mut SeqCache, pos: usize) -> candle_core::Result<()> {
+        cache.truncate(pos)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Decode for gpu::GpuTransformer {
+    type Cache = gpu::GpuCache;
+    fn pool_threads(&self, _requested: u32) -> usize {
+        1
+    }
+    fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut gpu::GpuCache,
+        all: bool,
+        _pool: &Pool,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        gpu::GpuTransformer::forward(self, tokens, cache, all)
+    }
+    fn cache_len(cache: &gpu::GpuCache) -> usize {
+        cache.len()
+    }
+    fn truncate(cache: &mut gpu::GpuCache, pos: usize) -> candle_core::Result<()> {
+        cache.truncate(pos);
+        Ok(())
     }
 }
 
 /// KV caches of up to `max_sequences` sequences over one shared decoder.
-pub struct CandleContext {
+pub struct CandleContext<D: Decode = Transformer> {
     /// Threads for the quantized kernels (candle's own ops use its process-wide pool).
-    pool: pool::Pool,
-    transformer: Arc<Transformer>,
-    seqs: HashMap<SeqId, SeqCache>,
+    pool: Pool,
+    decoder: Arc<D>,
+    seqs: HashMap<SeqId, D::Cache>,
     options: ContextOptions,
+}
+
+impl<D: Decode> CandleContext<D> {
+    fn new(decoder: Arc<D>, options: &ContextOptions) -> Self {
+        CandleContext {
+            pool: Pool::new(decoder.pool_threads(options.threads)),
+            decoder,
+            seqs: HashMap::new(),
+            options: options.clone(),
+        }
+    }
 }
 
 fn fwd_err(e: impl std::fmt::Display) -> CoreError {
@@ -276,12 +410,12 @@ fn fwd_err(e: impl std::fmt::Display) -> CoreError {
 }
 
 /// The cache of `seq`, cut back to `start_pos` positions (a new one if it has none).
-fn cache_at(
-    seqs: &mut HashMap<SeqId, SeqCache>,
+fn cache_at<D: Decode>(
+    seqs: &mut HashMap<SeqId, D::Cache>,
     max_sequences: u32,
     seq: SeqId,
     start_pos: u32,
-) -> Result<&mut SeqCache> {
+) -> Result<&mut D::Cache> {
     {
         if !seqs.contains_key(&seq) && seqs.len() >= max_sequences as usize {
             return Err(fwd_err(format!(
@@ -290,19 +424,19 @@ fn cache_at(
         }
         let cache = seqs.entry(seq).or_default();
         let start = start_pos as usize;
-        if start > cache.len() {
+        if start > D::cache_len(cache) {
             return Err(fwd_err(format!(
                 "sequence {} has {} cached positions; cannot continue at {start}",
                 seq.0,
-                cache.len()
+                D::cache_len(cache)
             )));
         }
-        cache.truncate(start).map_err(fwd_err)?;
+        D::truncate(cache, start).map_err(fwd_err)?;
         Ok(cache)
     }
 }
 
-impl CandleContext {
+impl<D: Decode> CandleContext<D> {
     fn check_len(&self, start: u32, n: usize) -> Result<()> {
         if start as usize + n > self.options.context_length as usize {
             return Err(fwd_err(format!(
@@ -315,7 +449,7 @@ impl CandleContext {
     }
 }
 
-impl Context for CandleContext {
+impl<D: Decode> Context for CandleContext<D> {
     fn options(&self) -> &ContextOptions {
         &self.options
     }
@@ -327,15 +461,15 @@ impl Context for CandleContext {
 
     fn forward(&mut self, chunks: &[ForwardChunk<'_>], logits: &mut Vec<Vec<f32>>) -> Result<()> {
         logits.resize_with(chunks.len(), Vec::new);
-        let transformer = Arc::clone(&self.transformer);
+        let decoder = Arc::clone(&self.decoder);
         for (chunk, out) in chunks.iter().zip(logits.iter_mut()) {
             if chunk.tokens.is_empty() {
                 return Err(fwd_err("a chunk with no tokens"));
             }
             self.check_len(chunk.start_pos, chunk.tokens.len())?;
             let max = self.options.max_sequences;
-            let cache = cache_at(&mut self.seqs, max, chunk.seq, chunk.start_pos)?;
-            let l = transformer
+            let cache = cache_at::<D>(&mut self.seqs, max, chunk.seq, chunk.start_pos)?;
+            let l = decoder
                 .forward(chunk.tokens, cache, false, &self.pool)
                 .map_err(fwd_err)?;
             *out = l
@@ -358,10 +492,10 @@ impl Context for CandleContext {
             return Ok(());
         }
         self.check_len(start_pos, tokens.len())?;
-        let transformer = Arc::clone(&self.transformer);
+        let decoder = Arc::clone(&self.decoder);
         let max = self.options.max_sequences;
-        let cache = cache_at(&mut self.seqs, max, seq, start_pos)?;
-        let l = transformer
+        let cache = cache_at::<D>(&mut self.seqs, max, seq, start_pos)?;
+        let l = decoder
             .forward(tokens, cache, true, &self.pool)
             .map_err(fwd_err)?;
         *logits = l

@@ -13,46 +13,46 @@ use crate::kernels;
 use crate::pool::Pool;
 use crate::weights::{Embedding, Layout, Linear, MappedQ, Weights};
 
-type CResult<T> = candle_core::Result<T>;
+pub(crate) type CResult<T> = candle_core::Result<T>;
 
-struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+pub(crate) struct Attention {
+    pub(crate) q: Linear,
+    pub(crate) k: Linear,
+    pub(crate) v: Linear,
+    pub(crate) o: Linear,
 }
 
-struct Mlp {
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+pub(crate) struct Mlp {
+    pub(crate) gate: Linear,
+    pub(crate) up: Linear,
+    pub(crate) down: Linear,
 }
 
-struct Layer {
-    input_norm: Tensor,
-    attn: Attention,
-    post_norm: Tensor,
-    mlp: Mlp,
+pub(crate) struct Layer {
+    pub(crate) input_norm: Tensor,
+    pub(crate) attn: Attention,
+    pub(crate) post_norm: Tensor,
+    pub(crate) mlp: Mlp,
 }
 
 pub struct Transformer {
     cfg: Config,
     embed: Embedding,
-    layers: Vec<Layer>,
-    norm: Tensor,
-    lm_head: Linear,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) norm: Tensor,
+    pub(crate) lm_head: Linear,
     /// [max_positions, head_dim / 2]
-    cos: Tensor,
-    sin: Tensor,
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
     /// GGUF stores Q/K rows permuted for llama.cpp's interleaved ("normal") RoPE; Hugging Face
     /// files use the half-split (NeoX) form.
-    rope_interleaved: bool,
+    pub(crate) rope_interleaved: bool,
     /// The one-token path, when every matrix is Minerva's to multiply.
     fast: Option<Fast>,
     /// Round cached keys and values to f16, as llama.cpp's default cache does: for GGUF files,
     /// so both backends compute the same attention from the same file. Hugging Face folders
     /// keep f32 (the transformers reference).
-    kv_f16: bool,
+    pub(crate) kv_f16: bool,
 }
 
 /// A layer as the one-token path reads it: norms as plain vectors, matrices in the mapped file.
@@ -508,7 +508,7 @@ impl Transformer {
         Tensor::from_vec(logits, (1, vocab), &Device::Cpu)
     }
 
-    fn embed(&self, tokens: &[u32]) -> CResult<Tensor> {
+    pub(crate) fn embed(&self, tokens: &[u32]) -> CResult<Tensor> {
         match &self.embed {
             Embedding::Dense(t) => t.index_select(&Tensor::new(tokens, &Device::Cpu)?, 0),
             Embedding::Mapped(m) => {
@@ -526,7 +526,7 @@ impl Transformer {
 
     /// Additive mask [t, start + t]: 0 where query i (at start + i) may see key j, -inf
     /// elsewhere (the future, and keys outside the sliding window). None when nothing is masked.
-    fn mask(&self, start: usize, t: usize) -> CResult<Option<Tensor>> {
+    pub(crate) fn mask(&self, start: usize, t: usize) -> CResult<Option<Tensor>> {
         let total = start + t;
         let window = self.cfg.sliding_window.unwrap_or(usize::MAX);
         if t == 1 && total <= window {
