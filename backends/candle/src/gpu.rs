@@ -6,7 +6,7 @@
 //! quantized CUDA kernels multiply them), dense ones (F16/BF16/F32) as f16 (cuBLAS, f32
 //! accumulation), norms and RoPE tables as f32. Activations are f32. The token embedding stays
 //! where it is (the mapped file): a step uploads its tokens' rows. Each sequence has its own KV
-//! cache on the GPU, grown by doubling; queries of a grouped-query head group are folded into
+//! cache on the GPU, grown by doubling and read in place; queries of a grouped-query head group are folded into
 //! one matrix product against their shared K/V head, as on the CPU.
 
 use std::sync::Arc;
@@ -213,8 +213,14 @@ impl GpuTransformer {
         let mut x = self.cpu.embed(tokens)?.to_device(&self.dev)?; // [t, d]
         for (l, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let hn = candle_nn::ops::rms_norm(&x, &l.input_norm, eps)?;
-            let heads =
-                |y: Tensor, n: usize| y.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous();
+            // [t, n*hd] -> [1, n, t, hd]; one token needs no copy (the same layout).
+            let heads = |y: Tensor, n: usize| {
+                if t == 1 {
+                    y.reshape((1, n, 1, hd))
+                } else {
+                    y.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous()
+                }
+            };
             let q = heads(l.q.forward(&hn)?, h)?;
             let k = heads(l.k.forward(&hn)?, kvh)?;
             let v = heads(l.v.forward(&hn)?, kvh)?;
@@ -237,8 +243,9 @@ impl GpuTransformer {
             };
             kv.k.slice_set(&k.squeeze(0)?, 1, start)?;
             kv.v.slice_set(&v.squeeze(0)?, 1, start)?;
-            let keys = kv.k.narrow(1, lo, total - lo)?.contiguous()?; // [kvh, n, hd]
-            let values = kv.v.narrow(1, lo, total - lo)?.contiguous()?;
+            // Read in place: cuBLAS takes the cache's row stride (no copy per step).
+            let keys = kv.k.narrow(1, lo, total - lo)?; // [kvh, n, hd]
+            let values = kv.v.narrow(1, lo, total - lo)?;
             // Heads kv*rep .. kv*rep+rep share K/V head kv: fold them into the query rows.
             let q = (q.reshape((kvh, rep * t, hd))? * scale)?;
             let scores = q.matmul(&keys.t()?)?; // [kvh, rep*t, n]
@@ -251,11 +258,14 @@ impl GpuTransformer {
                 None => scores,
             };
             let p = candle_nn::ops::softmax_last_dim(&scores)?;
-            let att = p
-                .matmul(&values)? // [kvh, rep*t, hd]
-                .reshape((h, t, hd))?
-                .transpose(0, 1)?
-                .reshape((t, h * hd))?;
+            let att = p.matmul(&values)?; // [kvh, rep*t, hd]
+            let att = if t == 1 {
+                att.reshape((1, h * hd))?
+            } else {
+                att.reshape((h, t, hd))?
+                    .transpose(0, 1)?
+                    .reshape((t, h * hd))?
+            };
             let x1 = (&x + l.o.forward(&att)?)?;
             let hn = candle_nn::ops::rms_norm(&x1, &l.post_norm, eps)?;
             let g = candle_nn::ops::silu(&l.gate.forward(&hn)?)?;
