@@ -87,7 +87,8 @@ struct GpuLayer {
 }
 
 pub struct GpuTransformer {
-    /// The CPU decoder of the same files: its token embedding is read for each step's tokens.
+    /// The CPU decoder of the same files, its layers dropped: its token embedding is read for
+    /// each step's tokens, its config, mask and RoPE tables used as they are.
     cpu: Transformer,
     dev: Device,
     layers: Vec<GpuLayer>,
@@ -138,7 +139,7 @@ pub fn open_device() -> Option<Device> {
 
 impl GpuTransformer {
     /// Moves `cpu`'s matrices, norms and RoPE tables to `dev`.
-    pub fn new(cpu: Transformer, dev: Device) -> CResult<GpuTransformer> {
+    pub fn new(mut cpu: Transformer, dev: Device) -> CResult<GpuTransformer> {
         let to = |t: &Tensor| t.to_device(&dev)?.to_dtype(DType::F32);
         let mut layers = Vec::with_capacity(cpu.layers.len());
         for l in &cpu.layers {
@@ -159,6 +160,10 @@ impl GpuTransformer {
         let lm_head = GpuLinear::new(&cpu.lm_head, &dev)?;
         let (cos, sin) = (to(&cpu.cos)?, to(&cpu.sin)?);
         dev.synchronize()?;
+        // The layers now live on the GPU: free the CPU's copies (K-quant matrices are held in
+        // memory, ~4 GB for a 7B Q4_K_M). What stays is what a step reads here: the embedding,
+        // the config, the mask and RoPE tables.
+        cpu.layers = Vec::new();
         Ok(GpuTransformer {
             cpu,
             dev,
