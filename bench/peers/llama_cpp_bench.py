@@ -5,7 +5,8 @@ BenchResult JSON schema (proto/minerva/v1/bench.proto), so the two compare field
 
 Input (a JSON file, written by `minerva bench --peer llama.cpp`):
   {"model": NAME, "path": GGUF, "threads": N, "context_length": N, "runs": N, "warmup_runs": N,
-   "seed": N, "tests": [{"test": NAME, "prompt": [token ids] | null, "prompt_tokens": N,
+   "seed": N, "flash_attn": "auto" | "on" | "off" (default off, llama-cpp-python's),
+   "tests": [{"test": NAME, "prompt": [token ids] | null, "prompt_tokens": N,
    "new_tokens": N}]}
 Each request: KV cache cleared, the prompt decoded in batches of 2048 (micro-batches of 512),
 then greedy decoding of new_tokens tokens one at a time, as minervad does. Timings:
@@ -60,6 +61,18 @@ def one_request(llm, n_vocab, prompt, new_tokens):
     }, [(b - a) * 1e3 for a, b in zip(times, times[1:])]
 
 
+def flash_attn(policy):
+    """llama.cpp's flash-attention setting as Minerva's run had it ("auto", "on", "off").
+    llama-cpp-python takes a bool and maps True to LLAMA_FLASH_ATTN_TYPE_ENABLED when it builds
+    the context parameters; for "auto" (llama.cpp's own default, which it resolves per device)
+    that constant is pointed at LLAMA_FLASH_ATTN_TYPE_AUTO, so both sides resolve it alike."""
+    if policy == "auto":
+        cpp = llama_cpp.llama_cpp
+        cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED = cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+        return True
+    return policy == "on"
+
+
 def run_test(spec, index, extra_bufts):
     """One test in this process: load the model, warm up, measure. Returns (test, load)."""
     if not extra_bufts:
@@ -74,7 +87,8 @@ def run_test(spec, index, extra_bufts):
     test = spec["tests"][index]
     t = time.perf_counter()
     llm = Llama(model_path=spec["path"], n_ctx=spec["context_length"], n_threads=spec["threads"],
-                n_threads_batch=spec["threads"], n_batch=2048, n_ubatch=512, verbose=False)
+                n_threads_batch=spec["threads"], n_batch=2048, n_ubatch=512,
+                flash_attn=flash_attn(spec.get("flash_attn", "off")), verbose=False)
     load_ms = (time.perf_counter() - t) * 1e3
     n_vocab = llm.n_vocab()
     prompt = test.get("prompt")
@@ -160,6 +174,7 @@ def main():
         "loads": [{"model": spec["model"], "path": spec["path"], "load_ms": load_ms or 0.0,
                    "loaded_by_job": True, "threads": spec["threads"],
                    "context_length": spec["context_length"],
+                   "settings": {"flash_attn": spec.get("flash_attn", "off")},
                    "file_size_bytes": os.path.getsize(spec["path"])}],
         "tests": tests,
         "resources": {"gpu": "absent: CPU-only peer run"},

@@ -206,49 +206,28 @@ async fn run(
     client: &mut BenchmarkServiceClient<tonic::transport::Channel>,
     args: RunArgs,
 ) -> CliResult {
-    let spec = pb::BenchJobSpec {
-        models: args.models.clone(),
-        tests: args.tests.clone(),
-        prompts_file: args
-            .prompts
-            .as_ref()
-            .map(|p| {
-                std::path::absolute(p)
-                    .unwrap_or_else(|_| p.clone())
-                    .display()
-                    .to_string()
-            })
-            .unwrap_or_default(),
-        runs: Some(args.runs),
-        warmup_runs: Some(args.warmup),
-        concurrency: Some(args.concurrency),
-        options: (args.threads.is_some() || args.ctx.is_some() || args.gpu_layers.is_some())
-            .then_some(pb::LoadOptions {
-                threads: args.threads,
-                context_length: args.ctx,
-                gpu_layers: args.gpu_layers,
-                backend: None,
-            }),
-        seed: Some(args.seed),
-        backends: args.backend.clone(),
-    };
     if args.peer.is_some() && args.concurrency != 1 {
         return Err(CliError(
             "--peer llama.cpp runs one client at a time: use --concurrency 1".into(),
         ));
     }
-    let id = client.submit(spec).await?.into_inner().id;
-    let result = follow(client, &id, !global.json && !args.csv).await?;
-    if result.status != "done" {
-        return Err(CliError(format!(
-            "benchmark {id} {}: {}",
-            result.status, result.error
-        )));
-    }
-    let peer = match &args.peer {
-        Some(_) => Some(run_peer(global, &result, &args).await?),
-        None => None,
+    // With a peer, the two take turns test by test (a Minerva job of one test, then the peer on
+    // it), so a slow minute on a shared machine falls on both sides instead of on one.
+    let units = if args.peer.is_some() {
+        interleave_units(&args)
+    } else {
+        vec![(args.tests.clone(), args.prompts.clone())]
     };
+    let (mut results, mut peers) = (Vec::new(), Vec::new());
+    for (tests, prompts) in units {
+        let result = run_job(global, client, &args, tests, prompts).await?;
+        if args.peer.is_some() {
+            peers.push(run_peer(global, &result, &args).await?);
+        }
+        results.push(result);
+    }
+    let result = merge_results(results);
+    let peer = (!peers.is_empty()).then(|| merge_results(peers));
     let out = match &peer {
         Some(p) => serde_json::to_string_pretty(&Comparison {
             minerva: result.clone(),
@@ -272,11 +251,161 @@ async fn run(
         if let Some(p) = &peer {
             println!();
             print_result(global, p)?;
-            println!("\nMinerva / llama.cpp (same file, threads, tests; rates by mean, latencies by p50):");
+            println!("\nMinerva / llama.cpp (same file, threads, flash attention, tests, taking turns test by test; rates by mean, latencies by p50):");
             print!("{}", ratio_table(&ratios(p, &result)));
         }
     }
     Ok(())
+}
+
+/// Submits one job (these tests and prompt file, the rest from `args`) and follows it to its end.
+async fn run_job(
+    global: &Global,
+    client: &mut BenchmarkServiceClient<tonic::transport::Channel>,
+    args: &RunArgs,
+    tests: Vec<String>,
+    prompts: Option<PathBuf>,
+) -> CliResult<pb::BenchResult> {
+    let spec = pb::BenchJobSpec {
+        models: args.models.clone(),
+        tests,
+        prompts_file: prompts
+            .as_ref()
+            .map(|p| {
+                std::path::absolute(p)
+                    .unwrap_or_else(|_| p.clone())
+                    .display()
+                    .to_string()
+            })
+            .unwrap_or_default(),
+        runs: Some(args.runs),
+        warmup_runs: Some(args.warmup),
+        concurrency: Some(args.concurrency),
+        options: (args.threads.is_some() || args.ctx.is_some() || args.gpu_layers.is_some())
+            .then_some(pb::LoadOptions {
+                threads: args.threads,
+                context_length: args.ctx,
+                gpu_layers: args.gpu_layers,
+                backend: None,
+            }),
+        seed: Some(args.seed),
+        backends: args.backend.clone(),
+    };
+    let id = client.submit(spec).await?.into_inner().id;
+    let result = follow(client, &id, !global.json && !args.csv).await?;
+    if result.status != "done" {
+        return Err(CliError(format!(
+            "benchmark {id} {}: {}",
+            result.status, result.error
+        )));
+    }
+    Ok(result)
+}
+
+/// The jobs of an interleaved `--peer` run: one per test ("standard" is its four scenarios;
+/// no tests and no prompt file means "standard", as in the daemon), and the prompt file as one.
+fn interleave_units(args: &RunArgs) -> Vec<(Vec<String>, Option<PathBuf>)> {
+    let mut names = args.tests.clone();
+    if names.is_empty() && args.prompts.is_none() {
+        names.push("standard".into());
+    }
+    let mut units = Vec::new();
+    for name in names {
+        if name == "standard" {
+            use minerva_proto::scenarios::STANDARD;
+            units.extend(STANDARD.iter().map(|(n, _, _)| (vec![n.to_string()], None)));
+        } else {
+            units.push((vec![name], None));
+        }
+    }
+    if let Some(p) = &args.prompts {
+        units.push((Vec::new(), Some(p.clone())));
+    }
+    units
+}
+
+/// One result from the results of several jobs run one after another: their tests in order,
+/// each model's first load record, resources over all of them (peaks the highest, means
+/// weighted by samples). The id lists every job's.
+fn merge_results(mut parts: Vec<pb::BenchResult>) -> pb::BenchResult {
+    let mut out = parts.remove(0);
+    for r in parts {
+        out.id = format!("{},{}", out.id, r.id);
+        for load in r.loads {
+            if !out
+                .loads
+                .iter()
+                .any(|l| l.model == load.model && l.backend == load.backend)
+            {
+                out.loads.push(load);
+            }
+        }
+        out.tests.extend(r.tests);
+        if let (Some(a), Some(b)) = (out.resources.as_mut(), r.resources) {
+            merge_resources(a, b);
+        }
+        if let (Some(a), Some(b)) = (out.spec.as_mut(), r.spec) {
+            a.tests.extend(b.tests);
+            if a.prompts_file.is_empty() {
+                a.prompts_file = b.prompts_file;
+            }
+        }
+        out.finished_unix_s = r.finished_unix_s;
+    }
+    out
+}
+
+fn merge_resources(a: &mut pb::BenchResources, b: pb::BenchResources) {
+    let weighted = |x: f64, nx: u32, y: f64, ny: u32| {
+        let n = f64::from(nx) + f64::from(ny);
+        if n > 0.0 {
+            (x * f64::from(nx) + y * f64::from(ny)) / n
+        } else {
+            0.0
+        }
+    };
+    a.rss_peak_bytes = a.rss_peak_bytes.max(b.rss_peak_bytes);
+    a.rss_mean_bytes = weighted(
+        a.rss_mean_bytes as f64,
+        a.samples,
+        b.rss_mean_bytes as f64,
+        b.samples,
+    ) as u64;
+    a.cpu_percent_mean = weighted(a.cpu_percent_mean, a.samples, b.cpu_percent_mean, b.samples);
+    a.cpu_percent_peak = a.cpu_percent_peak.max(b.cpu_percent_peak);
+    a.samples += b.samples;
+    for g in b.gpus {
+        match a.gpus.iter_mut().find(|x| x.index == g.index) {
+            Some(x) => {
+                let (nx, ng) = (x.samples, g.samples);
+                x.memory_used_peak_bytes = x.memory_used_peak_bytes.max(g.memory_used_peak_bytes);
+                x.memory_used_mean_bytes = weighted(
+                    x.memory_used_mean_bytes as f64,
+                    nx,
+                    g.memory_used_mean_bytes as f64,
+                    ng,
+                ) as u64;
+                x.utilization_percent_mean = weighted(
+                    x.utilization_percent_mean,
+                    nx,
+                    g.utilization_percent_mean,
+                    ng,
+                );
+                x.utilization_percent_peak =
+                    x.utilization_percent_peak.max(g.utilization_percent_peak);
+                x.power_watts_mean = match (x.power_watts_mean, g.power_watts_mean) {
+                    (Some(p), Some(q)) => Some(weighted(p, nx, q, ng)),
+                    (p, q) => p.or(q),
+                };
+                x.power_watts_peak = match (x.power_watts_peak, g.power_watts_peak) {
+                    (Some(p), Some(q)) => Some(p.max(q)),
+                    (p, q) => p.or(q),
+                };
+                x.samples += ng;
+            }
+            None => a.gpus.push(g),
+        }
+    }
 }
 
 async fn perplexity(
@@ -436,9 +565,16 @@ async fn run_peer(
         client::connect(global, false).await?,
     );
     let mut peer_results: Vec<pb::BenchResult> = Vec::new();
-    for load in &minerva.loads {
+    // Once per model file, whichever backends Minerva ran it on.
+    let mut paths = std::collections::HashSet::new();
+    for load in minerva.loads.iter().filter(|l| paths.insert(&l.path)) {
         let mut tests = Vec::new();
-        for t in minerva.tests.iter().filter(|t| t.model == load.model) {
+        let mut names = std::collections::HashSet::new();
+        for t in minerva
+            .tests
+            .iter()
+            .filter(|t| t.model == load.model && names.insert(&t.test))
+        {
             // Prompt tests: the exact tokens Minerva processed (the chat template applied).
             let prompt = match standard_prompt(&t.test, args) {
                 Some(text) => {
@@ -463,10 +599,18 @@ async fn run_peer(
                 "test": t.test, "prompt": prompt, "prompt_tokens": t.prompt_tokens, "new_tokens": t.new_tokens,
             }));
         }
+        // llama.cpp's flash attention as Minerva's llama.cpp backend ran it, so the peer runs
+        // alike (without a llama.cpp run: the peer's own default).
+        let flash_attn = minerva
+            .loads
+            .iter()
+            .filter(|l| l.path == load.path)
+            .find_map(|l| l.settings.get("flash_attn"))
+            .map_or("off", String::as_str);
         let spec = serde_json::json!({
             "model": load.model, "path": load.path, "threads": load.threads,
             "context_length": load.context_length, "runs": args.runs, "warmup_runs": args.warmup,
-            "seed": args.seed, "tests": tests,
+            "seed": args.seed, "flash_attn": flash_attn, "tests": tests,
         });
         let spec_file =
             std::env::temp_dir().join(format!("minerva-peer-{}.json", std::process::id()));
@@ -492,12 +636,7 @@ async fn run_peer(
         }
         peer_results.push(serde_json::from_slice(&out.stdout)?);
     }
-    let mut merged = peer_results.remove(0);
-    for r in peer_results {
-        merged.loads.extend(r.loads);
-        merged.tests.extend(r.tests);
-    }
-    Ok(merged)
+    Ok(merge_results(peer_results))
 }
 
 /// The prompt text of a prompt test (standard scenarios and prompt-file lines).
@@ -631,8 +770,14 @@ fn print_result(global: &Global, r: &pb::BenchResult) -> CliResult {
         }
     );
     for l in &r.loads {
+        let mut settings: Vec<String> = l
+            .settings
+            .iter()
+            .map(|(k, v)| format!(", {k} {v}"))
+            .collect();
+        settings.sort();
         println!(
-            "  {}: {} {}, load {:.0} ms (map {:.0} ms, context {:.0} ms){}, {} threads, ctx {}",
+            "  {}: {} {}, load {:.0} ms (map {:.0} ms, context {:.0} ms){}, {} threads, ctx {}{}",
             l.model,
             l.quantization,
             render::bytes(l.file_size_bytes),
@@ -645,7 +790,8 @@ fn print_result(global: &Global, r: &pb::BenchResult) -> CliResult {
                 " [already loaded]"
             },
             l.threads,
-            l.context_length
+            l.context_length,
+            settings.concat()
         );
     }
     let rows: Vec<Vec<String>> = r
@@ -860,6 +1006,97 @@ mod tests {
             2,
             "one group per test and panel: {svg}"
         );
+    }
+
+    #[test]
+    fn a_peer_run_takes_turns_test_by_test() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let args = |a: &[&str]| Cli::parse_from([&["bench", "m"], a].concat()).run;
+        let names = |u: Vec<(Vec<String>, Option<PathBuf>)>| -> Vec<String> {
+            u.into_iter()
+                .map(|(t, p)| match p {
+                    Some(p) => format!("file {}", p.display()),
+                    None => t.join(","),
+                })
+                .collect()
+        };
+        assert_eq!(
+            names(interleave_units(&args(&[]))),
+            ["greeting", "knowledge", "code", "long"]
+        );
+        assert_eq!(
+            names(interleave_units(&args(&[
+                "--tests",
+                "tg128,standard,pp512",
+                "--prompts",
+                "p.jsonl"
+            ]))),
+            [
+                "tg128",
+                "greeting",
+                "knowledge",
+                "code",
+                "long",
+                "pp512",
+                "file p.jsonl"
+            ]
+        );
+        assert_eq!(
+            names(interleave_units(&args(&["--prompts", "p.jsonl"]))),
+            ["file p.jsonl"]
+        );
+    }
+
+    #[test]
+    fn results_of_several_jobs_merge_into_one() {
+        let load = |backend: &str, ms: f64| pb::BenchModelLoad {
+            model: "m".into(),
+            backend: backend.into(),
+            load_ms: ms,
+            ..Default::default()
+        };
+        let res = |peak: u64, mean: u64, cpu: f64, samples: u32| pb::BenchResources {
+            rss_peak_bytes: peak,
+            rss_mean_bytes: mean,
+            cpu_percent_mean: cpu,
+            cpu_percent_peak: cpu,
+            samples,
+            ..Default::default()
+        };
+        let mut a = result("minerva", 100.0);
+        a.id = "1".into();
+        a.loads = vec![load("llama.cpp", 50.0)];
+        a.resources = Some(res(300, 200, 100.0, 1));
+        a.finished_unix_s = 1.0;
+        let mut b = result("minerva", 90.0);
+        b.id = "2".into();
+        b.tests[0].test = "pp8".into();
+        b.loads = vec![load("llama.cpp", 0.0), load("candle", 20.0)];
+        b.resources = Some(res(100, 100, 200.0, 3));
+        b.finished_unix_s = 2.0;
+        let m = merge_results(vec![a, b]);
+        assert_eq!(m.id, "1,2");
+        let tests: Vec<&str> = m.tests.iter().map(|t| t.test.as_str()).collect();
+        assert_eq!(tests, ["tg8", "pp8"]);
+        // Each model and backend once, with the load that loaded it.
+        assert_eq!(m.loads.len(), 2);
+        assert_eq!(
+            (m.loads[0].backend.as_str(), m.loads[0].load_ms),
+            ("llama.cpp", 50.0)
+        );
+        assert_eq!(m.loads[1].backend, "candle");
+        let r = m.resources.unwrap();
+        assert_eq!(
+            (r.rss_peak_bytes, r.rss_mean_bytes, r.samples),
+            (300, 125, 4)
+        );
+        assert_eq!((r.cpu_percent_mean, r.cpu_percent_peak), (175.0, 200.0));
+        assert_eq!(m.finished_unix_s, 2.0);
     }
 
     #[test]

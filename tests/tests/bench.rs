@@ -94,6 +94,9 @@ fn a_job_runs_and_its_json_is_self_consistent() {
     let load = &r["loads"][0];
     assert_eq!(load["model"], MODEL);
     assert_eq!(load["loaded_by_job"], true);
+    // llama.cpp's flash-attention setting as it ran (a `--peer` run takes the same).
+    let fa = std::env::var("MINERVA_FLASH_ATTN").unwrap_or_else(|_| "auto".into());
+    assert_eq!(load["settings"]["flash_attn"], fa.as_str(), "{load}");
     let (l, m, c) = (
         load["load_ms"].as_f64().unwrap(),
         load["mmap_ms"].as_f64().unwrap(),

@@ -191,12 +191,15 @@ fn candle_and_llamacpp_agree_on_the_smollm2_gguf() {
         batched as f64 * 100.0 / n as f64,
         stepwise as f64 * 100.0 / n as f64
     );
-    // Issue 5 asks for 98%. Measured: 96.5% one token at a time, 95.8% as one batch (before
-    // candle followed llama.cpp's f16 scales and f16 cache: 96.5% batched, 3/6 instead of 5/6
-    // prompts agreeing for 16+ greedy tokens). Each implementation is ~3.5% away from exact
-    // f32 math on the same weights (converted_gguf_runs_the_same_model_...), in different
-    // places. Every greedy parting is a near-tie (checked above). These bounds catch a broken
-    // decoder (a wrong RoPE or norm drops agreement far lower), not rounding noise.
+    // Issue 5 asks for 98% (teacher-forced: the passage as one batch). Measured on a 2-core AMD
+    // EPYC (AVX2, no AVX-512): one batch 98.85%, one token at a time 95.8-96.2%; on a
+    // Sapphire Rapids VM (AVX-512, AMX, whose tiles llama.cpp uses for batches): 95.8% and 96.5%.
+    // What differs is rounding at near-ties: every greedy parting is one (checked above), and
+    // llama.cpp's own decode and batch paths disagree with each other at 8 of these 260
+    // positions here (its decode attention sums values in f16, its batch attention in f32;
+    // following that f16 sum in candle moved one position). These bounds catch a broken decoder
+    // (a wrong RoPE or norm drops agreement far lower), not rounding noise, so they hold on
+    // every CPU.
     assert!(
         stepwise as f64 >= 0.95 * n as f64,
         "one token at a time: {stepwise}/{n}"

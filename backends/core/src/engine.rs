@@ -181,6 +181,11 @@ pub trait Model: Send + Sync {
     /// True for tokens that end generation (EOS, EOT, ...).
     fn is_end_of_generation(&self, token: TokenId) -> bool;
     fn new_context(&self, options: &ContextOptions) -> Result<Box<dyn Context>>;
+    /// Settings of this backend that change speed or numbers and are not in [`ContextOptions`]
+    /// (llama.cpp: `flash_attn`), as benchmark records report them; a peer run gets the same.
+    fn settings(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// KV cache and compute state for up to `max_sequences` sequences. Owned by one worker thread.

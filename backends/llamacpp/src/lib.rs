@@ -77,15 +77,16 @@ pub struct LlamaCppModel {
 /// tok/s with it and 169 / 160 without. It stays on by default because without it this
 /// llama.cpp no longer gives a sequence the same tokens alone as batched with another
 /// (tests/generate.rs `two_clients_at_once_...` fails), which continuous batching relies on.
-fn flash_attention() -> llama_cpp_sys_2::llama_flash_attn_type {
+/// Returns the setting and its name.
+fn flash_attention() -> (llama_cpp_sys_2::llama_flash_attn_type, &'static str) {
     use llama_cpp_sys_2::{
         LLAMA_FLASH_ATTN_TYPE_AUTO as AUTO, LLAMA_FLASH_ATTN_TYPE_DISABLED as OFF,
         LLAMA_FLASH_ATTN_TYPE_ENABLED as ON,
     };
     match std::env::var("MINERVA_FLASH_ATTN").ok().as_deref() {
-        Some("on") => ON,
-        Some("off") => OFF,
-        _ => AUTO,
+        Some("on") => (ON, "on"),
+        Some("off") => (OFF, "off"),
+        _ => (AUTO, "auto"),
     }
 }
 
@@ -171,6 +172,10 @@ impl Model for LlamaCppModel {
             .unwrap_or(false)
     }
 
+    fn settings(&self) -> Vec<(String, String)> {
+        vec![("flash_attn".into(), flash_attention().1.into())]
+    }
+
     fn new_context(&self, options: &ContextOptions) -> Result<Box<dyn Context>> {
         Ok(Box::new(LlamaCppContext::new(
             Arc::clone(&self.model),
@@ -228,7 +233,7 @@ impl LlamaCppContext {
             .with_kv_unified(!options.kv_per_sequence)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
-        let params = params.with_flash_attention_policy(flash_attention());
+        let params = params.with_flash_attention_policy(flash_attention().0);
         let backend = llama_backend()?;
         let ctx = model
             .new_context(backend, params)

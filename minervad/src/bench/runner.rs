@@ -103,6 +103,7 @@ async fn run_plan(
                 threads: model.context_options.threads,
                 context_length: model.context_options.context_length,
                 backend: model.model.backend().into(),
+                settings: model.model.settings().into_iter().collect(),
             })
         });
         for test in &plan.tests {
