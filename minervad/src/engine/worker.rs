@@ -249,7 +249,9 @@ pub fn run(
                 || matches!(active[i].phase, Phase::Decode { last } if last == FINISHED)
             {
                 let seq = active.swap_remove(i);
-                if seq.job.events.is_closed() {
+                let finished = matches!(seq.phase, Phase::Decode { last } if last == FINISHED);
+                // A finished sequence's client may have gone after its last event: not a cancel.
+                if !finished && seq.job.events.is_closed() {
                     tracing::info!(model = %model_name, request = seq.job.id, generated = seq.generated, "client went away; generation cancelled");
                 }
                 if let Err(e) = ctx.clear_sequence(seq.slot) {
