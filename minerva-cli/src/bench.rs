@@ -837,7 +837,10 @@ fn print_result(global: &Global, r: &pb::BenchResult) -> CliResult {
             &rows
         )
     );
-    if let Some(res) = &r.resources {
+    if let Some(res) = r.resources.as_ref().filter(|r| r.samples == 0) {
+        // The peer's result: its process is not sampled.
+        println!("  RSS and CPU not sampled; GPU {}", res.gpu);
+    } else if let Some(res) = &r.resources {
         println!(
             "  daemon RSS peak {} mean {}, CPU mean {:.0}% peak {:.0}% ({} samples); GPU {}",
             render::bytes(res.rss_peak_bytes),
