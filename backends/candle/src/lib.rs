@@ -223,6 +223,7 @@ impl CandleModel {
         };
         let transformer = Transformer::new(cfg, weights, positions).map_err(|e| bad(&path, e))?;
         let decoder = Self::place(transformer, gpu).map_err(|e| bad(&path, e))?;
+        release_freed_heap();
         Ok(CandleModel {
             decoder,
             tok,
@@ -258,6 +259,19 @@ impl CandleModel {
             #[cfg(feature = "cuda")]
             Decoder::Gpu(t) => t.max_positions(),
         }
+    }
+}
+
+/// Hands the heap memory that loading freed back to the system. Loading allocates and frees
+/// large buffers (tensor data read from the file, the CPU copies of layers once they are on
+/// the GPU); glibc keeps freed heap memory below its top in the process, where it counts in
+/// the daemon's RSS until something reuses it. Measured on a 7B Q4_K_M on candle's CUDA path:
+/// 4.07 GB of anonymous memory after the load without this.
+fn release_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
