@@ -218,11 +218,16 @@ async fn run(
     } else {
         vec![(args.tests.clone(), args.prompts.clone())]
     };
+    // Installed (or found cached) before any job runs.
+    let python = match args.peer {
+        Some(_) => Some(install_peer().await?),
+        None => None,
+    };
     let (mut results, mut peers) = (Vec::new(), Vec::new());
     for (tests, prompts) in units {
         let result = run_job(global, client, &args, tests, prompts).await?;
-        if args.peer.is_some() {
-            peers.push(run_peer(global, &result, &args).await?);
+        if let Some(python) = &python {
+            peers.push(run_peer(global, python, &result, &args).await?);
         }
         results.push(result);
     }
@@ -542,14 +547,9 @@ fn peer_dir() -> PathBuf {
 
 /// Runs the llama.cpp peer on the same model file, tests (same prompt tokens for prompt
 /// tests), threads, context, runs and warm-ups as the Minerva result.
-async fn run_peer(
-    global: &Global,
-    minerva: &pb::BenchResult,
-    args: &RunArgs,
-) -> CliResult<pb::BenchResult> {
-    let dir = peer_dir();
-    let install = dir.join("install-llama-cpp-python.sh");
-    let script = dir.join("llama_cpp_bench.py");
+/// Installs the llama.cpp peer (a no-op once cached) and returns its Python.
+async fn install_peer() -> CliResult<String> {
+    let install = peer_dir().join("install-llama-cpp-python.sh");
     let out = tokio::process::Command::new("bash")
         .arg(&install)
         .output()
@@ -560,7 +560,16 @@ async fn run_peer(
             String::from_utf8_lossy(&out.stderr)
         )));
     }
-    let python = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+async fn run_peer(
+    global: &Global,
+    python: &str,
+    minerva: &pb::BenchResult,
+    args: &RunArgs,
+) -> CliResult<pb::BenchResult> {
+    let script = peer_dir().join("llama_cpp_bench.py");
     let mut gen = minerva_proto::v1::generate_service_client::GenerateServiceClient::new(
         client::connect(global, false).await?,
     );
@@ -622,7 +631,7 @@ async fn run_peer(
                 tests.len()
             );
         }
-        let out = tokio::process::Command::new(&python)
+        let out = tokio::process::Command::new(python)
             .arg(&script)
             .arg(&spec_file)
             .output()

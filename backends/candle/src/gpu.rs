@@ -6,8 +6,8 @@
 //! quantized CUDA kernels multiply them), dense ones (F16/BF16/F32) as f16 (cuBLAS, f32
 //! accumulation), norms and RoPE tables as f32. Activations are f32. The token embedding stays
 //! where it is (the mapped file): a step uploads its tokens' rows. Each sequence has its own KV
-//! cache on the GPU, grown by doubling and read in place; queries of a grouped-query head group are folded into
-//! one matrix product against their shared K/V head, as on the CPU.
+//! cache on the GPU, grown by doubling and read in place; queries of a grouped-query head group
+//! are folded into one matrix product against their shared K/V head, as on the CPU.
 
 use std::sync::Arc;
 

@@ -69,6 +69,8 @@ impl Backend for LlamaCppBackend {
 pub struct LlamaCppModel {
     model: Arc<LlamaModel>,
     info: ModelInfo,
+    /// Read once at load: every context of this model uses it, and benchmark records report it.
+    flash_attn: (llama_cpp_sys_2::llama_flash_attn_type, &'static str),
 }
 
 /// llama.cpp's flash-attention setting for a context: llama.cpp's "auto" (on for these models),
@@ -129,6 +131,7 @@ impl LlamaCppModel {
         Ok(Self {
             model: Arc::new(model),
             info,
+            flash_attn: flash_attention(),
         })
     }
 
@@ -173,7 +176,7 @@ impl Model for LlamaCppModel {
     }
 
     fn settings(&self) -> Vec<(String, String)> {
-        vec![("flash_attn".into(), flash_attention().1.into())]
+        vec![("flash_attn".into(), self.flash_attn.1.into())]
     }
 
     fn new_context(&self, options: &ContextOptions) -> Result<Box<dyn Context>> {
@@ -181,6 +184,7 @@ impl Model for LlamaCppModel {
             Arc::clone(&self.model),
             self.info.vocab_size,
             options,
+            self.flash_attn.0,
         )?))
     }
 }
@@ -199,7 +203,12 @@ struct LlamaCppContext {
 }
 
 impl LlamaCppContext {
-    fn new(model: Arc<LlamaModel>, vocab_size: u32, options: &ContextOptions) -> Result<Self> {
+    fn new(
+        model: Arc<LlamaModel>,
+        vocab_size: u32,
+        options: &ContextOptions,
+        flash_attn: llama_cpp_sys_2::llama_flash_attn_type,
+    ) -> Result<Self> {
         let fail = |detail: String| CoreError::ContextFailed {
             backend: NAME,
             context_length: options.context_length,
@@ -233,7 +242,7 @@ impl LlamaCppContext {
             .with_kv_unified(!options.kv_per_sequence)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
-        let params = params.with_flash_attention_policy(flash_attention().0);
+        let params = params.with_flash_attention_policy(flash_attn);
         let backend = llama_backend()?;
         let ctx = model
             .new_context(backend, params)

@@ -245,13 +245,11 @@ pub fn run(
         // Retire finished sequences and free their KV cells.
         let mut i = 0;
         while i < active.len() {
-            if active[i].job.events.is_closed()
-                || matches!(active[i].phase, Phase::Decode { last } if last == FINISHED)
-            {
+            let finished = matches!(active[i].phase, Phase::Decode { last } if last == FINISHED);
+            if finished || active[i].job.events.is_closed() {
                 let seq = active.swap_remove(i);
-                let finished = matches!(seq.phase, Phase::Decode { last } if last == FINISHED);
                 // A finished sequence's client may have gone after its last event: not a cancel.
-                if !finished && seq.job.events.is_closed() {
+                if !finished {
                     tracing::info!(model = %model_name, request = seq.job.id, generated = seq.generated, "client went away; generation cancelled");
                 }
                 if let Err(e) = ctx.clear_sequence(seq.slot) {
