@@ -55,6 +55,10 @@ pub struct RunArgs {
     pub backend: Vec<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Let requests reuse prompt prefixes cached by earlier ones, as clients' requests do
+    /// [default: off, every request computes its whole prompt].
+    #[arg(long, conflicts_with = "peer")]
+    pub prompt_cache: bool,
     /// Also run this peer on the same model file and tests, and print Minerva/peer ratios.
     #[arg(long, value_parser = ["llama.cpp"])]
     pub peer: Option<String>,
@@ -295,6 +299,7 @@ async fn run_job(
             }),
         seed: Some(args.seed),
         backends: args.backend.clone(),
+        prompt_cache: args.prompt_cache,
     };
     let id = client.submit(spec).await?.into_inner().id;
     let result = follow(client, &id, !global.json && !args.csv).await?;
@@ -846,6 +851,9 @@ fn print_result(global: &Global, r: &pb::BenchResult) -> CliResult {
             &rows
         )
     );
+    if r.spec.as_ref().is_some_and(|s| s.prompt_cache) {
+        println!("  prompt cache on: runs reused the prompt prefix earlier requests left in the KV cache (cached_prompt_tokens per run in --json and --csv)");
+    }
     if let Some(res) = r.resources.as_ref().filter(|r| r.samples == 0) {
         // The peer's result: its process is not sampled.
         println!("  RSS and CPU not sampled; GPU {}", res.gpu);
@@ -879,7 +887,7 @@ fn print_result(global: &Global, r: &pb::BenchResult) -> CliResult {
     Ok(())
 }
 
-const CSV_RUN_HEADER: &str = "system,model,test,run,client,prompt_tokens,generated_tokens,ttft_ms,tpot_ms,e2e_ms,prompt_tokens_per_s,decode_tokens_per_s,queue_ms,tokens_sha256\n";
+const CSV_RUN_HEADER: &str = "system,model,test,run,client,prompt_tokens,generated_tokens,ttft_ms,tpot_ms,e2e_ms,prompt_tokens_per_s,decode_tokens_per_s,queue_ms,tokens_sha256,cached_prompt_tokens\n";
 const CSV_SUMMARY_HEADER: &str = "system,model,test,metric,n,mean,stddev,min,p50,p90,p99,max\n";
 
 fn csv_field(s: &str) -> String {
@@ -905,7 +913,7 @@ fn csv_rows(r: &pb::BenchResult, headers: bool) -> String {
     for t in &r.tests {
         for x in &t.runs {
             out.push_str(&format!(
-                "{sys},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{}\n",
+                "{sys},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{}\n",
                 csv_field(&t.model),
                 csv_field(&t.test),
                 x.run,
@@ -918,7 +926,8 @@ fn csv_rows(r: &pb::BenchResult, headers: bool) -> String {
                 x.prompt_tokens_per_s,
                 x.decode_tokens_per_s,
                 x.queue_ms,
-                x.tokens_sha256
+                x.tokens_sha256,
+                x.cached_prompt_tokens
             ));
         }
     }

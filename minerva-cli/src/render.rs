@@ -83,8 +83,12 @@ pub fn stats_line(s: &pb::GenerationStats) -> String {
     if let Some(l) = s.load_ms {
         parts.push(format!("load {l:.0} ms"));
     }
+    let cached = match s.cached_prompt_tokens {
+        0 => String::new(),
+        n => format!(" ({n} cached)"),
+    };
     parts.push(format!(
-        "prompt {} tokens at {:.1} tok/s",
+        "prompt {} tokens{cached} at {:.1} tok/s",
         s.prompt_tokens, s.prompt_tokens_per_s
     ));
     parts.push(format!("TTFT {:.1} ms", s.ttft_ms));

@@ -49,6 +49,11 @@ pub struct RunArgs {
     /// Keep the model loaded this many seconds when idle (negative = forever).
     #[arg(long, allow_hyphen_values = true)]
     pub keep_alive: Option<f64>,
+    /// Prompt caching: reuse the prefix of the prompt that an earlier --cache-prompt request
+    /// left in the daemon's KV cache, and leave this one's there (faster; not bit-reproducible:
+    /// a long greedy answer may differ from a cold run's). The interactive chat always does.
+    #[arg(long)]
+    pub cache_prompt: bool,
     /// Print the stats line (load, TTFT, prompt and decode tokens/s) to stderr.
     #[arg(long, short)]
     pub verbose: bool,
@@ -93,6 +98,7 @@ fn request(args: &RunArgs, input: pb::generate_request::Input) -> pb::GenerateRe
         stop: args.stop.clone(),
         keep_alive_seconds: args.keep_alive,
         options: args.load.to_proto(),
+        cache_prompt: Some(args.cache_prompt),
     }
 }
 
@@ -193,7 +199,9 @@ async fn chat_loop(client: &mut GenerateServiceClient<Channel>, args: &RunArgs) 
             role: "user".into(),
             content: line.to_string(),
         });
-        let req = request(args, messages(args, &turns));
+        let mut req = request(args, messages(args, &turns));
+        // Each turn resends the conversation: the earlier turns are in the KV cache already.
+        req.cache_prompt = Some(true);
         let result = tokio::select! {
             r = stream(client, req, true) => Some(r),
             _ = tokio::signal::ctrl_c() => None,

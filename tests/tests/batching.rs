@@ -163,3 +163,76 @@ where
     .await;
     out.into_iter().map(|v| v.expect("finished")).collect()
 }
+
+/// Cached prompts hold KV cells: when a request needs them, the idle caches are forgotten
+/// (least recently used first) and the request still gets its answer. (After an eviction a
+/// sequence's new cells can lie before its cached ones, and llama.cpp adds attention up in
+/// cell order, so only the start of a long greedy answer is held to be the same.)
+#[test]
+fn idle_prompt_caches_give_way_to_a_request_that_needs_their_cells() {
+    let d = Daemon::start(&["--parallel", "2", "--ctx", "160"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let run = |prompt: &str, max_tokens: u32| {
+        rt.block_on(async {
+            let mut c = GenerateServiceClient::new(d.channel().await);
+            let mut s = c
+                .generate(pb::GenerateRequest {
+                    model: MODEL.into(),
+                    input: Some(pb::generate_request::Input::Prompt(prompt.into())),
+                    max_tokens: Some(max_tokens),
+                    cache_prompt: Some(true),
+                    ..Default::default()
+                })
+                .await
+                .expect("generate")
+                .into_inner();
+            let mut ids = Vec::new();
+            while let Some(m) = s.message().await.expect("stream") {
+                match m.event {
+                    Some(pb::generate_response::Event::Token(t)) => ids.push(t.id),
+                    Some(pb::generate_response::Event::Done(stats)) => return (ids, stats),
+                    None => {}
+                }
+            }
+            panic!("no stats");
+        })
+    };
+    let a = "The three primary colors are";
+    let b = "Rust is a programming language that";
+    let (a1, s1) = run(a, 24);
+    assert_eq!(s1.cached_prompt_tokens, 0);
+    // a's cache (~30 cells) stays beside b's reservation (prompt + 100 < 160 - 30)...
+    let (b1, _) = run(b, 100);
+    let (a2, s2) = run(a, 24);
+    assert_eq!(
+        s2.cached_prompt_tokens,
+        s2.prompt_tokens - 1,
+        "a's cache was kept"
+    );
+    assert_eq!(a1, a2);
+    // ...but not beside b's reservation of 140: b reuses its own slot's prompt and a's cache
+    // goes, so a starts afresh.
+    let (b2, s3) = run(b, 140);
+    assert_eq!(
+        s3.cached_prompt_tokens,
+        s3.prompt_tokens - 1,
+        "b's own prefix"
+    );
+    assert_eq!(b2[..8], b1[..8]);
+    let (a3, s4) = run(a, 24);
+    assert_eq!(
+        s4.cached_prompt_tokens, 0,
+        "a's cache should have been evicted"
+    );
+    assert_eq!(a3, a1);
+    // a again, with a reservation that b's cache does not fit beside: a's own prefix is
+    // reused and b's cache goes.
+    let (_, s5) = run(a, 150);
+    assert_eq!(s5.cached_prompt_tokens, s5.prompt_tokens - 1);
+    let (_, s6) = run(b, 8);
+    assert_eq!(
+        s6.cached_prompt_tokens, 0,
+        "b's cache should have made room for a"
+    );
+    assert!(d.log_text().lines().all(|l| !l.contains("ERROR")));
+}

@@ -68,6 +68,12 @@ fn a_job_runs_and_its_json_is_self_consistent() {
             assert_eq!(run["prompt_tokens"], t["prompt_tokens"]);
             assert!(run["e2e_ms"].as_f64().unwrap() >= run["ttft_ms"].as_f64().unwrap());
             assert_eq!(run["tokens_sha256"].as_str().unwrap().len(), 64);
+            // Without --prompt-cache every run computes its whole prompt.
+            assert_eq!(
+                run["cached_prompt_tokens"].as_u64().unwrap_or(0),
+                0,
+                "{run}"
+            );
         }
         for m in [
             "ttft_ms",
@@ -129,6 +135,29 @@ fn a_job_runs_and_its_json_is_self_consistent() {
     assert!(machine["system"].as_str().unwrap().starts_with("minerva"));
     assert!(machine["build"].as_str().unwrap().contains("llama.cpp"));
     assert!(!machine["git_commit"].as_str().unwrap().is_empty());
+
+    // --prompt-cache: after the warm-up, each run finds all but the prompt's last token cached,
+    // and (nothing evicted) generates the same tokens as the cold runs.
+    let c = d.cli_json(&[
+        "bench",
+        MODEL,
+        "--tests",
+        "greeting",
+        "--runs",
+        "2",
+        "--prompt-cache",
+    ]);
+    assert_eq!(c["spec"]["prompt_cache"], true, "{}", c["spec"]);
+    let t = &c["tests"][0];
+    for run in t["runs"].as_array().unwrap() {
+        let prompt = run["prompt_tokens"].as_u64().unwrap();
+        assert_eq!(
+            run["cached_prompt_tokens"].as_u64(),
+            Some(prompt - 1),
+            "{run}"
+        );
+        assert_eq!(run["tokens_sha256"], tests[2]["runs"][0]["tokens_sha256"]);
+    }
 }
 
 #[test]

@@ -274,3 +274,104 @@ fn stats_are_reported_and_load_time_is_kept_apart() {
     assert!(err.contains("TTFT") && err.contains("tok/s"), "{err}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("TTFT"));
 }
+
+fn cached(run: &serde_json::Value) -> u64 {
+    run["stats"]["cached_prompt_tokens"].as_u64().unwrap_or(0)
+}
+
+fn prompt_tokens(run: &serde_json::Value) -> u64 {
+    run["stats"]["prompt_tokens"]
+        .as_u64()
+        .expect("prompt_tokens")
+}
+
+/// Prompt caching (opt-in): a request computes only what an idle slot's KV cache does not
+/// already hold, and with nothing evicted it generates what the whole prompt computed afresh
+/// gives.
+#[test]
+fn the_prompt_cache_reuses_what_an_earlier_request_computed_and_changes_no_token() {
+    let d = Daemon::start(&[]);
+    let quantum = "Explain quantum computing in simple terms.";
+    let gravity = "Explain gravity in simple terms.";
+    let cold = |p: &str| run_json(&d, &[p, "--max-tokens", "24"]);
+    let warm = |p: &str| run_json(&d, &[p, "--max-tokens", "24", "--cache-prompt"]);
+
+    let q_cold = cold(quantum);
+    assert_eq!(
+        cached(&q_cold),
+        0,
+        "a request without --cache-prompt reused a prefix"
+    );
+    // Nothing cached yet (requests without --cache-prompt leave nothing behind).
+    assert_eq!(cached(&warm(quantum)), 0);
+    // The same prompt again: everything but its last token is cached.
+    let q_warm = warm(quantum);
+    assert_eq!(cached(&q_warm), prompt_tokens(&q_warm) - 1);
+    assert_eq!(token_ids(&q_warm), token_ids(&q_cold));
+    assert_eq!(q_warm["text"], q_cold["text"]);
+
+    // Another question after the same system prompt: the shared part is cached, the rest is
+    // computed over what the slot held (the cut must drop the old question's cells).
+    let g_warm = warm(gravity);
+    let g_cached = cached(&g_warm);
+    assert!(
+        g_cached >= 20 && g_cached < prompt_tokens(&g_warm) - 2,
+        "shared system prompt: {g_cached} of {} cached",
+        prompt_tokens(&g_warm)
+    );
+    let g_cold = cold(gravity);
+    assert_eq!(token_ids(&g_warm), token_ids(&g_cold));
+
+    // A chat's next turn resends the conversation: its earlier turns are cached.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let turn = |content: &str, role: &str| pb::ChatMessage {
+        role: role.into(),
+        content: content.into(),
+    };
+    let conversation = vec![
+        turn(quantum, "user"),
+        turn(q_cold["text"].as_str().unwrap(), "assistant"),
+        turn("Say that in one sentence.", "user"),
+    ];
+    let ask = |cache_prompt: bool| {
+        rt.block_on(async {
+            let mut c = pb::generate_service_client::GenerateServiceClient::new(d.channel().await);
+            let mut s = c
+                .generate(pb::GenerateRequest {
+                    model: MODEL.into(),
+                    input: Some(pb::generate_request::Input::Chat(pb::Chat {
+                        messages: conversation.clone(),
+                    })),
+                    max_tokens: Some(16),
+                    cache_prompt: Some(cache_prompt),
+                    ..Default::default()
+                })
+                .await
+                .expect("generate")
+                .into_inner();
+            let mut ids = Vec::new();
+            while let Some(m) = s.message().await.expect("stream") {
+                match m.event {
+                    Some(pb::generate_response::Event::Token(t)) => ids.push(t.id),
+                    Some(pb::generate_response::Event::Done(stats)) => return (ids, stats),
+                    None => {}
+                }
+            }
+            panic!("no stats");
+        })
+    };
+    let _ = warm(quantum); // the first turn, now cached in a slot
+    let (warm_ids, warm_stats) = ask(true);
+    assert!(
+        u64::from(warm_stats.cached_prompt_tokens) > prompt_tokens(&q_cold),
+        "the first turn ({} tokens) was not reused: {} of {} cached",
+        prompt_tokens(&q_cold),
+        warm_stats.cached_prompt_tokens,
+        warm_stats.prompt_tokens
+    );
+    let (cold_ids, cold_stats) = ask(false);
+    assert_eq!(cold_stats.cached_prompt_tokens, 0);
+    // The cold run computes the earlier answer as one batch where the warm one had it token by
+    // token, so only the start of the answer is held to be the same.
+    assert_eq!(warm_ids[..4], cold_ids[..4]);
+}

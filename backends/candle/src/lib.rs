@@ -473,6 +473,16 @@ impl<D: Decode> Context for CandleContext<D> {
         Ok(())
     }
 
+    fn keep_prefix(&mut self, seq: SeqId, len: u32) -> Result<bool> {
+        match self.seqs.get_mut(&seq) {
+            Some(cache) if len as usize <= D::cache_len(cache) => {
+                D::truncate(cache, len as usize).map_err(fwd_err)?;
+                Ok(true)
+            }
+            _ => Ok(len == 0),
+        }
+    }
+
     fn forward(&mut self, chunks: &[ForwardChunk<'_>], logits: &mut Vec<Vec<f32>>) -> Result<()> {
         logits.resize_with(chunks.len(), Vec::new);
         let decoder = Arc::clone(&self.decoder);

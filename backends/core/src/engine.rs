@@ -193,6 +193,13 @@ pub trait Context: Send {
     fn options(&self) -> &ContextOptions;
     /// Forgets everything cached for `seq`.
     fn clear_sequence(&mut self, seq: SeqId) -> Result<()>;
+    /// Keeps `seq`'s cached positions `0..len` and forgets the rest, so a new request that
+    /// starts with the same tokens continues at `len` (prompt caching). Returns false when the
+    /// backend cannot cut a sequence there (then nothing of it may be reused: clear it).
+    fn keep_prefix(&mut self, seq: SeqId, len: u32) -> Result<bool> {
+        let _ = (seq, len);
+        Ok(false)
+    }
     /// Runs `chunks` through the model (as one batch where they fit) and writes, for each chunk
     /// in order, the logits after its last token into `logits[i]` (resized to the vocabulary).
     fn forward(&mut self, chunks: &[ForwardChunk<'_>], logits: &mut Vec<Vec<f32>>) -> Result<()>;

@@ -346,6 +346,17 @@ impl Context for LlamaCppContext {
         Ok(())
     }
 
+    fn keep_prefix(&mut self, seq: SeqId, len: u32) -> Result<bool> {
+        // llama.cpp refuses a partial removal where its memory cannot do one (recurrent
+        // state, some sliding-window caches): false, and the caller clears the sequence.
+        self.ctx
+            .clear_kv_cache_seq(Some(seq.0), Some(len), None)
+            .map_err(|e| CoreError::Forward {
+                backend: NAME,
+                detail: format!("cutting sequence {} at {len}: {e}", seq.0),
+            })
+    }
+
     fn forward(&mut self, chunks: &[ForwardChunk<'_>], logits: &mut Vec<Vec<f32>>) -> Result<()> {
         logits.resize_with(chunks.len(), Vec::new);
         self.batch.clear();

@@ -296,6 +296,16 @@ impl Context for MlxContext {
         Ok(())
     }
 
+    fn keep_prefix(&mut self, seq: SeqId, len: u32) -> Result<bool> {
+        match self.seqs.get_mut(&seq) {
+            Some(cache) if len as usize <= cache.len() => {
+                cache.truncate(len as usize).map_err(fwd_err)?;
+                Ok(true)
+            }
+            _ => Ok(len == 0),
+        }
+    }
+
     fn forward(&mut self, chunks: &[ForwardChunk<'_>], logits: &mut Vec<Vec<f32>>) -> Result<()> {
         logits.resize_with(chunks.len(), Vec::new);
         for (chunk, out) in chunks.iter().zip(logits.iter_mut()) {

@@ -94,6 +94,7 @@ fn to_proto(event: Event, model: &str) -> std::result::Result<pb::GenerateRespon
             Event::Done(s) => E::Done(pb::GenerationStats {
                 load_ms: s.load_ms,
                 prompt_tokens: s.prompt_tokens,
+                cached_prompt_tokens: s.cached_prompt_tokens,
                 ttft_ms: s.ttft_ms,
                 prompt_ms: s.prompt_ms,
                 prompt_tokens_per_s: s.prompt_tokens_per_s,
@@ -193,6 +194,7 @@ impl GenerateApi {
             stop: req.stop,
             ignore_eos: false,
             context_length: ctx,
+            cache_prompt: req.cache_prompt.unwrap_or(false),
             load_ms,
             events: tx,
             lease,

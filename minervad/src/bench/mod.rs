@@ -31,6 +31,9 @@ pub struct Plan {
     pub warmup_runs: u32,
     pub concurrency: u32,
     pub seed: u64,
+    /// Requests may reuse prompt prefixes cached by earlier ones (off: each computes its whole
+    /// prompt, as a peer without a prompt cache does).
+    pub prompt_cache: bool,
     pub options: crate::engine::RequestedOptions,
 }
 
@@ -196,6 +199,7 @@ impl BenchJobs {
             warmup_runs,
             concurrency,
             seed: spec.seed.unwrap_or(0),
+            prompt_cache: spec.prompt_cache,
             options,
         })
     }

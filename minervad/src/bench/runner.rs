@@ -118,8 +118,13 @@ async fn run_plan(
                     context_length: ctx,
                 });
             }
+            let ask = Ask {
+                new_tokens,
+                seed: plan.seed,
+                cache_prompt: plan.prompt_cache,
+            };
             for w in 0..plan.warmup_runs {
-                one_request(&model, prompt.clone(), new_tokens, plan.seed, 0, 0, cancel).await?;
+                one_request(&model, prompt.clone(), ask, 0, 0, cancel).await?;
                 tracker.step(
                     name,
                     test.name(),
@@ -135,9 +140,8 @@ async fn run_plan(
                     let mut c = cancel.clone();
                     let m = Arc::clone(&model);
                     let p = prompt.clone();
-                    let seed = plan.seed;
                     set.spawn(async move {
-                        let r = one_request(&m, p, new_tokens, seed, run, client, &mut c).await;
+                        let r = one_request(&m, p, ask, run, client, &mut c).await;
                         (client, r)
                     });
                 }
@@ -205,13 +209,21 @@ fn prompt_for(model: &LoadedModel, test: &TestKind, seed: u64) -> Result<(Vec<To
     }
 }
 
+/// What each request of a test asks for besides its prompt.
+#[derive(Debug, Clone, Copy)]
+struct Ask {
+    new_tokens: u32,
+    seed: u64,
+    /// Let the request start from a prompt prefix still cached from an earlier one.
+    cache_prompt: bool,
+}
+
 /// One generation, exactly as a client's: queued to the worker, tokens streamed back.
 /// Returns the run record and the inter-token gaps.
 async fn one_request(
     model: &Arc<LoadedModel>,
     prompt: Vec<TokenId>,
-    new_tokens: u32,
-    seed: u64,
+    ask: Ask,
     run: u32,
     client: u32,
     cancel: &mut watch::Receiver<bool>,
@@ -225,19 +237,20 @@ async fn one_request(
         ready: now,
         prompt,
         sampling: SamplingConfig {
-            seed,
+            seed: ask.seed,
             ..SamplingConfig::default()
         },
-        max_tokens: Some(new_tokens),
+        max_tokens: Some(ask.new_tokens),
         stop: Vec::new(),
         ignore_eos: true,
         context_length: model.context_options.context_length,
+        cache_prompt: ask.cache_prompt,
         load_ms: None,
         events: tx,
         lease: model.lease(None),
     })?;
-    let mut ids: Vec<u8> = Vec::with_capacity(new_tokens as usize * 4);
-    let mut times: Vec<f64> = Vec::with_capacity(new_tokens as usize);
+    let mut ids: Vec<u8> = Vec::with_capacity(ask.new_tokens as usize * 4);
+    let mut times: Vec<f64> = Vec::with_capacity(ask.new_tokens as usize);
     loop {
         let event = tokio::select! {
             e = rx.recv() => e,
@@ -260,6 +273,7 @@ async fn one_request(
                     run,
                     client,
                     prompt_tokens,
+                    cached_prompt_tokens: s.cached_prompt_tokens,
                     generated_tokens: s.generated_tokens,
                     ttft_ms: s.ttft_ms,
                     tpot_ms: tpot,

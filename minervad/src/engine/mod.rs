@@ -120,6 +120,8 @@ pub enum Event {
 pub struct Stats {
     pub load_ms: Option<f64>,
     pub prompt_tokens: u32,
+    /// Prompt tokens reused from the prompt cache (not computed).
+    pub cached_prompt_tokens: u32,
     pub ttft_ms: f64,
     pub prompt_ms: f64,
     pub prompt_tokens_per_s: f64,
@@ -145,6 +147,9 @@ pub struct Job {
     /// Keep generating through end-of-generation tokens (benchmarks need fixed token counts).
     pub ignore_eos: bool,
     pub context_length: u32,
+    /// Prompt caching: may start from a prefix of its prompt still in the KV cache, and leaves
+    /// its own tokens there when it ends (otherwise its cells are cleared).
+    pub cache_prompt: bool,
     pub load_ms: Option<f64>,
     pub events: mpsc::UnboundedSender<Event>,
     /// Keeps the model counted as busy until the job is dropped.

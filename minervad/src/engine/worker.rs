@@ -46,6 +46,10 @@ enum Phase {
 struct Sequence {
     job: Job,
     slot: SeqId,
+    /// Prompt tokens found in the slot's KV cache from an earlier request (not computed again).
+    cached: usize,
+    /// Tokens sampled so far (the last one is not in the KV cache).
+    output: Vec<TokenId>,
     phase: Phase,
     sampler: Sampler,
     decoder: Utf8Decoder,
@@ -59,7 +63,8 @@ struct Sequence {
 }
 
 impl Sequence {
-    fn new(job: Job, slot: SeqId) -> Self {
+    /// A sequence in `slot`, whose KV cache holds the first `cached` prompt tokens already.
+    fn new(job: Job, slot: SeqId, cached: usize) -> Self {
         let mut sampler = Sampler::new(job.sampling.clone());
         for &t in &job.prompt {
             sampler.accept(t);
@@ -67,7 +72,9 @@ impl Sequence {
         Self {
             stops: StopMatcher::new(job.stop.clone()),
             slot,
-            phase: Phase::Prefill { done: 0 },
+            cached,
+            output: Vec::new(),
+            phase: Phase::Prefill { done: cached },
             sampler,
             decoder: Utf8Decoder::default(),
             generated: 0,
@@ -86,6 +93,152 @@ impl Sequence {
 
     fn ms_since_received(&self, t: Instant) -> f64 {
         t.duration_since(self.job.received).as_secs_f64() * 1e3
+    }
+
+    /// The tokens whose keys and values are in the slot's KV cache, in position order.
+    fn kv_tokens(&self) -> Vec<TokenId> {
+        match self.phase {
+            Phase::Prefill { done } => self.job.prompt[..done].to_vec(),
+            // Every sampled token but the last has been fed back.
+            Phase::Decode { .. } => {
+                let fed = self.output.len().saturating_sub(1);
+                let mut t = Vec::with_capacity(self.job.prompt.len() + fed);
+                t.extend_from_slice(&self.job.prompt);
+                t.extend_from_slice(&self.output[..fed]);
+                t
+            }
+        }
+    }
+}
+
+/// Prompt caching (requests with `cache_prompt`): what each idle slot's KV cache still holds
+/// from the sequence that last ran in it. Such a request takes the idle slot sharing the
+/// longest prefix with its prompt and computes only the rest (llama-server's `cache_prompt`):
+/// a chat's next turn resends the whole conversation, and requests often share a system
+/// prompt. Cached tokens occupy KV cells, so they are forgotten (least recently used first)
+/// when a request needs the room. It is opt-in because it is not bit-reproducible: the reused
+/// positions were computed in other batches, and llama.cpp's attention adds up a sequence's
+/// cells in cell order, which after evictions is no longer position order.
+struct PromptCache {
+    /// Indexed by slot; `None` for an empty or active slot.
+    slots: Vec<Option<CachedSlot>>,
+    clock: u64,
+}
+
+struct CachedSlot {
+    tokens: Vec<TokenId>,
+    used: u64,
+}
+
+/// Where a new sequence goes: its slot and how many of its prompt tokens are cached there.
+struct Placement {
+    slot: SeqId,
+    reuse: usize,
+}
+
+impl PromptCache {
+    fn new(slots: usize) -> Self {
+        Self {
+            slots: (0..slots).map(|_| None).collect(),
+            clock: 0,
+        }
+    }
+
+    /// Picks a free slot for `job`: the one whose cache shares the longest prefix with its
+    /// prompt when that covers at least half the prompt (a chat's next turn, a repeated or
+    /// shared long prefix), else an empty slot, else the least recently used one. A short
+    /// match does not take a slot whose cache a later request may want whole.
+    /// At least the prompt's last token is always computed: its logits give the first token.
+    fn place(&self, active: &[Sequence], job: &Job) -> Option<Placement> {
+        let reuse = |s: usize| match &self.slots[s] {
+            Some(c) if job.cache_prompt => {
+                let common = c.tokens.iter().zip(&job.prompt).take_while(|(a, b)| a == b);
+                common.count().min(job.prompt.len().saturating_sub(1))
+            }
+            _ => 0,
+        };
+        let free: Vec<usize> = (0..self.slots.len())
+            .filter(|&s| active.iter().all(|a| a.slot.0 as usize != s))
+            .collect();
+        let best = free
+            .iter()
+            .map(|&s| (s, reuse(s)))
+            .filter(|&(_, r)| r > 0 && 2 * r >= job.prompt.len())
+            .max_by_key(|&(_, r)| r);
+        let empty = || free.iter().copied().find(|&s| self.slots[s].is_none());
+        let oldest = || {
+            let used = |s: &usize| self.slots[*s].as_ref().map_or(0, |c| c.used);
+            free.iter().copied().min_by_key(used)
+        };
+        let slot = best.map(|(s, _)| s).or_else(empty).or_else(oldest)?;
+        Some(Placement {
+            slot: SeqId(slot as u32),
+            reuse: reuse(slot),
+        })
+    }
+
+    /// KV cells held by idle slots' caches, except `slot`'s.
+    fn held_except(&self, slot: SeqId) -> usize {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|&(s, _)| s != slot.0 as usize)
+            .filter_map(|(_, c)| c.as_ref().map(|c| c.tokens.len()))
+            .sum()
+    }
+
+    /// Forgets the least recently used cache other than `slot`'s; false when there is none.
+    fn evict_one(&mut self, ctx: &mut dyn Context, slot: SeqId) -> minerva_core::Result<bool> {
+        let victim = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|&(s, c)| s != slot.0 as usize && c.is_some())
+            .min_by_key(|(_, c)| c.as_ref().map_or(0, |c| c.used))
+            .map(|(s, _)| s);
+        match victim {
+            Some(s) => {
+                self.slots[s] = None;
+                ctx.clear_sequence(SeqId(s as u32))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Makes `p.slot` ready for a new sequence: cut to the reused prefix, or cleared. Returns
+    /// the number of prompt tokens reused.
+    fn take(&mut self, ctx: &mut dyn Context, p: &Placement) -> minerva_core::Result<usize> {
+        let s = p.slot.0 as usize;
+        let had = self.slots[s].take();
+        if p.reuse > 0 && ctx.keep_prefix(p.slot, p.reuse as u32)? {
+            return Ok(p.reuse);
+        }
+        if had.is_some() {
+            ctx.clear_sequence(p.slot)?;
+        }
+        Ok(0)
+    }
+
+    /// Remembers what a retired sequence left in its slot.
+    fn keep(&mut self, slot: SeqId, tokens: Vec<TokenId>) {
+        self.clock += 1;
+        if let Some(c) = self.slots.get_mut(slot.0 as usize) {
+            *c = (!tokens.is_empty()).then_some(CachedSlot {
+                tokens,
+                used: self.clock,
+            });
+        }
+    }
+
+    /// Forgets every cache (a perplexity job needs the whole context).
+    fn clear(&mut self, ctx: &mut dyn Context) -> minerva_core::Result<()> {
+        for s in 0..self.slots.len() {
+            if self.slots[s].take().is_some() {
+                ctx.clear_sequence(SeqId(s as u32))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -142,6 +295,7 @@ pub fn run(
     // Taken from the queue but not admitted yet (no room): it goes first next time.
     let mut held: Option<Work> = None;
     let mut times = StepTimes::default();
+    let mut cache = PromptCache::new(max_active);
     let timing = tracing::enabled!(tracing::Level::DEBUG);
     let mut step_started = Instant::now();
     loop {
@@ -173,6 +327,9 @@ pub fn run(
                 }
                 Work::Perplexity(p) => {
                     // Runs whole, with no generation active: it needs the whole context.
+                    if let Err(e) = cache.clear(&mut *ctx) {
+                        tracing::error!(error = %e, "could not clear the prompt cache");
+                    }
                     let vocab = model.info().vocab_size as usize;
                     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
                         perplexity::run(&mut *ctx, vocab, &p)
@@ -195,12 +352,30 @@ pub fn run(
                 continue; // the client left while queued
             }
             let reserved: usize = active.iter().map(|s| reservation(&s.job)).sum();
-            if !active.is_empty() && reserved.saturating_add(reservation(&job)) > cells {
-                held = Some(Work::Generate(job));
-                break;
+            let needed = reserved.saturating_add(reservation(&job));
+            let place = match cache.place(&active, &job) {
+                Some(p) if active.is_empty() || needed <= cells => p,
+                _ => {
+                    held = Some(Work::Generate(job));
+                    break;
+                }
+            };
+            // Room for it: other idle slots' cached tokens go, least recently used first.
+            while needed.saturating_add(cache.held_except(place.slot)) > cells {
+                match cache.evict_one(&mut *ctx, place.slot) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => tracing::error!(error = %e, "could not clear a cached sequence"),
+                }
             }
-            let slot = free_slot(&active);
-            active.push(Sequence::new(job, slot));
+            let reuse = cache.take(&mut *ctx, &place).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "could not reuse a cached prompt; clearing it");
+                if let Err(e) = ctx.clear_sequence(place.slot) {
+                    tracing::error!(error = %e, "could not clear a cached sequence");
+                }
+                0
+            });
+            active.push(Sequence::new(job, place.slot, reuse));
         }
 
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -252,7 +427,10 @@ pub fn run(
                 if !finished {
                     tracing::info!(model = %model_name, request = seq.job.id, generated = seq.generated, "client went away; generation cancelled");
                 }
-                if let Err(e) = ctx.clear_sequence(seq.slot) {
+                if seq.job.cache_prompt {
+                    // Its KV cells stay as the slot's prompt cache.
+                    cache.keep(seq.slot, seq.kv_tokens());
+                } else if let Err(e) = ctx.clear_sequence(seq.slot) {
                     tracing::error!(error = %e, "could not clear a finished sequence");
                 }
             } else {
@@ -277,13 +455,6 @@ pub fn warm_up(model: &dyn Model, ctx: &mut dyn Context) -> minerva_core::Result
         &mut logits,
     )?;
     ctx.clear_sequence(SeqId(0))
-}
-
-fn free_slot(active: &[Sequence]) -> SeqId {
-    (0u32..)
-        .map(SeqId)
-        .find(|s| active.iter().all(|a| a.slot != *s))
-        .unwrap_or(SeqId(0))
 }
 
 /// Marker in `Phase::Decode::last` for a sequence that has finished and waits to be retired.
@@ -372,6 +543,7 @@ fn emit(model: &dyn Model, seq: &mut Sequence, token: TokenId) -> minerva_core::
     seq.last_token = Some(now);
     let index = seq.generated;
     seq.generated += 1;
+    seq.output.push(token);
 
     let mut stop: Option<(StopReason, String)> = None;
     let mut text = String::new();
@@ -426,10 +598,12 @@ fn stats(seq: &Sequence, reason: StopReason, stop_string: String) -> Stats {
     Stats {
         load_ms: seq.job.load_ms,
         prompt_tokens: seq.job.prompt.len() as u32,
+        cached_prompt_tokens: seq.cached as u32,
         // Steady-state TTFT: from when the model was ready, so a load is not counted twice.
         ttft_ms: ms(seq.job.ready, first),
         prompt_ms,
-        prompt_tokens_per_s: rate(seq.job.prompt.len() as f64, prompt_ms),
+        // Over the prompt tokens computed: the cached ones cost nothing.
+        prompt_tokens_per_s: rate((seq.job.prompt.len() - seq.cached) as f64, prompt_ms),
         generated_tokens: seq.generated,
         decode_tokens_per_s: rate(f64::from(seq.generated.saturating_sub(1)), decode_ms),
         total_ms: seq.ms_since_received(last),
