@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use minerva_proto::scenarios::{self, TestKind};
 use minerva_proto::v1 as pb;
 use minerva_proto::v1::benchmark_service_client::BenchmarkServiceClient;
 use serde::Serialize;
@@ -215,25 +216,46 @@ async fn run(
             "--peer llama.cpp runs one client at a time: use --concurrency 1".into(),
         ));
     }
-    // With a peer, the two take turns test by test (a Minerva job of one test, then the peer on
-    // it), so a slow minute on a shared machine falls on both sides instead of on one.
+    // With a peer, the two take turns test by test (a Minerva job of one test and the peer on
+    // it), so a slow minute on a shared machine falls on both sides instead of on one, and who
+    // goes first alternates (Minerva on the first test, the peer on the second, ...), so
+    // whatever running first or second does to a side's figures falls on both alike.
     let units = if args.peer.is_some() {
         interleave_units(&args)
     } else {
         vec![(args.tests.clone(), args.prompts.clone())]
     };
-    // Installed (or found cached) before any job runs.
+    // The whole list is checked, and the peer installed (or found cached), before any job runs.
+    let peer_tests = match args.peer {
+        Some(_) => Some(
+            units
+                .iter()
+                .map(|(names, prompts)| unit_tests(names, prompts.as_deref()))
+                .collect::<CliResult<Vec<_>>>()?,
+        ),
+        None => None,
+    };
     let python = match args.peer {
         Some(_) => Some(install_peer().await?),
         None => None,
     };
     let (mut results, mut peers) = (Vec::new(), Vec::new());
-    for (tests, prompts) in units {
-        let result = run_job(global, client, &args, tests, prompts).await?;
-        if let Some(python) = &python {
-            peers.push(run_peer(global, python, &result, &args).await?);
+    for (i, (tests, prompts)) in units.into_iter().enumerate() {
+        let (Some(python), Some(peer_tests)) = (&python, &peer_tests) else {
+            results.push(run_job(global, client, &args, tests, prompts).await?);
+            continue;
+        };
+        // The peer needs Minerva's load (file, threads, context, flash attention): the first
+        // test runs Minerva first.
+        if i % 2 == 1 {
+            let loads = &results[0].loads;
+            peers.push(run_peer(global, python, loads, &peer_tests[i], &args).await?);
+            results.push(run_job(global, client, &args, tests, prompts).await?);
+        } else {
+            results.push(run_job(global, client, &args, tests, prompts).await?);
+            let loads = &results[0].loads;
+            peers.push(run_peer(global, python, loads, &peer_tests[i], &args).await?);
         }
-        results.push(result);
     }
     let result = merge_results(results);
     let peer = (!peers.is_empty()).then(|| merge_results(peers));
@@ -260,7 +282,7 @@ async fn run(
         if let Some(p) = &peer {
             println!();
             print_result(global, p)?;
-            println!("\nMinerva / llama.cpp (same file, threads, flash attention, tests, taking turns test by test; rates by mean, latencies by p50):");
+            println!("\nMinerva / llama.cpp (same file, threads, flash attention, tests, taking turns test by test, alternating who goes first; rates by mean, latencies by p50):");
             print!("{}", ratio_table(&ratios(p, &result)));
         }
     }
@@ -568,10 +590,26 @@ async fn install_peer() -> CliResult<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// The tests of one `--peer` unit (test names, or a prompt file), parsed here as the daemon
+/// parses them: a bad name or file is refused before anything runs.
+fn unit_tests(names: &[String], prompts: Option<&Path>) -> CliResult<Vec<TestKind>> {
+    let mut tests = Vec::new();
+    for name in names {
+        tests.extend(scenarios::parse_test(name).map_err(CliError)?);
+    }
+    if let Some(p) = prompts {
+        tests.extend(scenarios::read_prompts_file(p).map_err(CliError)?);
+    }
+    Ok(tests)
+}
+
+/// Runs the peer on `tests` for every model file in `loads` (Minerva's load records of this
+/// run, which give the file, threads, context and flash-attention setting).
 async fn run_peer(
     global: &Global,
     python: &str,
-    minerva: &pb::BenchResult,
+    loads: &[pb::BenchModelLoad],
+    unit: &[TestKind],
     args: &RunArgs,
 ) -> CliResult<pb::BenchResult> {
     let script = peer_dir().join("llama_cpp_bench.py");
@@ -581,42 +619,45 @@ async fn run_peer(
     let mut peer_results: Vec<pb::BenchResult> = Vec::new();
     // Once per model file, whichever backends Minerva ran it on.
     let mut paths = std::collections::HashSet::new();
-    for load in minerva.loads.iter().filter(|l| paths.insert(&l.path)) {
+    for load in loads.iter().filter(|l| paths.insert(&l.path)) {
         let mut tests = Vec::new();
-        let mut names = std::collections::HashSet::new();
-        for t in minerva
-            .tests
-            .iter()
-            .filter(|t| t.model == load.model && names.insert(&t.test))
-        {
-            // Prompt tests: the exact tokens Minerva processed (the chat template applied).
-            let prompt = match standard_prompt(&t.test, args) {
-                Some(text) => {
+        for t in unit {
+            let (name, prompt, prompt_tokens, new_tokens) = match t {
+                // Prompt tests: the exact tokens Minerva processes (the chat template applied).
+                TestKind::Prompt {
+                    name,
+                    prompt,
+                    new_tokens,
+                } => {
                     let r = gen
                         .tokenize(pb::TokenizeRequest {
                             model: load.model.clone(),
                             input: Some(pb::tokenize_request::Input::Chat(pb::Chat {
                                 messages: vec![pb::ChatMessage {
                                     role: "user".into(),
-                                    content: text,
+                                    content: prompt.clone(),
                                 }],
                             })),
                             options: None,
                         })
                         .await?
                         .into_inner();
-                    serde_json::to_value(r.tokens)?
+                    let n = r.tokens.len();
+                    (name, serde_json::to_value(r.tokens)?, n as u32, *new_tokens)
                 }
-                None => serde_json::Value::Null,
+                TestKind::Synthetic {
+                    name,
+                    prompt_tokens,
+                    new_tokens,
+                } => (name, serde_json::Value::Null, *prompt_tokens, *new_tokens),
             };
             tests.push(serde_json::json!({
-                "test": t.test, "prompt": prompt, "prompt_tokens": t.prompt_tokens, "new_tokens": t.new_tokens,
+                "test": name, "prompt": prompt, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
             }));
         }
         // llama.cpp's flash attention as Minerva's llama.cpp backend ran it, so the peer runs
         // alike (without a llama.cpp run: the peer's own default).
-        let flash_attn = minerva
-            .loads
+        let flash_attn = loads
             .iter()
             .filter(|l| l.path == load.path)
             .find_map(|l| l.settings.get("flash_attn"))
@@ -651,18 +692,6 @@ async fn run_peer(
         peer_results.push(serde_json::from_slice(&out.stdout)?);
     }
     Ok(merge_results(peer_results))
-}
-
-/// The prompt text of a prompt test (standard scenarios and prompt-file lines).
-fn standard_prompt(test: &str, args: &RunArgs) -> Option<String> {
-    use minerva_proto::scenarios::STANDARD;
-    if let Some((_, p, _)) = STANDARD.iter().find(|(n, _, _)| *n == test) {
-        return Some(p.to_string());
-    }
-    let line: usize = test.strip_prefix("file:")?.parse().ok()?;
-    let text = std::fs::read_to_string(args.prompts.as_ref()?).ok()?;
-    let v: serde_json::Value = serde_json::from_str(text.lines().nth(line - 1)?).ok()?;
-    v["prompt"].as_str().map(str::to_string)
 }
 
 fn metric<'a>(t: &'a pb::BenchTest, name: &str) -> Option<&'a pb::BenchSummary> {
@@ -1071,6 +1100,19 @@ mod tests {
             names(interleave_units(&args(&["--prompts", "p.jsonl"]))),
             ["file p.jsonl"]
         );
+        // Each unit's tests are known before anything runs (the peer may go first), and a bad
+        // name anywhere in the list is refused up front.
+        assert_eq!(
+            unit_tests(&["pp8+tg4".into()], None).unwrap(),
+            [TestKind::Synthetic {
+                name: "pp8+tg4".into(),
+                prompt_tokens: 8,
+                new_tokens: 4
+            }]
+        );
+        let e = unit_tests(&["bogus".into()], None).unwrap_err();
+        assert!(e.0.contains("unknown test \"bogus\""), "{}", e.0);
+        assert!(unit_tests(&[], Some(Path::new("/nonexistent.jsonl"))).is_err());
     }
 
     #[test]

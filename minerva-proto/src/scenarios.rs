@@ -1,5 +1,11 @@
-//! The four standard benchmark scenarios, shared by the daemon (which runs them) and clients
-//! (which hand the same prompts to peers): name, prompt, new tokens.
+//! Benchmark tests, shared by the daemon (which runs them) and clients (which check a test list
+//! before submitting it and hand the same tests to peers): the four standard scenarios (name,
+//! prompt, new tokens), llama-bench-style synthetic tests, and prompt files.
+
+use std::path::Path;
+
+/// Most tokens a synthetic test may ask for.
+pub const MAX_TOKENS: u32 = 1 << 20;
 
 pub const STANDARD: [(&str, &str, u32); 4] = [
     ("greeting", "Hello, how are you?", 20),
@@ -19,3 +25,178 @@ pub const STANDARD: [(&str, &str, u32); 4] = [
         200,
     ),
 ];
+
+/// One test of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestKind {
+    /// A chat prompt rendered with the model's template, then exactly `new_tokens` tokens.
+    Prompt {
+        name: String,
+        prompt: String,
+        new_tokens: u32,
+    },
+    /// `prompt_tokens` random tokens processed, then `new_tokens` generated (llama-bench's
+    /// ppN, tgN and ppN+tgM; tgN starts from a single BOS token).
+    Synthetic {
+        name: String,
+        prompt_tokens: u32,
+        new_tokens: u32,
+    },
+}
+
+impl TestKind {
+    pub fn name(&self) -> &str {
+        match self {
+            TestKind::Prompt { name, .. } | TestKind::Synthetic { name, .. } => name,
+        }
+    }
+}
+
+fn count(s: &str, what: &str, test: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("{test:?}: {what} {s:?} is not a number"))?;
+    if n == 0 || n > MAX_TOKENS {
+        return Err(format!("{test:?}: {what} must be in 1..={MAX_TOKENS}"));
+    }
+    Ok(n)
+}
+
+/// Parses test names: "standard", a scenario name, "ppN", "tgN", "ppN+tgM".
+pub fn parse_test(name: &str) -> Result<Vec<TestKind>, String> {
+    let t = name.trim();
+    if t == "standard" {
+        return Ok(STANDARD
+            .iter()
+            .map(|&(n, p, k)| TestKind::Prompt {
+                name: n.into(),
+                prompt: p.into(),
+                new_tokens: k,
+            })
+            .collect());
+    }
+    if let Some(&(n, p, k)) = STANDARD.iter().find(|s| s.0 == t) {
+        return Ok(vec![TestKind::Prompt {
+            name: n.into(),
+            prompt: p.into(),
+            new_tokens: k,
+        }]);
+    }
+    let synthetic = |prompt_tokens, new_tokens| {
+        Ok(vec![TestKind::Synthetic {
+            name: t.to_string(),
+            prompt_tokens,
+            new_tokens,
+        }])
+    };
+    if let Some((pp, tg)) = t.split_once('+') {
+        if let (Some(p), Some(g)) = (pp.strip_prefix("pp"), tg.strip_prefix("tg")) {
+            return synthetic(count(p, "prompt tokens", t)?, count(g, "new tokens", t)?);
+        }
+    } else if let Some(p) = t.strip_prefix("pp") {
+        // Prompt processing only: one token is sampled, as llama-bench's ppN measures.
+        return synthetic(count(p, "prompt tokens", t)?, 1);
+    } else if let Some(g) = t.strip_prefix("tg") {
+        return synthetic(1, count(g, "new tokens", t)?);
+    }
+    Err(format!(
+        "unknown test {t:?}: use standard, greeting, knowledge, code, long, ppN, tgN or ppN+tgM"
+    ))
+}
+
+/// Reads a JSONL prompts file: `{"prompt": "...", "max_tokens": N}` per line (max_tokens
+/// defaults to 128; blank lines are skipped).
+pub fn read_prompts_file(path: &Path) -> Result<Vec<TestKind>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut tests = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |detail: String| format!("{} line {}: {detail}", path.display(), i + 1);
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        let prompt = v["prompt"]
+            .as_str()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| bad("needs a non-empty \"prompt\" string".into()))?;
+        let new_tokens = match &v["max_tokens"] {
+            serde_json::Value::Null => 128,
+            n => n
+                .as_u64()
+                .filter(|&n| n > 0 && n <= u64::from(MAX_TOKENS))
+                .ok_or_else(|| bad(format!("\"max_tokens\" must be in 1..={MAX_TOKENS}")))?
+                as u32,
+        };
+        tests.push(TestKind::Prompt {
+            name: format!("file:{}", i + 1),
+            prompt: prompt.to_string(),
+            new_tokens,
+        });
+    }
+    if tests.is_empty() {
+        return Err(format!("{} has no prompts", path.display()));
+    }
+    Ok(tests)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_names_parse() {
+        assert_eq!(parse_test("standard").unwrap().len(), 4);
+        assert_eq!(
+            parse_test("pp512+tg128").unwrap(),
+            vec![TestKind::Synthetic {
+                name: "pp512+tg128".into(),
+                prompt_tokens: 512,
+                new_tokens: 128
+            }]
+        );
+        assert_eq!(
+            parse_test("tg128").unwrap(),
+            vec![TestKind::Synthetic {
+                name: "tg128".into(),
+                prompt_tokens: 1,
+                new_tokens: 128
+            }]
+        );
+        assert!(matches!(
+            &parse_test("code").unwrap()[0],
+            TestKind::Prompt {
+                new_tokens: 150,
+                ..
+            }
+        ));
+        for bad in ["pp0", "tgx", "fast", "pp5+xx", ""] {
+            assert!(parse_test(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prompt_files_parse_and_bad_lines_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.jsonl");
+        std::fs::write(
+            &p,
+            "{\"prompt\": \"Hi\", \"max_tokens\": 5}\n\n{\"prompt\": \"Yo\"}\n",
+        )
+        .unwrap();
+        let t = read_prompts_file(&p).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            t[1],
+            TestKind::Prompt {
+                name: "file:3".into(),
+                prompt: "Yo".into(),
+                new_tokens: 128
+            }
+        );
+        std::fs::write(&p, "{\"prompt\": \"Hi\"}\nnot json\n").unwrap();
+        let e = read_prompts_file(&p).unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+        assert!(read_prompts_file(&dir.path().join("missing")).is_err());
+    }
+}
