@@ -150,20 +150,31 @@ impl PromptCache {
     /// match does not take a slot whose cache a later request may want whole.
     /// At least the prompt's last token is always computed: its logits give the first token.
     fn place(&self, active: &[Sequence], job: &Job) -> Option<Placement> {
+        let busy: Vec<usize> = active.iter().map(|a| a.slot.0 as usize).collect();
+        self.place_prompt(&busy, &job.prompt, job.cache_prompt)
+    }
+
+    /// [`Self::place`] for a prompt, with the slots in `busy` taken.
+    fn place_prompt(
+        &self,
+        busy: &[usize],
+        prompt: &[TokenId],
+        reuse_ok: bool,
+    ) -> Option<Placement> {
         let reuse = |s: usize| match &self.slots[s] {
-            Some(c) if job.cache_prompt => {
-                let common = c.tokens.iter().zip(&job.prompt).take_while(|(a, b)| a == b);
-                common.count().min(job.prompt.len().saturating_sub(1))
+            Some(c) if reuse_ok => {
+                let common = c.tokens.iter().zip(prompt).take_while(|(a, b)| a == b);
+                common.count().min(prompt.len().saturating_sub(1))
             }
             _ => 0,
         };
         let free: Vec<usize> = (0..self.slots.len())
-            .filter(|&s| active.iter().all(|a| a.slot.0 as usize != s))
+            .filter(|s| !busy.contains(s))
             .collect();
         let best = free
             .iter()
             .map(|&s| (s, reuse(s)))
-            .filter(|&(_, r)| r > 0 && 2 * r >= job.prompt.len())
+            .filter(|&(_, r)| r > 0 && 2 * r >= prompt.len())
             .max_by_key(|&(_, r)| r);
         let empty = || free.iter().copied().find(|&s| self.slots[s].is_none());
         let oldest = || {
@@ -629,5 +640,50 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         format!("panic: {s}")
     } else {
         "panic in the backend".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(slots: &[Option<&[TokenId]>]) -> PromptCache {
+        let mut c = PromptCache::new(slots.len());
+        for (s, t) in slots.iter().enumerate() {
+            if let Some(t) = t {
+                c.keep(SeqId(s as u32), t.to_vec());
+            }
+        }
+        c
+    }
+
+    fn place(c: &PromptCache, busy: &[usize], prompt: &[TokenId], ok: bool) -> (u32, usize) {
+        let p = c.place_prompt(busy, prompt, ok).expect("a free slot");
+        (p.slot.0, p.reuse)
+    }
+
+    #[test]
+    fn a_prompt_goes_where_most_of_it_is_cached() {
+        // Slot 0 shares 2 tokens, slot 1 shares 4, slot 2 is empty.
+        let c = cache(&[Some(&[1, 2, 9]), Some(&[1, 2, 3, 4, 8]), None]);
+        assert_eq!(place(&c, &[], &[1, 2, 3, 4, 5, 6], true), (1, 4));
+        // Busy slots are skipped: slot 0's 2 of 6 is under half, so the empty slot wins.
+        assert_eq!(place(&c, &[1], &[1, 2, 3, 4, 5, 6], true), (2, 0));
+        // The whole prompt cached: its last token is still computed.
+        assert_eq!(place(&c, &[], &[1, 2, 3, 4], true), (1, 3));
+        // Without cache_prompt nothing is reused and an empty slot is preferred.
+        assert_eq!(place(&c, &[], &[1, 2, 3, 4, 5, 6], false), (2, 0));
+    }
+
+    #[test]
+    fn without_an_empty_slot_the_least_recently_used_goes() {
+        // keep() order makes slot 0 the oldest.
+        let c = cache(&[Some(&[7, 7]), Some(&[8, 8])]);
+        assert_eq!(place(&c, &[], &[5, 6, 7], true), (0, 0));
+        // Overwritten anyway, a short match is still used.
+        let c = cache(&[Some(&[5, 9, 9, 9]), Some(&[8, 8])]);
+        assert_eq!(place(&c, &[], &[5, 6, 7, 1, 2], true), (0, 1));
+        assert!(c.place_prompt(&[0, 1], &[5], true).is_none());
+        assert_eq!(c.held_except(SeqId(0)), 2);
     }
 }
