@@ -364,3 +364,22 @@ pub async fn generate_count(
     }
     Err(tonic::Status::internal("stream ended without stats"))
 }
+
+/// Runs one Generate request on the daemon: the streamed token ids and the final stats.
+pub async fn generate_ids(
+    d: &Daemon,
+    req: minerva_proto::v1::GenerateRequest,
+) -> (Vec<u32>, minerva_proto::v1::GenerationStats) {
+    use minerva_proto::v1 as pb;
+    let mut c = pb::generate_service_client::GenerateServiceClient::new(d.channel().await);
+    let mut s = c.generate(req).await.expect("generate").into_inner();
+    let mut ids = Vec::new();
+    while let Some(m) = s.message().await.expect("stream") {
+        match m.event {
+            Some(pb::generate_response::Event::Token(t)) => ids.push(t.id),
+            Some(pb::generate_response::Event::Done(stats)) => return (ids, stats),
+            None => {}
+        }
+    }
+    panic!("the stream ended without stats");
+}

@@ -173,29 +173,16 @@ fn idle_prompt_caches_give_way_to_a_request_that_needs_their_cells() {
     let d = Daemon::start(&["--parallel", "2", "--ctx", "160"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let run = |prompt: &str, max_tokens: u32| {
-        rt.block_on(async {
-            let mut c = GenerateServiceClient::new(d.channel().await);
-            let mut s = c
-                .generate(pb::GenerateRequest {
-                    model: MODEL.into(),
-                    input: Some(pb::generate_request::Input::Prompt(prompt.into())),
-                    max_tokens: Some(max_tokens),
-                    cache_prompt: Some(true),
-                    ..Default::default()
-                })
-                .await
-                .expect("generate")
-                .into_inner();
-            let mut ids = Vec::new();
-            while let Some(m) = s.message().await.expect("stream") {
-                match m.event {
-                    Some(pb::generate_response::Event::Token(t)) => ids.push(t.id),
-                    Some(pb::generate_response::Event::Done(stats)) => return (ids, stats),
-                    None => {}
-                }
-            }
-            panic!("no stats");
-        })
+        rt.block_on(minerva_e2e::generate_ids(
+            &d,
+            pb::GenerateRequest {
+                model: MODEL.into(),
+                input: Some(pb::generate_request::Input::Prompt(prompt.into())),
+                max_tokens: Some(max_tokens),
+                cache_prompt: Some(true),
+                ..Default::default()
+            },
+        ))
     };
     let a = "The three primary colors are";
     let b = "Rust is a programming language that";

@@ -334,31 +334,18 @@ fn the_prompt_cache_reuses_what_an_earlier_request_computed_and_changes_no_token
         turn("Say that in one sentence.", "user"),
     ];
     let ask = |cache_prompt: bool| {
-        rt.block_on(async {
-            let mut c = pb::generate_service_client::GenerateServiceClient::new(d.channel().await);
-            let mut s = c
-                .generate(pb::GenerateRequest {
-                    model: MODEL.into(),
-                    input: Some(pb::generate_request::Input::Chat(pb::Chat {
-                        messages: conversation.clone(),
-                    })),
-                    max_tokens: Some(16),
-                    cache_prompt: Some(cache_prompt),
-                    ..Default::default()
-                })
-                .await
-                .expect("generate")
-                .into_inner();
-            let mut ids = Vec::new();
-            while let Some(m) = s.message().await.expect("stream") {
-                match m.event {
-                    Some(pb::generate_response::Event::Token(t)) => ids.push(t.id),
-                    Some(pb::generate_response::Event::Done(stats)) => return (ids, stats),
-                    None => {}
-                }
-            }
-            panic!("no stats");
-        })
+        rt.block_on(minerva_e2e::generate_ids(
+            &d,
+            pb::GenerateRequest {
+                model: MODEL.into(),
+                input: Some(pb::generate_request::Input::Chat(pb::Chat {
+                    messages: conversation.clone(),
+                })),
+                max_tokens: Some(16),
+                cache_prompt: Some(cache_prompt),
+                ..Default::default()
+            },
+        ))
     };
     let _ = warm(quantum); // the first turn, now cached in a slot
     let (warm_ids, warm_stats) = ask(true);
