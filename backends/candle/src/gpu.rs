@@ -44,6 +44,9 @@ impl GpuLinear {
                     let g = match q {
                         QType::Q4_0 => GgmlDType::Q4_0,
                         QType::Q4_1 => GgmlDType::Q4_1,
+                        QType::Q4K => GgmlDType::Q4K,
+                        QType::Q5K => GgmlDType::Q5K,
+                        QType::Q6K => GgmlDType::Q6K,
                         _ => GgmlDType::Q8_0,
                     };
                     // GGUF dimensions, innermost first.
@@ -160,9 +163,9 @@ impl GpuTransformer {
         let lm_head = GpuLinear::new(&cpu.lm_head, &dev)?;
         let (cos, sin) = (to(&cpu.cos)?, to(&cpu.sin)?);
         dev.synchronize()?;
-        // The layers now live on the GPU: free the CPU's copies (K-quant matrices are held in
-        // memory, ~4 GB for a 7B Q4_K_M). What stays is what a step reads here: the embedding,
-        // the config, the mask and RoPE tables.
+        // The layers now live on the GPU: drop the CPU's handles (matrices in the mapped file,
+        // or in memory for GGUF types without our own kernels). What stays is what a step
+        // reads here: the embedding, the config, the mask and RoPE tables.
         cpu.layers = Vec::new();
         Ok(GpuTransformer {
             cpu,

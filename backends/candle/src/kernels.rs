@@ -2,12 +2,14 @@
 //!
 //! Quantized (GGUF Q4_0, Q4_1, Q8_0): activations are quantized to 8 bits per block of 32 (as
 //! llama.cpp's Q8_0/Q8_1), and each block's integer dot product runs on AVX2 (chosen at run
-//! time; a portable scalar loop elsewhere). Dense (f32, f16, bf16 from SafeTensors, PyTorch or
+//! time; a portable scalar loop elsewhere). K-quants (Q4_K, Q5_K, Q6_K) have their own
+//! super-blocks of 256 and kernels in [`crate::kquants`]; [`matmul_parts`] serves both. Dense (f32, f16, bf16 from SafeTensors, PyTorch or
 //! GGUF): weights are widened to f32 in registers and multiplied in f32, so the result is the
 //! f32 computation on the stored values. Rows are spread over a [`Pool`].
 
 use half::f16;
 
+use crate::kquants::{self, KType, QK_K};
 use crate::pool::Pool;
 
 pub const BLOCK: usize = 32;
@@ -18,6 +20,9 @@ pub enum QType {
     Q4_0,
     Q4_1,
     Q8_0,
+    Q4K,
+    Q5K,
+    Q6K,
     F32,
     F16,
     BF16,
@@ -30,6 +35,9 @@ impl QType {
             G::Q4_0 => Some(QType::Q4_0),
             G::Q4_1 => Some(QType::Q4_1),
             G::Q8_0 => Some(QType::Q8_0),
+            G::Q4K => Some(QType::Q4K),
+            G::Q5K => Some(QType::Q5K),
+            G::Q6K => Some(QType::Q6K),
             G::F32 => Some(QType::F32),
             G::F16 => Some(QType::F16),
             G::BF16 => Some(QType::BF16),
@@ -46,9 +54,30 @@ impl QType {
         }
     }
     pub fn is_quantized(self) -> bool {
+        !matches!(self, QType::F32 | QType::F16 | QType::BF16)
+    }
+    /// The K-quant, for types with super-blocks of 256.
+    pub fn k_type(self) -> Option<KType> {
+        match self {
+            QType::Q4K => Some(KType::Q4K),
+            QType::Q5K => Some(KType::Q5K),
+            QType::Q6K => Some(KType::Q6K),
+            _ => None,
+        }
+    }
+    /// Quantized with blocks of 32 (activations as Q8_0/Q8_1).
+    fn is_q32(self) -> bool {
         matches!(self, QType::Q4_0 | QType::Q4_1 | QType::Q8_0)
     }
-    /// Bytes per block of 32 weights.
+    /// Weights per block: 256 for K-quants, 32 for the others.
+    pub fn block_len(self) -> usize {
+        if self.k_type().is_some() {
+            QK_K
+        } else {
+            BLOCK
+        }
+    }
+    /// Bytes per block of `block_len()` weights.
     pub fn block_bytes(self) -> usize {
         match self {
             QType::Q4_0 => 18,
@@ -56,14 +85,15 @@ impl QType {
             QType::Q8_0 => 34,
             QType::F32 => 128,
             QType::F16 | QType::BF16 => 64,
+            QType::Q4K | QType::Q5K | QType::Q6K => self.k_type().unwrap().block_bytes(),
         }
     }
-    /// Bytes of a row of `cols` weights (a multiple of 32 for quantized types).
+    /// Bytes of a row of `cols` weights (a multiple of `block_len()` for quantized types).
     pub fn row_bytes(self, cols: usize) -> usize {
         match self {
             QType::F32 => cols * 4,
             QType::F16 | QType::BF16 => cols * 2,
-            _ => cols / BLOCK * self.block_bytes(),
+            _ => cols / self.block_len() * self.block_bytes(),
         }
     }
 }
@@ -166,6 +196,7 @@ fn dot_scalar(t: QType, row: &[u8], xd: &[f32], xs: &[i32], xq: &[i8], xm: &[f32
                 acc += d * xd[b] * s as f32;
             }
             QType::F32 | QType::F16 | QType::BF16 => unreachable!("dense rows have no blocks"),
+            QType::Q4K | QType::Q5K | QType::Q6K => unreachable!("K-quants: see kquants"),
             QType::Q4_0 | QType::Q4_1 => {
                 let nib = if t == QType::Q4_0 {
                     &blk[2..18]
@@ -244,6 +275,7 @@ mod avx2 {
                 (_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
             }
             QType::F32 | QType::F16 | QType::BF16 => unreachable!("dense rows have no blocks"),
+            QType::Q4K | QType::Q5K | QType::Q6K => unreachable!("K-quants: see kquants"),
             QType::Q4_0 | QType::Q4_1 => {
                 let off = if t == QType::Q4_0 { 2 } else { 4 };
                 let n = _mm_loadu_si128(blk.add(off) as *const __m128i);
@@ -383,7 +415,7 @@ mod avx2 {
     dot2_with!(dot2_vnni, block_vnni, "avx2,fma,avxvnni");
 }
 
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use std::sync::OnceLock;
@@ -758,23 +790,60 @@ pub fn matmul_parts(pool: &Pool, parts: &[Part<'_>], k: usize, x: &[f32], outs: 
     for (i, p) in parts.iter().enumerate() {
         tasks.extend((0..p.n).step_by(rows_per_task).map(|r| (i, r)));
     }
-    let q = if parts.iter().any(|p| p.t.is_quantized()) {
+    // The activations quantized once for each kind of block the parts use.
+    let q = parts.iter().any(|p| p.t.is_q32()).then(|| {
         assert!(k.is_multiple_of(BLOCK));
-        Some(quantize_rows(x, k))
-    } else {
-        None
-    };
+        quantize_rows(x, k)
+    });
+    let qk = parts.iter().any(|p| p.t.k_type().is_some()).then(|| {
+        assert!(k.is_multiple_of(QK_K));
+        kquants::quantize_rows(x)
+    });
     let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
-    let (ptrs, q, tasks) = (&ptrs, q.as_ref(), &tasks);
+    let (ptrs, q, qk, tasks) = (&ptrs, q.as_ref(), qk.as_ref(), &tasks);
     pool.run(tasks.len(), &|task| {
         let (i, r0) = tasks[task];
         let p = parts[i];
         let r1 = (r0 + rows_per_task).min(p.n);
-        match q {
-            Some(q) if p.t.is_quantized() => rows_quantized(p, k, m, q, r0, r1, &ptrs[i]),
+        match (p.t.k_type(), q, qk) {
+            (Some(kt), _, Some(qk)) => rows_k(p, kt, k, m, qk, r0, r1, &ptrs[i]),
+            (None, Some(q), _) if p.t.is_q32() => rows_quantized(p, k, m, q, r0, r1, &ptrs[i]),
             _ => rows_dense(p, k, m, x, r0, r1, &ptrs[i]),
         }
     });
+}
+
+/// Rows `r0..r1` of a K-quant matrix against every (Q8_K) input row.
+#[allow(clippy::too_many_arguments)]
+fn rows_k(
+    p: Part<'_>,
+    kt: KType,
+    k: usize,
+    m: usize,
+    q: &kquants::Q8K,
+    r0: usize,
+    r1: usize,
+    o: &OutPtr,
+) {
+    let rb = p.t.row_bytes(k);
+    // SAFETY (the writes below): j < m and r < n; each (j, r) is written by one task.
+    let put = |j: usize, r: usize, v: f32| unsafe { *o.0.add(j * p.n + r) = v };
+    for r in r0..r1 {
+        let row = &p.w[r * rb..(r + 1) * rb];
+        // Input rows in groups of STEP share each block's unpacked weights.
+        const STEP: usize = 4;
+        let mut j = 0;
+        while j + STEP <= m {
+            let xs: [_; STEP] = std::array::from_fn(|i| q.row(j + i, k));
+            for (i, v) in kquants::dot_n(kt, row, xs).into_iter().enumerate() {
+                put(j + i, r, v);
+            }
+            j += STEP;
+        }
+        for j in j..m {
+            put(j, r, kquants::dot_n(kt, row, [q.row(j, k)])[0]);
+        }
+    }
 }
 
 /// Rows `r0..r1` of a dense matrix against every input row.
@@ -876,6 +945,10 @@ pub fn dequantize_row(t: QType, w: &[u8], k: usize, r: usize, out: &mut [f32]) {
         }
         return;
     }
+    if let Some(kt) = t.k_type() {
+        kquants::dequantize_row(kt, row, &mut out[..k]);
+        return;
+    }
     for (blk, o) in row
         .chunks_exact(t.block_bytes())
         .zip(out.chunks_exact_mut(BLOCK))
@@ -888,6 +961,7 @@ pub fn dequantize_row(t: QType, w: &[u8], k: usize, r: usize, out: &mut [f32]) {
                 }
             }
             QType::F32 | QType::F16 | QType::BF16 => unreachable!("dense rows have no blocks"),
+            QType::Q4K | QType::Q5K | QType::Q6K => unreachable!("K-quants: see kquants"),
             QType::Q4_0 | QType::Q4_1 => {
                 let (nib, m) = if t == QType::Q4_0 {
                     (&blk[2..18], -8.0 * d)

@@ -8,6 +8,7 @@ pub mod convert;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod kernels;
+pub mod kquants;
 pub mod model;
 pub mod pool;
 pub mod tokenizer;
@@ -246,6 +247,16 @@ impl CandleModel {
     #[cfg(not(feature = "cuda"))]
     fn place(transformer: Transformer, _gpu: bool) -> std::result::Result<Decoder, String> {
         Ok(Decoder::Cpu(Arc::new(transformer)))
+    }
+
+    /// Whether every matrix stays in the mapped file, multiplied there by Minerva's kernels
+    /// (false on a GPU, and for GGUF types those kernels lack, which candle holds in memory).
+    pub fn matrices_in_place(&self) -> bool {
+        match &self.decoder {
+            Decoder::Cpu(t) => t.matrices_in_place(),
+            #[cfg(feature = "cuda")]
+            Decoder::Gpu(_) => false,
+        }
     }
 
     /// Whether the decoder runs on a GPU.

@@ -302,6 +302,13 @@ impl SeqCache {
 }
 
 impl Transformer {
+    /// Whether every matrix is multiplied where it lies in the mapped files by Minerva's
+    /// kernels (and one-token steps take the plain-slice path), rather than held in memory by
+    /// candle's quantized tensors.
+    pub fn matrices_in_place(&self) -> bool {
+        self.fast.is_some()
+    }
+
     pub fn new(cfg: Config, mut w: Weights, max_positions: usize) -> Result<Transformer, String> {
         let (h, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let (d, ff) = (cfg.hidden_size, cfg.intermediate_size);

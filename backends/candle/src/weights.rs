@@ -3,8 +3,9 @@
 //! Every file is checked first (minerva_core's SafeTensors, torch zip/pickle and GGUF readers:
 //! bounds, overlaps, pickle opcodes), so what is mapped is known to be well-formed. Matrices
 //! stay in the memory-mapped files ([`MappedQ`], multiplied by [`crate::kernels`]): dense
-//! f32/f16/bf16 ones and GGUF's Q4_0/Q4_1/Q8_0. Vectors (norms) are copied into f32 tensors;
-//! other GGUF types (K-quants) are read into candle's quantized tensors and its kernels.
+//! f32/f16/bf16 ones and GGUF's Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K. Vectors (norms) are copied into
+//! f32 tensors; other GGUF types (Q5_0, Q2_K, IQ*, ...) are read into candle's quantized
+//! tensors and its kernels.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use crate::kernels::{self, QType};
 use minerva_core::{safetensors, torchzip};
 
 /// One tensor as loaded: dense f32, quantized in candle's memory (GGUF types without our own
-/// kernels), or quantized in place in the memory-mapped file (Q4_0, Q4_1, Q8_0).
+/// kernels), or in place in the memory-mapped file (see [`QType`]).
 pub enum Weight {
     Dense(Tensor),
     Quant(Arc<QTensor>),
@@ -283,7 +284,7 @@ impl Weights {
                 let offset = usize::try_from(content.tensor_data_offset + info.offset)
                     .map_err(|e| e.to_string())?;
                 let end = offset + rows * qtype.row_bytes(cols);
-                if (qtype.is_quantized() && cols % kernels::BLOCK != 0) || end > mmap.len() {
+                if (qtype.is_quantized() && cols % qtype.block_len() != 0) || end > mmap.len() {
                     return Err(format!("tensor {name} does not fit its file or its blocks"));
                 }
                 map.insert(
