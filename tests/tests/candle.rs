@@ -56,9 +56,15 @@ fn top1_per_position(model: &dyn Model, tokens: &[u32]) -> Vec<u32> {
     all.chunks_exact(vocab).map(argmax).collect()
 }
 
-/// Top-1 predictions fed the passage one token per step (the decode path).
-fn top1_stepwise(model: &dyn Model, tokens: &[u32]) -> Vec<u32> {
+/// Every position's logits for `tokens`: one batch, or one token per step (the decode path).
+fn logits_per_position(model: &dyn Model, tokens: &[u32], stepwise: bool) -> Vec<Vec<f32>> {
     let mut ctx = model.new_context(&options(512)).unwrap();
+    if !stepwise {
+        let mut all = Vec::new();
+        ctx.forward_all(SeqId(0), 0, tokens, &mut all).unwrap();
+        let vocab = model.info().vocab_size as usize;
+        return all.chunks_exact(vocab).map(<[f32]>::to_vec).collect();
+    }
     let mut logits = Vec::new();
     tokens
         .iter()
@@ -73,9 +79,57 @@ fn top1_stepwise(model: &dyn Model, tokens: &[u32]) -> Vec<u32> {
                 &mut logits,
             )
             .unwrap();
-            argmax(&logits[0])
+            logits[0].clone()
         })
         .collect()
+}
+
+/// How far two runs' logits over the same positions lie apart: the mean and largest relative
+/// RMS difference per position, and at how many positions the top-1 tokens agree.
+struct Distance {
+    mean: f64,
+    worst: f64,
+    same: usize,
+    n: usize,
+}
+
+impl Distance {
+    fn between(a: &[Vec<f32>], b: &[Vec<f32>]) -> Distance {
+        assert_eq!(a.len(), b.len());
+        let (mut mean, mut worst, mut same) = (0f64, 0f64, 0);
+        for (x, y) in a.iter().zip(b) {
+            let diff: f64 = x.iter().zip(y).map(|(p, q)| f64::from(p - q).powi(2)).sum();
+            let norm: f64 = y.iter().map(|q| f64::from(*q).powi(2)).sum();
+            let rel = (diff / norm).sqrt();
+            mean += rel / a.len() as f64;
+            worst = worst.max(rel);
+            same += usize::from(argmax(x) == argmax(y));
+        }
+        Distance {
+            mean,
+            worst,
+            same,
+            n: a.len(),
+        }
+    }
+
+    fn agreement(&self) -> f64 {
+        self.same as f64 / self.n as f64
+    }
+}
+
+impl std::fmt::Display for Distance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "logits {:.2}% apart (mean relative RMS; largest {:.2}%), top-1 {}/{} = {:.2}%",
+            self.mean * 100.0,
+            self.worst * 100.0,
+            self.same,
+            self.n,
+            self.agreement() * 100.0
+        )
+    }
 }
 
 const PASSAGE: &str = "The history of computing is longer than the history of computing hardware \
@@ -172,70 +226,37 @@ fn candle_and_llamacpp_agree_on_the_smollm2_gguf() {
         "prompts whose first 16+ greedy tokens agree: {long}/{}",
         agreed.len()
     );
-    // Teacher-forced: the top-1 prediction at every position of a long passage.
+    // Teacher-forced: every position of a long passage, as one batch (llama.cpp's prompt
+    // kernels) and one token at a time (its decode kernels). The yardstick is llama.cpp
+    // against itself: its two paths compute the same model with other roundings.
     let ids = llama.tokenize(PASSAGE, true).unwrap();
     assert!(ids.len() >= 250, "passage is {} tokens", ids.len());
-    // Two ways: the passage as one batch (llama.cpp's prompt kernels: AMX tiles on CPUs that
-    // have them) and one token at a time (its decode kernels, whose arithmetic candle's
-    // GGUF path follows: activation scales rounded to f16 as in Q8_0/Q8_1 blocks, K/V cached
-    // in f16).
-    let agreement = |a: &[u32], b: &[u32]| a.iter().zip(b).filter(|(x, y)| x == y).count();
-    let batched = agreement(
-        &top1_per_position(&candle, &ids),
-        &top1_per_position(&llama, &ids),
-    );
-    let stepwise = agreement(&top1_stepwise(&candle, &ids), &top1_stepwise(&llama, &ids));
-    let n = ids.len();
-    println!(
-        "teacher-forced top-1 agreement: one batch {batched}/{n} = {:.2}%, one token at a time {stepwise}/{n} = {:.2}%",
-        batched as f64 * 100.0 / n as f64,
-        stepwise as f64 * 100.0 / n as f64
-    );
-    // Issue 5 asks for 98% (teacher-forced: the passage as one batch). Measured on a 2-core AMD
-    // EPYC (AVX2, no AVX-512): one batch 98.85%, one token at a time 95.8-96.2%; on a
-    // Sapphire Rapids VM (AVX-512, AMX, whose tiles llama.cpp uses for batches): 95.8% and 96.5%.
-    // What differs is rounding at near-ties: every greedy parting is one (checked above), and
-    // llama.cpp's own decode and batch paths disagree with each other at 8 of these 260
-    // positions here (its decode attention sums values in f16, its batch attention in f32;
-    // following that f16 sum in candle moved one position). These bounds catch a broken decoder
-    // (a wrong RoPE or norm drops agreement far lower), not rounding noise, so they hold on
-    // every CPU.
-    assert!(
-        stepwise as f64 >= 0.95 * n as f64,
-        "one token at a time: {stepwise}/{n}"
-    );
-    assert!(
-        batched as f64 >= 0.95 * n as f64,
-        "one batch: {batched}/{n}"
-    );
-}
-
-/// Every position's logits for `tokens`: one batch, or one token per step (the decode path).
-fn logits_per_position(model: &dyn Model, tokens: &[u32], stepwise: bool) -> Vec<Vec<f32>> {
-    let mut ctx = model.new_context(&options(512)).unwrap();
-    if !stepwise {
-        let mut all = Vec::new();
-        ctx.forward_all(SeqId(0), 0, tokens, &mut all).unwrap();
-        let vocab = model.info().vocab_size as usize;
-        return all.chunks_exact(vocab).map(<[f32]>::to_vec).collect();
+    let llama_batch = logits_per_position(&llama, &ids, false);
+    let llama_step = logits_per_position(&llama, &ids, true);
+    let itself = Distance::between(&llama_batch, &llama_step);
+    println!("llama.cpp, one batch against one token at a time: {itself}");
+    for (path, stepwise, theirs) in [
+        ("one batch", false, &llama_batch),
+        ("one token at a time", true, &llama_step),
+    ] {
+        let d = Distance::between(&logits_per_position(&candle, &ids, stepwise), theirs);
+        println!("candle against llama.cpp, {path}: {d}");
+        // Issue 5 asks for 98% top-1. On this file neither backend can promise it to the
+        // other, nor llama.cpp to itself: activations are rounded to 8 bits before every
+        // quantized product, so a difference in the last bit of an input can move a value
+        // by a whole 8-bit step, and the model carries that through 30 layers. Measured on a
+        // 2-core AMD EPYC: llama.cpp's two paths lie 3.0% apart with 96.9% top-1; candle
+        // against llama.cpp 3.1% / 98.85% (one batch) and 3.4% / 95.8% (one token at a
+        // time). The same weights as an F16 GGUF, where nothing is rounded to 8 bits, agree
+        // at 100% (converted_gguf_runs_the_same_model_in_every_format_and_backend). So candle
+        // must lie no further from llama.cpp than llama.cpp lies from itself (with a margin
+        // for noise): a wrong RoPE, norm or scale puts it far outside.
+        assert!(
+            d.mean <= 1.5 * itself.mean,
+            "{path}: candle is further from llama.cpp ({d}) than llama.cpp from itself ({itself})"
+        );
+        assert!(d.agreement() >= 0.95, "{path}: {d}");
     }
-    let mut logits = Vec::new();
-    tokens
-        .iter()
-        .enumerate()
-        .map(|(pos, t)| {
-            ctx.forward(
-                &[ForwardChunk {
-                    seq: SeqId(0),
-                    start_pos: pos as u32,
-                    tokens: std::slice::from_ref(t),
-                }],
-                &mut logits,
-            )
-            .unwrap();
-            logits[0].clone()
-        })
-        .collect()
 }
 
 /// A Q4_K_M file (Q4_K and Q6_K matrices, what most 7B GGUFs on disk are): candle multiplies
@@ -273,30 +294,21 @@ fn candle_runs_k_quants_in_place_as_llama_cpp_does() {
     let llama = LlamaCppModel::load(&path, &minerva_core::LoadOptions { gpu_layers: 0 }).unwrap();
     let ids = llama.tokenize(PASSAGE, true).unwrap();
     for stepwise in [false, true] {
-        let a = logits_per_position(&candle, &ids, stepwise);
-        let b = logits_per_position(&llama, &ids, stepwise);
-        let (mut worst, mut same) = (0f64, 0);
-        for (x, y) in a.iter().zip(&b) {
-            let diff: f64 = x.iter().zip(y).map(|(p, q)| f64::from(p - q).powi(2)).sum();
-            let norm: f64 = y.iter().map(|q| f64::from(*q).powi(2)).sum();
-            worst = worst.max((diff / norm).sqrt());
-            same += usize::from(argmax(x) == argmax(y));
-        }
-        println!(
-            "Q4_K_M, {}: largest relative RMS logit difference {worst:.5}, top-1 agreement {same}/{}",
-            if stepwise { "one token at a time" } else { "one batch" },
-            ids.len()
+        let d = Distance::between(
+            &logits_per_position(&candle, &ids, stepwise),
+            &logits_per_position(&llama, &ids, stepwise),
         );
-        // Measured on a 2-core AMD EPYC: at most 1.3% (one batch) and 1.6% (one token at a
-        // time), top-1 280-282/284 and 277-278/284 in two runs: rounding (llama.cpp's f16 attention sums and
-        // its own kernels' order of additions). One group's scale or one bit of the layout
-        // read wrong moves the logits by far more than 5%.
-        assert!(worst < 0.05, "logits differ by {worst:.4} (relative RMS)");
-        assert!(
-            same * 100 >= ids.len() * 95,
-            "top-1 agreement {same}/{}",
-            ids.len()
-        );
+        let path = if stepwise {
+            "one token at a time"
+        } else {
+            "one batch"
+        };
+        println!("Q4_K_M, candle against llama.cpp, {path}: {d}");
+        // Measured on a 2-core AMD EPYC: logits at most 1.3% (one batch) and 1.6% (one token
+        // at a time) apart, top-1 280-282/284 and 277-278/284 in two runs: rounding. One
+        // group's scale or one bit of the layout read wrong moves them by far more than 5%.
+        assert!(d.worst < 0.05, "{path}: {d}");
+        assert!(d.agreement() >= 0.95, "{path}: {d}");
     }
 }
 
@@ -577,6 +589,19 @@ fn converted_gguf_runs_the_same_model_in_every_format_and_backend() {
             rate_of(&got, &f16_folder) * 100.0
         );
         assert!(rate >= 0.95, "{name}: {rate:.3}");
+    }
+    // Where activations are not rounded to 8 bits (F16 weights), the two backends agree on
+    // the same file at the issue's 98% and beyond, in both of llama.cpp's paths. Measured on
+    // a 2-core AMD EPYC: 260/260 both ways, logits 0.09% (one batch) and 0.16% (one token at
+    // a time) apart, closer than llama.cpp's two paths to each other (0.19%).
+    for stepwise in [false, true] {
+        let d = Distance::between(
+            &logits_per_position(&candle_f16_gguf, &ids, stepwise),
+            &logits_per_position(&llama_f16, &ids, stepwise),
+        );
+        println!("F16 GGUF, candle against llama.cpp (stepwise {stepwise}): {d}");
+        assert!(d.agreement() >= 0.98, "stepwise {stepwise}: {d}");
+        assert!(d.mean < 0.01, "stepwise {stepwise}: {d}");
     }
     // The F16 GGUF holds the f16 folder's values (Q/K rows permuted): on candle both are f32
     // math on the same f16 weights.
