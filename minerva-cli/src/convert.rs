@@ -24,7 +24,7 @@ pub struct ConvertArgs {
     #[arg(short = 'o', long, value_name = "PATH")]
     output: PathBuf,
     /// Weight type of the output. Folder: f32 (exact dequantized values), f16, bf16. GGUF:
-    /// f32, f16 (default), bf16, q8_0, q4_0, q4_1, q4_k_m.
+    /// f32, f16 (default), bf16, q8_0, q4_0, q4_1, q4_k_m, q5_k_m, q6_k.
     #[arg(long)]
     dtype: Option<String>,
     /// Threads for llama.cpp's quantizer (default: all cores).
@@ -55,7 +55,7 @@ pub async fn convert(global: &Global, args: ConvertArgs) -> CliResult {
             "--dtype {dtype} is not a {} type ({})",
             if to_gguf { "GGUF" } else { "folder" },
             if to_gguf {
-                "f32, f16, bf16, q8_0, q4_0, q4_1, q4_k_m"
+                "f32, f16, bf16, q8_0, q4_0, q4_1, q4_k_m, q5_k_m, q6_k"
             } else {
                 "f32, f16, bf16"
             }

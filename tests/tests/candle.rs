@@ -259,56 +259,65 @@ fn candle_and_llamacpp_agree_on_the_smollm2_gguf() {
     }
 }
 
-/// A Q4_K_M file (Q4_K and Q6_K matrices, what most 7B GGUFs on disk are): candle multiplies
-/// it where it lies in the mapped file with Minerva's K-quant kernels, and its logits follow
-/// llama.cpp's on the same file, in one batch and one token at a time.
+/// K-quant files (Q4_K_M: Q4_K and Q6_K matrices, what most 7B GGUFs on disk are; Q5_K_M: Q5_K
+/// and Q6_K; Q6_K): candle multiplies them where they lie in the mapped file with Minerva's
+/// K-quant kernels, and its logits follow llama.cpp's on the same file, in one batch and one
+/// token at a time.
 #[test]
 fn candle_runs_k_quants_in_place_as_llama_cpp_does() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny-q4_k_m.gguf");
-    let out = std::process::Command::new(minerva_e2e::bin("minerva"))
-        .env("MINERVA_ADDR", "/nonexistent/minerva-kquant-test.sock")
-        .args([
-            "--no-autostart",
-            "synth",
-            "--shape",
-            "tiny",
-            "--format",
-            "gguf-q4_k_m",
-            "-o",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let candle = CandleModel::load(&path).unwrap();
-    assert_eq!(candle.info().quantization, "Q4_K_M");
-    assert!(
-        candle.matrices_in_place(),
-        "a K-quant matrix was read into candle's memory instead of multiplied in place"
-    );
-    let llama = LlamaCppModel::load(&path, &minerva_core::LoadOptions { gpu_layers: 0 }).unwrap();
-    let ids = llama.tokenize(PASSAGE, true).unwrap();
-    for stepwise in [false, true] {
-        let d = Distance::between(
-            &logits_per_position(&candle, &ids, stepwise),
-            &logits_per_position(&llama, &ids, stepwise),
+    for (format, quantization) in [
+        ("gguf-q4_k_m", "Q4_K_M"),
+        ("gguf-q5_k_m", "Q5_K_M"),
+        ("gguf-q6_k", "Q6_K"),
+    ] {
+        let path = dir.path().join(format!("tiny-{format}.gguf"));
+        let out = std::process::Command::new(minerva_e2e::bin("minerva"))
+            .env("MINERVA_ADDR", "/nonexistent/minerva-kquant-test.sock")
+            .args([
+                "--no-autostart",
+                "synth",
+                "--shape",
+                "tiny",
+                "--format",
+                format,
+                "-o",
+            ])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        let path = if stepwise {
-            "one token at a time"
-        } else {
-            "one batch"
-        };
-        println!("Q4_K_M, candle against llama.cpp, {path}: {d}");
-        // Measured on a 2-core AMD EPYC: logits at most 1.3% (one batch) and 1.6% (one token
-        // at a time) apart, top-1 280-282/284 and 277-278/284 in two runs: rounding. One
-        // group's scale or one bit of the layout read wrong moves them by far more than 5%.
-        assert!(d.worst < 0.05, "{path}: {d}");
-        assert!(d.agreement() >= 0.95, "{path}: {d}");
+        let candle = CandleModel::load(&path).unwrap();
+        assert_eq!(candle.info().quantization, quantization);
+        assert!(
+            candle.matrices_in_place(),
+            "{quantization}: a matrix was read into candle's memory instead of multiplied in place"
+        );
+        let llama =
+            LlamaCppModel::load(&path, &minerva_core::LoadOptions { gpu_layers: 0 }).unwrap();
+        let ids = llama.tokenize(PASSAGE, true).unwrap();
+        for stepwise in [false, true] {
+            let d = Distance::between(
+                &logits_per_position(&candle, &ids, stepwise),
+                &logits_per_position(&llama, &ids, stepwise),
+            );
+            let path = if stepwise {
+                "one token at a time"
+            } else {
+                "one batch"
+            };
+            println!("{quantization}, candle against llama.cpp, {path}: {d}");
+            // Measured on a 2-core AMD EPYC (Q4_K_M): logits at most 1.3% (one batch) and
+            // 1.6% (one token at a time) apart, top-1 280-282/284 and 277-278/284 in two
+            // runs: rounding. One group's scale or one bit of the layout read wrong moves
+            // them by far more than 5%.
+            assert!(d.worst < 0.05, "{quantization}, {path}: {d}");
+            assert!(d.agreement() >= 0.95, "{quantization}, {path}: {d}");
+        }
     }
 }
 

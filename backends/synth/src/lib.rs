@@ -31,7 +31,7 @@ pub enum SynthError {
     #[error("unknown shape {name:?}: choose one of mistral-7b-v0.1, mistral-7b-v0.3, tiny")]
     UnknownShape { name: String },
     #[error(
-        "unknown format {name:?}: choose one of gguf-f16, gguf-q4_k_m, gguf-q8_0, safetensors, mlx"
+        "unknown format {name:?}: choose one of gguf-f16, gguf-q4_k_m, gguf-q5_k_m, gguf-q6_k, gguf-q8_0, safetensors, mlx"
     )]
     UnknownFormat { name: String },
     #[error("{} already exists: pass --force to replace it", path.display())]
@@ -58,13 +58,23 @@ pub enum Format {
     Mlx,
 }
 
-pub const FORMAT_NAMES: &[&str] = &["gguf-f16", "gguf-q4_k_m", "gguf-q8_0", "safetensors", "mlx"];
+pub const FORMAT_NAMES: &[&str] = &[
+    "gguf-f16",
+    "gguf-q4_k_m",
+    "gguf-q5_k_m",
+    "gguf-q6_k",
+    "gguf-q8_0",
+    "safetensors",
+    "mlx",
+];
 
 impl Format {
     pub fn by_name(name: &str) -> Result<Format, SynthError> {
         match name {
             "gguf-f16" => Ok(Format::GgufF16),
             "gguf-q4_k_m" => Ok(Format::GgufQuant(QuantType::Q4KM)),
+            "gguf-q5_k_m" => Ok(Format::GgufQuant(QuantType::Q5KM)),
+            "gguf-q6_k" => Ok(Format::GgufQuant(QuantType::Q6K)),
             "gguf-q8_0" => Ok(Format::GgufQuant(QuantType::Q8_0)),
             "safetensors" => Ok(Format::Safetensors),
             "mlx" => Ok(Format::Mlx),
@@ -78,6 +88,8 @@ impl Format {
         match self {
             Format::GgufF16 => "gguf-f16",
             Format::GgufQuant(QuantType::Q4KM) => "gguf-q4_k_m",
+            Format::GgufQuant(QuantType::Q5KM) => "gguf-q5_k_m",
+            Format::GgufQuant(QuantType::Q6K) => "gguf-q6_k",
             Format::GgufQuant(QuantType::Q8_0) => "gguf-q8_0",
             Format::GgufQuant(QuantType::Q4_0) => "gguf-q4_0",
             Format::GgufQuant(QuantType::Q4_1) => "gguf-q4_1",

@@ -10,6 +10,8 @@ use crate::SynthError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuantType {
     Q4KM,
+    Q5KM,
+    Q6K,
     Q8_0,
     Q4_0,
     Q4_1,
@@ -19,6 +21,8 @@ impl QuantType {
     /// Every type, by the name llama-quantize gives it (lower case).
     pub const ALL: &[(&str, QuantType)] = &[
         ("q4_k_m", QuantType::Q4KM),
+        ("q5_k_m", QuantType::Q5KM),
+        ("q6_k", QuantType::Q6K),
         ("q8_0", QuantType::Q8_0),
         ("q4_0", QuantType::Q4_0),
         ("q4_1", QuantType::Q4_1),
@@ -32,6 +36,8 @@ impl QuantType {
     fn ftype(self) -> llama_cpp_sys_2::llama_ftype {
         match self {
             QuantType::Q4KM => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q4_K_M,
+            QuantType::Q5KM => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q5_K_M,
+            QuantType::Q6K => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q6_K,
             QuantType::Q8_0 => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q8_0,
             QuantType::Q4_0 => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q4_0,
             QuantType::Q4_1 => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q4_1,
