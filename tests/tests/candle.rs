@@ -272,25 +272,8 @@ fn candle_runs_k_quants_in_place_as_llama_cpp_does() {
         ("gguf-q6_k", "Q6_K"),
     ] {
         let path = dir.path().join(format!("tiny-{format}.gguf"));
-        let out = std::process::Command::new(minerva_e2e::bin("minerva"))
-            .env("MINERVA_ADDR", "/nonexistent/minerva-kquant-test.sock")
-            .args([
-                "--no-autostart",
-                "synth",
-                "--shape",
-                "tiny",
-                "--format",
-                format,
-                "-o",
-            ])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let tiny = ["synth", "--shape", "tiny", "--format", format, "-o"];
+        minerva_ok(&[&tiny[..], &[path_str(&path)]].concat());
         let candle = CandleModel::load(&path).unwrap();
         assert_eq!(candle.info().quantization, quantization);
         assert!(
@@ -510,18 +493,24 @@ async fn broken_hugging_face_folders_get_clear_errors_and_the_daemon_keeps_servi
     assert!(!marker.exists(), "the pickle ran");
 }
 
-fn minerva_convert(args: &[&str]) -> std::process::Output {
+/// Runs the CLI with `args` (commands that need no daemon) and checks that it succeeded.
+fn minerva_ok(args: &[&str]) -> std::process::Output {
     let out = std::process::Command::new(minerva_e2e::bin("minerva"))
-        .arg("convert")
+        .env("MINERVA_ADDR", "/nonexistent/minerva-candle-test.sock")
+        .arg("--no-autostart")
         .args(args)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "minerva convert {args:?}: {}",
+        "minerva {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+fn minerva_convert(args: &[&str]) -> std::process::Output {
+    minerva_ok(&[&["convert"], args].concat())
 }
 
 fn path_str(p: &Path) -> &str {

@@ -228,18 +228,8 @@ pub fn dot_scalar(t: KType, row: &[u8], xd: &[f32], xq: &[i8], xb: &[i16]) -> f3
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
     use super::{f16_at, scales_mins, KType, XRow, QK_K};
+    use crate::kernels::avx2::hsum;
     use std::arch::x86_64::*;
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
-    }
 
     /// `sum(w * y)` of 32 unsigned weights (< 64) and 32 activations, times `scale`, as 8 i32
     /// lanes (all products exact: at most 2 * 63 * 127 per i16 lane before the scale).
@@ -417,21 +407,9 @@ pub fn dot_n<const N: usize>(t: KType, row: &[u8], xs: [XRow<'_>; N]) -> [f32; N
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::tests::bytes;
     use candle_core::quantized::{ggml_file, GgmlDType};
     use candle_core::Device;
-
-    /// A deterministic byte stream (xorshift).
-    fn bytes(n: usize, seed: u64) -> Vec<u8> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 24) as u8
-            })
-            .collect()
-    }
 
     /// `n` rows of `k` random weights of type `t`, with sane f16 scales.
     fn weights(t: KType, n: usize, k: usize) -> Vec<u8> {
