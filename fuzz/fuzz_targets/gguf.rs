@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = minerva_core::gguf::parse_header(data, data.len() as u64);
+    let _ = minerva_formats::gguf::parse_header(data, data.len() as u64);
 });

@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = minerva_core::torchzip::verify(data);
+    let _ = minerva_formats::torchzip::verify(data);
 });

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use minerva_synth::QuantType;
+use minerva_tools::synth::QuantType;
 
 use crate::{CliError, CliResult, Global};
 
@@ -72,7 +72,7 @@ pub async fn convert(global: &Global, args: ConvertArgs) -> CliResult {
             folder_to_gguf(&input, &output, &dtype, quant, threads)
         } else {
             let dt = candle_dtype(&dtype).unwrap_or(candle_core::DType::F32);
-            let done = minerva_candle::convert::gguf_to_hf(&input, &output, dt)?;
+            let done = minerva_tools::convert::gguf_to_hf(&input, &output, dt)?;
             let files: Vec<String> = done.files.iter().map(|p| p.display().to_string()).collect();
             Ok(serde_json::json!({
                 "dtype": dtype,
@@ -123,15 +123,15 @@ fn folder_to_gguf(
     let done = match quant {
         None => {
             let dt = candle_dtype(dtype).unwrap_or(candle_core::DType::F16);
-            minerva_candle::convert::hf_to_gguf(input, output, dt)?
+            minerva_tools::convert::hf_to_gguf(input, output, dt)?
         }
         Some(q) => {
             let f32_file = output.with_extension("f32.gguf.tmp");
             let _ = std::fs::remove_file(&f32_file);
             let done =
-                minerva_candle::convert::hf_to_gguf(input, &f32_file, candle_core::DType::F32);
+                minerva_tools::convert::hf_to_gguf(input, &f32_file, candle_core::DType::F32);
             let quantized = done.and_then(|d| {
-                minerva_synth::quantize::quantize(&f32_file, output, q, threads)
+                minerva_tools::synth::quantize::quantize(&f32_file, output, q, threads)
                     .map_err(|e| e.to_string())
                     .map(|()| d)
             });

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use indicatif::ProgressBar;
-use minerva_synth::{Format, Progress, Shape, SynthOptions};
+use minerva_tools::synth::{Format, Progress, Shape, SynthOptions};
 
 use crate::{render, CliError, CliResult, Global};
 
@@ -32,7 +32,7 @@ pub struct SynthArgs {
 }
 
 pub async fn synth(global: &Global, args: SynthArgs) -> CliResult {
-    let err = |e: minerva_synth::SynthError| CliError(e.to_string());
+    let err = |e: minerva_tools::synth::SynthError| CliError(e.to_string());
     let options = SynthOptions {
         shape: Shape::by_name(&args.shape).map_err(err)?,
         format: Format::by_name(&args.format).map_err(err)?,
@@ -76,7 +76,7 @@ pub async fn synth(global: &Global, args: SynthArgs) -> CliResult {
         }
     };
     // Blocking work on the CLI's only runtime thread: nothing else runs meanwhile.
-    let report = minerva_synth::synth(&options, &mut on_progress);
+    let report = minerva_tools::synth::synth(&options, &mut on_progress);
     bar.finish_and_clear();
     let report = report.map_err(err)?;
     if global.json {

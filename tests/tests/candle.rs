@@ -530,13 +530,13 @@ fn converted_gguf_runs_the_same_model_in_every_format_and_backend() {
     let (f32_dir, f16_dir) = (tmp.path().join("f32"), tmp.path().join("f16"));
     for (dir, dtype) in [(&f32_dir, "f32"), (&f16_dir, "f16")] {
         minerva_convert(&[path_str(&gguf), "-o", path_str(dir), "--dtype", dtype]);
-        let report = minerva_core::verify::verify_path(dir).unwrap();
+        let report = minerva_formats::verify::verify_path(dir).unwrap();
         assert!(report.valid, "{report:?}");
     }
     let (f16_gguf, q8_gguf) = (tmp.path().join("f16.gguf"), tmp.path().join("q8_0.gguf"));
     for (file, dtype) in [(&f16_gguf, "f16"), (&q8_gguf, "q8_0")] {
         minerva_convert(&[path_str(&f32_dir), "-o", path_str(file), "--dtype", dtype]);
-        let report = minerva_core::verify::verify_path(file).unwrap();
+        let report = minerva_formats::verify::verify_path(file).unwrap();
         assert!(report.valid, "{report:?}");
         assert_eq!(report.summary.quantization.to_ascii_lowercase(), dtype);
     }

@@ -4,7 +4,6 @@
 //! decoder implementation ([`model::Transformer`]), so every format runs the same code.
 
 pub mod config;
-pub mod convert;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod kernels;
@@ -147,7 +146,7 @@ impl CandleModel {
         // minerva_core's reader checks the header and every tensor's bounds before candle's
         // reader sees the file (candle trusts counts and offsets).
         let report =
-            minerva_core::verify::verify_path(path).map_err(|e| bad(path, e.to_string()))?;
+            minerva_formats::verify::verify_path(path).map_err(|e| bad(path, e.to_string()))?;
         if let Some(p) = report.error {
             return Err(bad(path, p.to_string()));
         }

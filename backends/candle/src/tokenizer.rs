@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file;
-use minerva_core::gguf_write as gw;
-use minerva_core::sentencepiece::{Piece, PieceType, SpModel};
+use minerva_formats::gguf_write as gw;
+use minerva_formats::sentencepiece::{Piece, PieceType, SpModel};
 use serde_json::{json, Value};
 
 pub struct Tok {
@@ -300,7 +300,7 @@ fn spm_json(sp: &SpModel, bos: u32) -> TResult<Value> {
             sp.pieces.len()
         ));
     }
-    Ok(minerva_core::spm_tokenizer::tokenizer_json(sp, bos, unk))
+    Ok(minerva_formats::spm_tokenizer::tokenizer_json(sp, bos, unk))
 }
 
 /// tokenizer.json (and the settings beside it) for a GGUF file's vocabulary, the way

@@ -15,7 +15,7 @@ use candle_core::quantized::{gguf_file, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::kernels::{self, QType};
-use minerva_core::{safetensors, torchzip};
+use minerva_formats::{safetensors, torchzip};
 
 /// One tensor as loaded: dense f32, quantized in candle's memory (GGUF types without our own
 /// kernels), or in place in the memory-mapped file (see [`QType`]).
@@ -205,7 +205,7 @@ impl Weights {
         let (mut params, mut file_bytes) = (0u64, 0u64);
         for path in &files {
             // The pickle is scanned, never run: only the opcodes and imports torch.save of a
-            // state dict uses are accepted (minerva_core::pickle).
+            // state dict uses are accepted (minerva_formats::pickle).
             let checked =
                 torchzip::verify_file(path).map_err(|p| format!("{}: {p}", path.display()))?;
             let mmap = Arc::new(map_file(path)?);
@@ -308,7 +308,7 @@ impl Weights {
             .metadata
             .get("general.file_type")
             .and_then(|v| v.to_u32().ok())
-            .and_then(|ft| minerva_core::gguf::file_type_name(u64::from(ft)))
+            .and_then(|ft| minerva_formats::gguf::file_type_name(u64::from(ft)))
             .unwrap_or("unknown")
             .to_string();
         Ok((

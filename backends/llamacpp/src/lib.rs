@@ -1,7 +1,7 @@
 //! The llama.cpp backend: GGUF files memory-mapped by llama.cpp (through llama-cpp-2), with
 //! Minerva's own sampling on top of the logits it returns.
 //!
-//! Files are checked with [`minerva_core::gguf`] before llama.cpp sees them, so a truncated or
+//! Files are checked with [`minerva_formats::gguf`] before llama.cpp sees them, so a truncated or
 //! hostile file is refused with a precise error instead of reaching C++ code that may abort.
 
 use std::num::NonZeroU32;
@@ -16,8 +16,9 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use minerva_core::error::TokenIdDisplay;
+use minerva_formats::gguf;
 use minerva_core::{
-    gguf, Backend, Context, ContextOptions, CoreError, ForwardChunk, LoadOptions, Model, ModelInfo,
+    Backend, Context, ContextOptions, CoreError, ForwardChunk, LoadOptions, Model, ModelInfo,
     Result, SeqId, TokenId,
 };
 

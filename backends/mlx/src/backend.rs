@@ -94,7 +94,7 @@ impl MlxModel {
         }
         // Header, bounds, index and quantization triples, before MLX reads anything.
         let report =
-            minerva_core::verify::verify_path(&dir).map_err(|e| bad(&dir, e.to_string()))?;
+            minerva_formats::verify::verify_path(&dir).map_err(|e| bad(&dir, e.to_string()))?;
         if let Some(p) = report.error {
             return Err(bad(&dir, p.to_string()));
         }
@@ -103,7 +103,7 @@ impl MlxModel {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default();
-        let quantization = minerva_core::mlx::quantization_of(&config_json)
+        let quantization = minerva_formats::mlx::quantization_of(&config_json)
             .transpose()
             .map_err(|p| bad(&dir, p.to_string()))?;
         let windows = layer_windows(&cfg, &config_json).map_err(|e| bad(&dir, e))?;

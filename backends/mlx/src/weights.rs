@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use minerva_core::mlx::Quantization;
+use minerva_formats::mlx::Quantization;
 use mlx_rs::ops::{dequantize, matmul, quantized_matmul};
 use mlx_rs::{Array, Dtype};
 

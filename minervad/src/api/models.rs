@@ -104,7 +104,7 @@ fn unloaded_info(path: &std::path::Path) -> Result<ModelInfo, DaemonError> {
     let format =
         ModelFormat::detect(path).ok_or_else(|| bad("not a model file or model folder".into()))?;
     if format == ModelFormat::Gguf {
-        return minerva_core::gguf::read_header(path)
+        return minerva_formats::gguf::read_header(path)
             .map(|h| ModelInfo::from_gguf(&h))
             .map_err(|source| {
                 minerva_core::CoreError::BadGguf {
@@ -114,7 +114,7 @@ fn unloaded_info(path: &std::path::Path) -> Result<ModelInfo, DaemonError> {
                 .into()
             });
     }
-    let report = minerva_core::verify::verify_path(path).map_err(|e| bad(e.to_string()))?;
+    let report = minerva_formats::verify::verify_path(path).map_err(|e| bad(e.to_string()))?;
     if let Some(p) = report.error {
         return Err(bad(p.to_string()).into());
     }
@@ -433,15 +433,15 @@ async fn verify_model(
     };
     let context = engine.config().context_length;
     let report = tokio::task::spawn_blocking(move || {
-        minerva_core::verify::verify_path_with_context(&path, context)
+        minerva_formats::verify::verify_path_with_context(&path, context)
     })
     .await
     .map_err(|e| DaemonError::Internal(format!("verify task failed: {e}")))?
     .map_err(|e| match e {
-        minerva_core::verify::VerifyError::NotFound { path } => {
+        minerva_formats::verify::VerifyError::NotFound { path } => {
             DaemonError::Core(minerva_core::CoreError::FileNotFound { path })
         }
-        minerva_core::verify::VerifyError::Io { path, source } => {
+        minerva_formats::verify::VerifyError::Io { path, source } => {
             DaemonError::Core(minerva_core::CoreError::Io { path, source })
         }
     })?;

@@ -654,13 +654,13 @@ impl Engine {
 /// file that fails the checks of `minerva verify` is refused here, before any backend sees it.
 fn trained_context(path: &std::path::Path, format: ModelFormat) -> Result<u32> {
     if format == ModelFormat::Gguf {
-        let h = minerva_core::gguf::read_header(path).map_err(|source| CoreError::BadGguf {
+        let h = minerva_formats::gguf::read_header(path).map_err(|source| CoreError::BadGguf {
             path: path.to_path_buf(),
             source,
         })?;
         return Ok(ModelInfo::from_gguf(&h).trained_context_length);
     }
-    let report = minerva_core::verify::verify_path(path).map_err(|e| CoreError::BadModel {
+    let report = minerva_formats::verify::verify_path(path).map_err(|e| CoreError::BadModel {
         backend: "minervad",
         path: path.to_path_buf(),
         detail: e.to_string(),

@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::path::Path;
 
-use crate::SynthError;
+use crate::synth::SynthError;
 
 /// A llama.cpp quantization type `synth` offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

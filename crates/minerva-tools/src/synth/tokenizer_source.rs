@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::shape::TokenizerKind;
-use crate::SynthError;
+use crate::synth::shape::TokenizerKind;
+use crate::synth::SynthError;
 
 /// The wheel the tokenizers come from.
 pub const MISTRAL_COMMON_VERSION: &str = "1.13.1";
@@ -108,9 +108,9 @@ fn fetch_wheel(dir: &Path) -> Result<PathBuf, SynthError> {
         path: dir.to_path_buf(),
         source,
     })?;
-    let python = minerva_core::pypi::python();
+    let python = crate::pypi::python();
     let spec = format!("mistral-common=={MISTRAL_COMMON_VERSION}");
-    let output = minerva_core::pypi::pip_download(&python, &spec, dir)
+    let output = crate::pypi::pip_download(&python, &spec, dir)
         .output()
         .map_err(|e| SynthError::Tokenizer {
             detail: format!("cannot run `{python} -m pip` ({e}); install Python 3 with pip"),

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use minerva_core::verify::{verify_path, Report};
-use minerva_core::{pickle, safetensors, torchzip};
+use minerva_formats::verify::{verify_path, Report};
+use minerva_formats::{pickle, safetensors, torchzip};
 
 // ---------- builders ----------
 
@@ -137,7 +137,7 @@ fn verify_bytes(name: &str, bytes: &[u8]) -> Report {
     verify_path(&p).unwrap()
 }
 
-fn invalid(r: &Report, kind: &str) -> minerva_core::verify::Problem {
+fn invalid(r: &Report, kind: &str) -> minerva_formats::verify::Problem {
     assert!(!r.valid, "accepted: {r:?}");
     let e = r.error.clone().expect("an error");
     assert_eq!(e.kind, kind, "{e:?}");

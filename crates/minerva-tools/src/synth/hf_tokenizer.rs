@@ -1,13 +1,13 @@
 //! Hugging Face tokenizer files for a SentencePiece vocabulary: tokenizer.json comes from
-//! [`minerva_core::spm_tokenizer`]; tokenizer_config.json and special_tokens_map.json are written
+//! [`minerva_formats::spm_tokenizer`]; tokenizer_config.json and special_tokens_map.json are written
 //! here, as Mistral's repositories have them.
 
 use serde_json::{json, Value};
 
-use crate::gguf_write::MISTRAL_CHAT_TEMPLATE;
-use crate::shape::Shape;
-use minerva_core::sentencepiece::SpModel;
-use minerva_core::spm_tokenizer::added_tokens;
+use crate::synth::gguf_write::MISTRAL_CHAT_TEMPLATE;
+use crate::synth::shape::Shape;
+use minerva_formats::sentencepiece::SpModel;
+use minerva_formats::spm_tokenizer::added_tokens;
 
 /// tokenizer_config.json, as Mistral's repositories have it.
 pub fn tokenizer_config_json(shape: &Shape, vocab: &SpModel) -> Value {

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::hf::{self, Data, Entry};
-use crate::shape::{Shape, TensorKind};
-use crate::weights::{Half, AMPLITUDE};
-use crate::{io_err, Progress, SynthError};
-use minerva_core::sentencepiece::SpModel;
+use crate::synth::hf::{self, Data, Entry};
+use crate::synth::shape::{Shape, TensorKind};
+use crate::synth::weights::{Half, AMPLITUDE};
+use crate::synth::{io_err, Progress, SynthError};
+use minerva_formats::sentencepiece::SpModel;
 
 pub const BITS: u64 = 4;
 pub const GROUP_SIZE: u64 = 64;

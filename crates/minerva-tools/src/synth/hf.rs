@@ -1,17 +1,17 @@
 //! Hugging Face's Mistral layout: config.json, generation_config.json, the tokenizer files, and
 //! the weights as sharded safetensors (`model-0000N-of-0000M.safetensors` plus
 //! `model.safetensors.index.json`), HF tensor names, bf16. The safetensors writer here streams
-//! each tensor in chunks and is shared with [`crate::mlx`].
+//! each tensor in chunks and is shared with [`crate::synth::mlx`].
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::shape::{Shape, TensorKind};
-use crate::weights::{extend_le_u16, Half, Rng, CHUNK_ELEMENTS};
-use crate::{hf_tokenizer, io_err, Progress, SynthError};
-use minerva_core::sentencepiece::SpModel;
+use crate::synth::shape::{Shape, TensorKind};
+use crate::synth::weights::{extend_le_u16, Half, Rng, CHUNK_ELEMENTS};
+use crate::synth::{hf_tokenizer, io_err, Progress, SynthError};
+use minerva_formats::sentencepiece::SpModel;
 
 /// transformers' default `max_shard_size` ("5GB").
 pub const MAX_SHARD_BYTES: u64 = 5_000_000_000;
@@ -19,7 +19,7 @@ pub const MAX_SHARD_BYTES: u64 = 5_000_000_000;
 /// What a safetensors tensor holds.
 #[derive(Debug, Clone, Copy)]
 pub enum Data {
-    /// Uniform random values (see [`crate::weights`]).
+    /// Uniform random values (see [`crate::synth::weights`]).
     Random(Half),
     /// Every element the same value.
     Const(Half, f32),
@@ -234,7 +234,7 @@ pub(crate) fn write_common(
         write_json(
             dir,
             "tokenizer.json",
-            &minerva_core::spm_tokenizer::tokenizer_json(
+            &minerva_formats::spm_tokenizer::tokenizer_json(
                 vocab,
                 shape.bos_token_id,
                 shape.unk_token_id,

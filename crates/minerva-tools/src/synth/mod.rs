@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-pub use minerva_core::sentencepiece::SpModel;
+pub use minerva_formats::sentencepiece::SpModel;
 pub use quantize::QuantType;
 pub use shape::{Shape, TensorSpec, SHAPE_NAMES};
 

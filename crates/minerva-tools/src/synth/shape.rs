@@ -1,7 +1,7 @@
 //! The model shapes `synth` can produce: hyperparameters, and the tensor list derived from them
 //! (names in both llama.cpp's GGUF and Hugging Face's spelling, shapes in HF order `[out, in]`).
 
-use crate::SynthError;
+use crate::synth::SynthError;
 
 /// Which Mistral SentencePiece tokenizer a shape ships with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

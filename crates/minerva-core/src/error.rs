@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::gguf::GgufError;
+use minerva_formats::gguf::GgufError;
 
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;
 

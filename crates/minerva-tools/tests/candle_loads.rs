@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::{mistral, quantized_llama};
-use minerva_synth::{Format, Shape, SynthOptions};
+use minerva_tools::synth::{Format, Shape, SynthOptions};
 
 fn synth(format: &str, out: &Path) {
     let options = SynthOptions {
@@ -16,7 +16,7 @@ fn synth(format: &str, out: &Path) {
         force: false,
         threads: 2,
     };
-    minerva_synth::synth(&options, &mut |_| {}).unwrap_or_else(|e| panic!("synth {format}: {e}"));
+    minerva_tools::synth::synth(&options, &mut |_| {}).unwrap_or_else(|e| panic!("synth {format}: {e}"));
 }
 
 fn assert_finite_logits(logits: &Tensor, vocab: usize) {

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use minerva_core::gguf::{self, MetaValue};
+use minerva_formats::gguf::{self, MetaValue};
 use minerva_core::{ContextOptions, ForwardChunk, LoadOptions, Model, SeqId};
 use minerva_llamacpp::LlamaCppModel;
-use minerva_synth::{Format, Shape, SynthOptions, SynthReport};
+use minerva_tools::synth::{Format, Shape, SynthOptions, SynthReport};
 
 struct Outputs {
     _dir: tempfile::TempDir,
@@ -36,7 +36,7 @@ fn outputs() -> &'static Outputs {
                 force: false,
                 threads: 2,
             };
-            let report = minerva_synth::synth(&options, &mut |_| {})
+            let report = minerva_tools::synth::synth(&options, &mut |_| {})
                 .unwrap_or_else(|e| panic!("synth tiny {format}: {e}"));
             reports.insert(format, report);
         }
@@ -312,17 +312,17 @@ fn existing_output_needs_force() {
         force: false,
         threads: 1,
     };
-    let e = minerva_synth::synth(&options, &mut |_| {}).unwrap_err();
+    let e = minerva_tools::synth::synth(&options, &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("--force"), "{e}");
     // A file where a directory format writes, even with --force, is refused.
     options.format = Format::Safetensors;
     options.force = true;
-    let e = minerva_synth::synth(&options, &mut |_| {}).unwrap_err();
+    let e = minerva_tools::synth::synth(&options, &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("is a file"), "{e}");
     // A missing parent directory is named.
     options.output = p.with_file_name("no-such-dir").join("x.gguf");
     options.format = Format::GgufF16;
-    let e = minerva_synth::synth(&options, &mut |_| {}).unwrap_err();
+    let e = minerva_tools::synth::synth(&options, &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("does not exist"), "{e}");
     assert!(Format::by_name("gguf-q3").is_err());
 }
@@ -330,11 +330,11 @@ fn existing_output_needs_force() {
 #[test]
 fn v3_tokenizer_has_32768_pieces_with_control_tokens() {
     let shape = Shape::by_name("mistral-7b-v0.3").unwrap();
-    let (_, vocab) = minerva_synth::load_tokenizer(&shape).unwrap();
+    let (_, vocab) = minerva_tools::synth::load_tokenizer(&shape).unwrap();
     assert_eq!(vocab.pieces.len(), 32768);
     assert_eq!(vocab.pieces[3].text, "[INST]");
     assert_eq!(vocab.pieces[4].text, "[/INST]");
-    let (_, v1) = minerva_synth::load_tokenizer(&tiny()).unwrap();
+    let (_, v1) = minerva_tools::synth::load_tokenizer(&tiny()).unwrap();
     assert_eq!(v1.pieces[1].text, "<s>");
     assert_eq!(v1.pieces[0x0A + 3].text, "<0x0A>");
 }
@@ -350,7 +350,7 @@ fn every_output_passes_minerva_verify() {
         ("mlx", "mlx", "", "mistral"),
     ];
     for (format, kind, quant, arch) in expected {
-        let report = minerva_core::verify::verify_path(&path(format))
+        let report = minerva_formats::verify::verify_path(&path(format))
             .unwrap_or_else(|e| panic!("verify could not read synth {format}: {e}"));
         assert!(
             report.valid,

@@ -6,13 +6,13 @@
 
 use std::io::Write;
 
-use crate::shape::{Shape, TensorKind, TensorSpec};
-use crate::weights::{extend_le_u16, Half, Rng, CHUNK_ELEMENTS};
-use crate::Progress;
-use minerva_core::gguf_write::{
+use crate::synth::shape::{Shape, TensorKind, TensorSpec};
+use crate::synth::weights::{extend_le_u16, Half, Rng, CHUNK_ELEMENTS};
+use crate::synth::Progress;
+use minerva_formats::gguf_write::{
     self as gw, align, Value, GGML_TYPE_F16, GGML_TYPE_F32, QUANTIZATION_VERSION,
 };
-use minerva_core::sentencepiece::SpModel;
+use minerva_formats::sentencepiece::SpModel;
 
 /// `LLAMA_FTYPE_MOSTLY_F16`.
 const FILE_TYPE_F16: u32 = 1;

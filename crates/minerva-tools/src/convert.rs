@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor};
 use serde_json::{json, Value};
 
-use crate::config::Config;
-use crate::tokenizer::gguf_json;
-use crate::weights::Weights;
+use minerva_candle::config::Config;
+use minerva_candle::tokenizer::gguf_json;
+use minerva_candle::weights::Weights;
 
 /// What a conversion wrote.
 #[derive(Debug, Clone)]
@@ -45,7 +45,7 @@ pub fn gguf_to_hf(src: &Path, out: &Path, dtype: DType) -> Result<Converted, Str
             "unsupported output dtype {dtype:?} (f32, f16, bf16)"
         ));
     }
-    let report = minerva_core::verify::verify_path(src).map_err(err)?;
+    let report = minerva_formats::verify::verify_path(src).map_err(err)?;
     if let Some(p) = report.error {
         return Err(format!("{}: {p}", src.display()));
     }
@@ -187,8 +187,8 @@ pub struct ConvertedGguf {
 /// llama.cpp's RoPE, tokenizer, chat template and special tokens in the metadata. `out` must
 /// not exist; it appears only once complete.
 pub fn hf_to_gguf(src: &Path, out: &Path, dtype: DType) -> Result<ConvertedGguf, String> {
-    use crate::weights::{LAYER_TENSORS, MODEL_TENSORS};
-    use minerva_core::gguf_write::{self as gw, Value};
+    use minerva_candle::weights::{LAYER_TENSORS, MODEL_TENSORS};
+    use minerva_formats::gguf_write::{self as gw, Value};
     let (ggml_type, file_type) = match dtype {
         DType::F32 => (gw::GGML_TYPE_F32, 0),
         DType::F16 => (gw::GGML_TYPE_F16, 1),
@@ -198,7 +198,7 @@ pub fn hf_to_gguf(src: &Path, out: &Path, dtype: DType) -> Result<ConvertedGguf,
     if out.exists() {
         return Err(format!("{} exists", out.display()));
     }
-    let report = minerva_core::verify::verify_path(src).map_err(err)?;
+    let report = minerva_formats::verify::verify_path(src).map_err(err)?;
     if let Some(p) = report.error {
         return Err(format!("{}: {p}", src.display()));
     }
@@ -310,7 +310,7 @@ pub fn hf_to_gguf(src: &Path, out: &Path, dtype: DType) -> Result<ConvertedGguf,
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    metadata.extend(crate::tokenizer::gguf_metadata(src)?);
+    metadata.extend(minerva_candle::tokenizer::gguf_metadata(src)?);
     let mut parameters = 0u64;
     let partial = out.with_extension("gguf.partial");
     let written = (|| -> Result<u64, String> {

@@ -1,6 +1,6 @@
 //! The engine interface every Minerva backend implements, and the pieces all backends share:
-//! the one sampler, chat-template rendering, incremental detokenization with stop strings, and a
-//! bounds-checked GGUF metadata reader.
+//! the one sampler, chat-template rendering, and incremental detokenization with stop strings.
+//! Model files themselves are `minerva-formats`' business.
 //!
 //! A backend turns model files into a [`Model`] (thread-safe: info, tokenizer) that creates
 //! [`Context`]s (one per worker: KV cache plus a `forward` over sequences that returns logits).
@@ -10,18 +10,8 @@
 pub mod chat;
 pub mod engine;
 pub mod error;
-pub mod gguf;
-pub mod gguf_write;
-pub mod mlx;
-pub mod pickle;
-pub mod pypi;
-pub mod safetensors;
 pub mod sampling;
-pub mod sentencepiece;
-pub mod spm_tokenizer;
 pub mod text;
-pub mod torchzip;
-pub mod verify;
 
 pub use engine::{
     Backend, Context, ContextOptions, ForwardChunk, LoadOptions, Model, ModelFormat, ModelInfo,

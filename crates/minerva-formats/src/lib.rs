@@ -1,0 +1,20 @@
+//! Model files, opened and checked before any backend sees them: GGUF, SafeTensors (plain and
+//! sharded), PyTorch `.bin` checkpoints (zip + pickle, scanned against a whitelist and never
+//! executed), MLX folders, and the SentencePiece tokenizer models some folders ship.
+//!
+//! Every reader here takes untrusted bytes: it reads bounded headers, checks each count against
+//! the bytes that could hold it before allocating, and reports a precise [`verify::Problem`]
+//! instead of panicking. [`ModelInfo`] is what a model is, as its files say.
+
+pub mod gguf;
+pub mod gguf_write;
+pub mod mlx;
+pub mod model;
+pub mod pickle;
+pub mod safetensors;
+pub mod sentencepiece;
+pub mod spm_tokenizer;
+pub mod torchzip;
+pub mod verify;
+
+pub use model::{ModelFormat, ModelInfo, TokenId};
