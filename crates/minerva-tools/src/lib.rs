@@ -3,5 +3,4 @@
 //! downloading weights), `convert` turns a GGUF into a Hugging Face folder and back.
 
 pub mod convert;
-pub mod pypi;
 pub mod synth;

@@ -108,9 +108,9 @@ fn fetch_wheel(dir: &Path) -> Result<PathBuf, SynthError> {
         path: dir.to_path_buf(),
         source,
     })?;
-    let python = crate::pypi::python();
+    let python = minerva_formats::pypi::python();
     let spec = format!("mistral-common=={MISTRAL_COMMON_VERSION}");
-    let output = crate::pypi::pip_download(&python, &spec, dir)
+    let output = minerva_formats::pypi::pip_download(&python, &spec, dir)
         .output()
         .map_err(|e| SynthError::Tokenizer {
             detail: format!("cannot run `{python} -m pip` ({e}); install Python 3 with pip"),
