@@ -160,10 +160,11 @@ step_candle() {
     mv "$R/candle-single.json.tmp" "$R/candle-single.json"
   fi
   # Does the GPU path compute what the CPU path and llama.cpp do? Perplexity of the same text
-  # (the start of the README, ~1,500 tokens, 3 chunks of 512) on the same files: candle on the
-  # GPU, candle on the CPU (Q4_K_M only: the CPU is slow at 7B) and llama.cpp on the GPU.
+  # (bench/perplexity.txt: the first 6,000 bytes of an earlier README, ~1,500 tokens, 3 chunks
+  # of 512) on the same files: candle on the GPU, candle on the CPU (Q4_K_M only: the CPU is
+  # slow at 7B) and llama.cpp on the GPU.
   if [ ! -s "$R/candle-perplexity.txt" ]; then
-    head -c 6000 "$root/README.md" >"$W/ppl.txt"
+    cp "$root/bench/perplexity.txt" "$W/ppl.txt"
     for run in "$Q4 candle 99" "$Q4 candle 0" "$Q4 llama.cpp 99" "$F16 candle 99" "$F16 llama.cpp 99"; do
       set -- $run
       log "perplexity: $(basename "$1") $2 gpu_layers $3"

@@ -486,9 +486,12 @@ fn llama_cpp_perplexity(text: &str, chunk: usize) -> f64 {
 #[test]
 fn perplexity_matches_llama_cpp_in_process_and_bad_input_is_refused() {
     let d = Daemon::start(&[]);
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let text: String = readme.chars().take(3000).collect();
+    let sample = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../bench/perplexity.txt"
+    ))
+    .unwrap();
+    let text: String = sample.chars().take(3000).collect();
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("text.txt");
     std::fs::write(&f, &text).unwrap();
