@@ -71,7 +71,8 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// The backends this build has, in order of preference for GGUF files.
+/// The backends this build has, in order of preference where several serve a format by default
+/// (GGUF: llama.cpp before candle).
 #[allow(clippy::vec_init_then_push)] // each push is behind its own feature
 fn backends() -> Vec<Arc<dyn minerva_core::Backend>> {
     #[allow(unused_mut)]

@@ -20,50 +20,38 @@ fn greedy(model: &dyn Model, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<Vec<f32
     let mut ctx = model.new_context(&options(512)).unwrap();
     let mut logits = Vec::new();
     let seq = SeqId(0);
-    ctx.forward(
-        &[ForwardChunk {
-            seq,
-            start_pos: 0,
-            tokens: prompt,
-        }],
-        &mut logits,
-    )
-    .unwrap();
+    ctx.forward(&[ForwardChunk::last(seq, 0, prompt)], &mut logits)
+        .unwrap();
     let (mut out, mut seen) = (Vec::new(), Vec::new());
     let start = prompt.len() as u32;
     for pos in start..start + n as u32 {
         let t = argmax(&logits[0]);
         out.push(t);
         seen.push(logits[0].clone());
-        ctx.forward(
-            &[ForwardChunk {
-                seq,
-                start_pos: pos,
-                tokens: &[t],
-            }],
-            &mut logits,
-        )
-        .unwrap();
+        ctx.forward(&[ForwardChunk::last(seq, pos, &[t])], &mut logits)
+            .unwrap();
     }
     (out, seen)
 }
 
 fn top1_per_position(model: &dyn Model, tokens: &[u32]) -> Vec<u32> {
     let mut ctx = model.new_context(&options(512)).unwrap();
-    let mut all = Vec::new();
-    ctx.forward_all(SeqId(0), 0, tokens, &mut all).unwrap();
+    let mut out = Vec::new();
+    ctx.forward(&[ForwardChunk::all(SeqId(0), 0, tokens)], &mut out)
+        .unwrap();
     let vocab = model.info().vocab_size as usize;
-    all.chunks_exact(vocab).map(argmax).collect()
+    out[0].chunks_exact(vocab).map(argmax).collect()
 }
 
 /// Every position's logits for `tokens`: one batch, or one token per step (the decode path).
 fn logits_per_position(model: &dyn Model, tokens: &[u32], stepwise: bool) -> Vec<Vec<f32>> {
     let mut ctx = model.new_context(&options(512)).unwrap();
     if !stepwise {
-        let mut all = Vec::new();
-        ctx.forward_all(SeqId(0), 0, tokens, &mut all).unwrap();
+        let mut out = Vec::new();
+        ctx.forward(&[ForwardChunk::all(SeqId(0), 0, tokens)], &mut out)
+            .unwrap();
         let vocab = model.info().vocab_size as usize;
-        return all.chunks_exact(vocab).map(<[f32]>::to_vec).collect();
+        return out[0].chunks_exact(vocab).map(<[f32]>::to_vec).collect();
     }
     let mut logits = Vec::new();
     tokens
@@ -71,11 +59,11 @@ fn logits_per_position(model: &dyn Model, tokens: &[u32], stepwise: bool) -> Vec
         .enumerate()
         .map(|(pos, t)| {
             ctx.forward(
-                &[ForwardChunk {
-                    seq: SeqId(0),
-                    start_pos: pos as u32,
-                    tokens: std::slice::from_ref(t),
-                }],
+                &[ForwardChunk::last(
+                    SeqId(0),
+                    pos as u32,
+                    std::slice::from_ref(t),
+                )],
                 &mut logits,
             )
             .unwrap();

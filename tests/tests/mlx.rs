@@ -43,11 +43,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 fn greedy(model: &dyn Model, prompt: &[u32], n: usize) -> (Vec<f32>, Vec<u32>) {
     let mut ctx = model.new_context(&options(128)).unwrap();
     let mut logits = Vec::new();
-    let chunk = ForwardChunk {
-        seq: SeqId(0),
-        start_pos: 0,
-        tokens: prompt,
-    };
+    let chunk = ForwardChunk::last(SeqId(0), 0, prompt);
     ctx.forward(&[chunk], &mut logits).unwrap();
     let first = logits[0].clone();
     let mut out = Vec::new();
@@ -55,11 +51,7 @@ fn greedy(model: &dyn Model, prompt: &[u32], n: usize) -> (Vec<f32>, Vec<u32>) {
         let t = argmax(&logits[0]);
         out.push(t);
         let tokens = [t];
-        let chunk = ForwardChunk {
-            seq: SeqId(0),
-            start_pos: pos,
-            tokens: &tokens,
-        };
+        let chunk = ForwardChunk::last(SeqId(0), pos, &tokens);
         ctx.forward(&[chunk], &mut logits).unwrap();
     }
     (first, out)
@@ -68,9 +60,10 @@ fn greedy(model: &dyn Model, prompt: &[u32], n: usize) -> (Vec<f32>, Vec<u32>) {
 /// Every position's logits in one pass.
 fn all_logits(model: &dyn Model, tokens: &[u32]) -> Vec<f32> {
     let mut ctx = model.new_context(&options(128)).unwrap();
-    let mut logits = Vec::new();
-    ctx.forward_all(SeqId(0), 0, tokens, &mut logits).unwrap();
-    logits
+    let mut out = Vec::new();
+    ctx.forward(&[ForwardChunk::all(SeqId(0), 0, tokens)], &mut out)
+        .unwrap();
+    out.swap_remove(0)
 }
 
 /// Minerva's MLX backend gives mlx-lm's 32 greedy tokens on the bf16, 4-bit and 8-bit folders

@@ -33,15 +33,8 @@ fn main() {
     let mut logits = Vec::new();
     let seq = SeqId(0);
     let t = Instant::now();
-    ctx.forward(
-        &[ForwardChunk {
-            seq,
-            start_pos: 0,
-            tokens: &prompt,
-        }],
-        &mut logits,
-    )
-    .unwrap();
+    ctx.forward(&[ForwardChunk::last(seq, 0, &prompt)], &mut logits)
+        .unwrap();
     let pp = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let start = prompt.len() as u32;
@@ -52,15 +45,8 @@ fn main() {
             .max_by(|a, b| a.1.total_cmp(b.1))
             .map(|(i, _)| i as u32)
             .unwrap();
-        ctx.forward(
-            &[ForwardChunk {
-                seq,
-                start_pos: pos,
-                tokens: &[next],
-            }],
-            &mut logits,
-        )
-        .unwrap();
+        ctx.forward(&[ForwardChunk::last(seq, pos, &[next])], &mut logits)
+            .unwrap();
     }
     let tg = t.elapsed().as_secs_f64();
     println!(

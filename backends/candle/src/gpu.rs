@@ -14,10 +14,10 @@ use std::sync::Arc;
 use candle_core::quantized::{ggml_file, GgmlDType, QMatMul};
 use candle_core::{DType, Device, Module, Tensor};
 
-use crate::config::Config;
 use crate::kernels::QType;
 use crate::model::{CResult, Transformer};
 use crate::weights::Linear;
+use minerva_formats::config::Config;
 
 /// A matrix on the GPU for `x @ W^T`.
 enum GpuLinear {

@@ -3,30 +3,27 @@
 //! is scanned against a whitelist and never run) and GGUF files (kept quantized), all into one
 //! decoder implementation ([`model::Transformer`]), so every format runs the same code.
 
-pub mod config;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod kernels;
 pub mod kquants;
 pub mod model;
 pub mod pool;
-pub mod tokenizer;
 pub mod weights;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use minerva_core::{
-    Backend, Context, ContextOptions, CoreError, ForwardChunk, LoadOptions, Model, ModelFormat,
-    ModelInfo, Result, SeqId, TokenId,
+    Backend, Context, ContextOptions, CoreError, LoadOptions, Logits, Model, ModelFiles,
+    ModelFormat, ModelInfo, PerSequenceContext, Result, SequenceModel, Serves, TokenId,
 };
 
-use crate::config::Config;
 use crate::model::{SeqCache, Transformer};
 use crate::pool::Pool;
-use crate::tokenizer::Tok;
 use crate::weights::Weights;
+use minerva_formats::config::Config;
+use minerva_formats::tokenizer::{Tok, TokSettings};
 
 pub const NAME: &str = "candle";
 
@@ -44,7 +41,8 @@ impl Backend for CandleBackend {
 
     fn build_info(&self) -> String {
         format!(
-            "candle 0.11 (pure Rust, f32 compute on CPU{}; Minerva kernels for mapped weights: {}; avx {}, f16c {}, neon {}); {} threads for candle's ops (process-wide: RAYON_NUM_THREADS or physical cores)",
+            "candle {} (pure Rust, f32 compute on CPU{}; Minerva kernels for mapped weights: {}; avx {}, f16c {}, neon {}); {} threads for candle's ops (process-wide: RAYON_NUM_THREADS or physical cores)",
+            env!("MINERVA_CANDLE_VERSION"),
             if cfg!(feature = "cuda") {
                 "; CUDA: candle's kernels when a model loads with gpu_layers > 0"
             } else {
@@ -58,8 +56,16 @@ impl Backend for CandleBackend {
         )
     }
 
-    fn load(&self, path: &Path, options: &LoadOptions) -> Result<Arc<dyn Model>> {
-        Ok(Arc::new(CandleModel::load_with(path, options)?))
+    fn formats(&self) -> &'static [(ModelFormat, Serves)] {
+        &[
+            (ModelFormat::Gguf, Serves::ByDefault),
+            (ModelFormat::SafeTensors, Serves::ByDefault),
+            (ModelFormat::PyTorch, Serves::ByDefault),
+        ]
+    }
+
+    fn load(&self, files: &ModelFiles, options: &LoadOptions) -> Result<Arc<dyn Model>> {
+        Ok(Arc::new(CandleModel::load_files(files, options)?))
     }
 }
 
@@ -105,64 +111,57 @@ impl CandleModel {
     /// Like [`Self::load`]; with `gpu_layers > 0` in a CUDA build the whole decoder runs on
     /// CUDA device 0 (candle's GPU path has no partial offload), else on the CPU.
     pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Self> {
+        Self::load_files(&ModelFiles::open(path)?, options)
+    }
+
+    /// Loads files that [`ModelFiles::open`] has read and checked.
+    pub fn load_files(files: &ModelFiles, options: &LoadOptions) -> Result<Self> {
         let gpu = options.gpu_layers > 0;
-        if !path.exists() {
-            return Err(CoreError::FileNotFound {
-                path: path.to_path_buf(),
-            });
-        }
-        let format = ModelFormat::detect(path).ok_or_else(|| {
-            bad(
-                path,
-                "not a model: expected a .gguf file or a folder with config.json and model.safetensors / pytorch_model.bin",
-            )
-        })?;
-        match format {
-            ModelFormat::Gguf => Self::load_gguf(path, gpu),
+        let path = files.path();
+        match files.format() {
+            ModelFormat::Gguf => Self::load_gguf(files, gpu),
             ModelFormat::Mlx => Err(bad(
                 path,
                 "this is an MLX-format folder (config.json has \"quantization\"); the candle backend reads plain Hugging Face folders and GGUF",
             )),
-            ModelFormat::SafeTensors | ModelFormat::PyTorch => {
-                let dir = if path.is_file() {
-                    path.parent().map(Path::to_path_buf).unwrap_or_default()
-                } else {
-                    path.to_path_buf()
-                };
-                Self::load_hf(&dir, format, gpu)
+            format @ (ModelFormat::SafeTensors | ModelFormat::PyTorch) => {
+                Self::load_hf(files, format, gpu)
             }
         }
     }
 
-    fn load_hf(dir: &Path, format: ModelFormat, gpu: bool) -> Result<Self> {
-        let cfg = Config::from_hf_folder(dir).map_err(|e| bad(dir, e))?;
-        let weights = Weights::from_hf_folder(dir).map_err(|e| bad(dir, e))?;
+    fn load_hf(files: &ModelFiles, format: ModelFormat, gpu: bool) -> Result<Self> {
+        let dir = files.dir();
+        let cfg = Config::from_files(files).map_err(|e| bad(&dir, e))?;
+        let weights = Weights::from_hf_folder(&dir).map_err(|e| bad(&dir, e))?;
         let (tok, settings) =
-            Tok::from_hf_folder(dir, cfg.bos_token_id).map_err(|e| bad(dir, e))?;
-        Self::assemble(dir.to_path_buf(), format, cfg, weights, tok, settings, gpu)
+            Tok::from_hf_folder(&dir, cfg.bos_token_id).map_err(|e| bad(&dir, e))?;
+        Self::assemble(dir, format, cfg, weights, tok, settings, gpu)
     }
 
-    fn load_gguf(path: &Path, gpu: bool) -> Result<Self> {
-        // minerva_core's reader checks the header and every tensor's bounds before candle's
-        // reader sees the file (candle trusts counts and offsets).
-        let report =
-            minerva_formats::verify::verify_path(path).map_err(|e| bad(path, e.to_string()))?;
-        if let Some(p) = report.error {
-            return Err(bad(path, p.to_string()));
-        }
-        let (weights, content) = Weights::from_gguf(path).map_err(|e| bad(path, e))?;
-        let cfg = Config::from_gguf(&content).map_err(|e| bad(path, e))?;
-        let (tok, settings) = Tok::from_gguf(&content).map_err(|e| bad(path, e))?;
-        let mut info_ctx = cfg.max_position_embeddings;
-        if let Some(n) = report
-            .summary
-            .context_length
-            .try_into()
-            .ok()
-            .filter(|&n: &usize| n > 0)
-        {
-            info_ctx = n;
-        }
+    /// Tensors come from the checked header (offsets and shapes inside the file); only the
+    /// tokenizer's arrays, which the first read skips, are read again.
+    fn load_gguf(files: &ModelFiles, gpu: bool) -> Result<Self> {
+        let path = files.path();
+        let header = files
+            .gguf_header()
+            .ok_or_else(|| bad(path, "not a GGUF file"))?;
+        let cfg = Config::from_gguf(header).map_err(|e| bad(path, e))?;
+        let weights = Weights::from_gguf(path, header).map_err(|e| bad(path, e))?;
+        let with_tokenizer =
+            minerva_formats::gguf::read_header_with_tokenizer(path).map_err(|source| {
+                CoreError::BadGguf {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+        let (tok, settings) = Tok::from_gguf(&with_tokenizer).map_err(|e| bad(path, e))?;
+        let trained = files.trained_context_length();
+        let info_ctx = if trained > 0 {
+            trained as usize
+        } else {
+            cfg.max_position_embeddings
+        };
         let mut m = Self::assemble(
             path.to_path_buf(),
             ModelFormat::Gguf,
@@ -182,7 +181,7 @@ impl CandleModel {
         cfg: Config,
         weights: Weights,
         tok: Tok,
-        settings: tokenizer::TokSettings,
+        settings: TokSettings,
         gpu: bool,
     ) -> Result<Self> {
         if tok.vocab_size() > cfg.vocab_size {
@@ -304,12 +303,12 @@ impl Model for CandleModel {
     }
 
     fn token_bytes(&self, token: TokenId) -> Result<Vec<u8>> {
-        self.info.check_token(token)?;
+        minerva_core::engine::check_token(&self.info, token)?;
         Ok(self.tok.token_bytes(token).unwrap_or_default().to_vec())
     }
 
     fn token_text(&self, token: TokenId) -> Result<String> {
-        self.info.check_token(token)?;
+        minerva_core::engine::check_token(&self.info, token)?;
         Ok(self.tok.token_text(token).unwrap_or_default())
     }
 
@@ -335,9 +334,15 @@ impl Model for CandleModel {
             );
         }
         Ok(match &self.decoder {
-            Decoder::Cpu(t) => Box::new(CandleContext::new(Arc::clone(t), options)),
+            Decoder::Cpu(t) => Box::new(PerSequenceContext::new(
+                CandleSequences::new(Arc::clone(t), self.info.vocab_size, options),
+                options,
+            )),
             #[cfg(feature = "cuda")]
-            Decoder::Gpu(t) => Box::new(CandleContext::new(Arc::clone(t), options)),
+            Decoder::Gpu(t) => Box::new(PerSequenceContext::new(
+                CandleSequences::new(Arc::clone(t), self.info.vocab_size, options),
+                options,
+            )),
         })
     }
 }
@@ -406,136 +411,55 @@ impl Decode for gpu::GpuTransformer {
     }
 }
 
-/// KV caches of up to `max_sequences` sequences over one shared decoder.
-pub struct CandleContext<D: Decode = Transformer> {
+/// One sequence's forward passes on a decoder, with the context's thread pool: what
+/// [`PerSequenceContext`] needs of this backend.
+pub struct CandleSequences<D: Decode> {
+    decoder: Arc<D>,
     /// Threads for the quantized kernels (candle's own ops use its process-wide pool).
     pool: Pool,
-    decoder: Arc<D>,
-    seqs: HashMap<SeqId, D::Cache>,
-    options: ContextOptions,
+    vocab_size: u32,
 }
 
-impl<D: Decode> CandleContext<D> {
-    fn new(decoder: Arc<D>, options: &ContextOptions) -> Self {
-        CandleContext {
+impl<D: Decode> CandleSequences<D> {
+    fn new(decoder: Arc<D>, vocab_size: u32, options: &ContextOptions) -> Self {
+        Self {
             pool: Pool::new(decoder.pool_threads(options.threads)),
             decoder,
-            seqs: HashMap::new(),
-            options: options.clone(),
+            vocab_size,
         }
     }
 }
 
-fn fwd_err(e: impl std::fmt::Display) -> CoreError {
-    CoreError::Forward {
-        backend: NAME,
-        detail: e.to_string(),
-    }
-}
+impl<D: Decode> SequenceModel for CandleSequences<D> {
+    type Cache = D::Cache;
 
-/// The cache of `seq`, cut back to `start_pos` positions (a new one if it has none).
-fn cache_at<D: Decode>(
-    seqs: &mut HashMap<SeqId, D::Cache>,
-    max_sequences: u32,
-    seq: SeqId,
-    start_pos: u32,
-) -> Result<&mut D::Cache> {
-    {
-        if !seqs.contains_key(&seq) && seqs.len() >= max_sequences as usize {
-            return Err(fwd_err(format!(
-                "context holds {max_sequences} sequences already"
-            )));
-        }
-        let cache = seqs.entry(seq).or_default();
-        let start = start_pos as usize;
-        if start > D::cache_len(cache) {
-            return Err(fwd_err(format!(
-                "sequence {} has {} cached positions; cannot continue at {start}",
-                seq.0,
-                D::cache_len(cache)
-            )));
-        }
-        D::truncate(cache, start).map_err(fwd_err)?;
-        Ok(cache)
-    }
-}
-
-impl<D: Decode> CandleContext<D> {
-    fn check_len(&self, start: u32, n: usize) -> Result<()> {
-        if start as usize + n > self.options.context_length as usize {
-            return Err(fwd_err(format!(
-                "positions {start}..{} exceed the context of {} tokens",
-                start as usize + n,
-                self.options.context_length
-            )));
-        }
-        Ok(())
-    }
-}
-
-impl<D: Decode> Context for CandleContext<D> {
-    fn options(&self) -> &ContextOptions {
-        &self.options
+    fn backend(&self) -> &'static str {
+        NAME
     }
 
-    fn clear_sequence(&mut self, seq: SeqId) -> Result<()> {
-        self.seqs.remove(&seq);
-        Ok(())
+    fn vocab_size(&self) -> u32 {
+        self.vocab_size
     }
 
-    fn keep_prefix(&mut self, seq: SeqId, len: u32) -> Result<bool> {
-        match self.seqs.get_mut(&seq) {
-            Some(cache) if len as usize <= D::cache_len(cache) => {
-                D::truncate(cache, len as usize).map_err(fwd_err)?;
-                Ok(true)
-            }
-            _ => Ok(len == 0),
-        }
-    }
-
-    fn forward(&mut self, chunks: &[ForwardChunk<'_>], logits: &mut Vec<Vec<f32>>) -> Result<()> {
-        logits.resize_with(chunks.len(), Vec::new);
-        let decoder = Arc::clone(&self.decoder);
-        for (chunk, out) in chunks.iter().zip(logits.iter_mut()) {
-            if chunk.tokens.is_empty() {
-                return Err(fwd_err("a chunk with no tokens"));
-            }
-            self.check_len(chunk.start_pos, chunk.tokens.len())?;
-            let max = self.options.max_sequences;
-            let cache = cache_at::<D>(&mut self.seqs, max, chunk.seq, chunk.start_pos)?;
-            let l = decoder
-                .forward(chunk.tokens, cache, false, &self.pool)
-                .map_err(fwd_err)?;
-            *out = l
-                .flatten_all()
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(fwd_err)?;
-        }
-        Ok(())
-    }
-
-    fn forward_all(
-        &mut self,
-        seq: SeqId,
-        start_pos: u32,
+    fn forward(
+        &self,
         tokens: &[TokenId],
-        logits: &mut Vec<f32>,
-    ) -> Result<()> {
-        if tokens.is_empty() {
-            logits.clear();
-            return Ok(());
-        }
-        self.check_len(start_pos, tokens.len())?;
-        let decoder = Arc::clone(&self.decoder);
-        let max = self.options.max_sequences;
-        let cache = cache_at::<D>(&mut self.seqs, max, seq, start_pos)?;
-        let l = decoder
-            .forward(tokens, cache, true, &self.pool)
-            .map_err(fwd_err)?;
-        *logits = l
-            .flatten_all()
+        cache: &mut D::Cache,
+        logits: Logits,
+    ) -> std::result::Result<Vec<f32>, String> {
+        let all = logits == Logits::All;
+        self.decoder
+            .forward(tokens, cache, all, &self.pool)
+            .and_then(|l| l.flatten_all())
             .and_then(|t| t.to_vec1::<f32>())
-            .map_err(fwd_err)?;
-        Ok(())
+            .map_err(|e| e.to_string())
+    }
+
+    fn cache_len(cache: &D::Cache) -> usize {
+        D::cache_len(cache)
+    }
+
+    fn truncate(cache: &mut D::Cache, len: usize) -> std::result::Result<(), String> {
+        D::truncate(cache, len).map_err(|e| e.to_string())
     }
 }

@@ -8,10 +8,10 @@
 
 use candle_core::{DType, Device, Module, Tensor, D};
 
-use crate::config::Config;
 use crate::kernels;
 use crate::pool::Pool;
 use crate::weights::{Embedding, Layout, Linear, MappedQ, Weights};
+use minerva_formats::config::Config;
 
 pub(crate) type CResult<T> = candle_core::Result<T>;
 

@@ -1,6 +1,6 @@
 //! Tensors from model files, under their Hugging Face names.
 //!
-//! Every file is checked first (minerva_core's SafeTensors, torch zip/pickle and GGUF readers:
+//! Every file is checked first (minerva-formats' SafeTensors, torch zip/pickle and GGUF readers:
 //! bounds, overlaps, pickle opcodes), so what is mapped is known to be well-formed. Matrices
 //! stay in the memory-mapped files ([`MappedQ`], multiplied by [`crate::kernels`]): dense
 //! f32/f16/bf16 ones and GGUF's Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K. Vectors (norms) are copied into
@@ -11,10 +11,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::quantized::{gguf_file, QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::kernels::{self, QType};
+use minerva_formats::gguf::GgufHeader;
 use minerva_formats::{safetensors, torchzip};
 
 /// One tensor as loaded: dense f32, quantized in candle's memory (GGUF types without our own
@@ -259,30 +260,37 @@ impl Weights {
         })
     }
 
-    /// Loads a GGUF file's tensors (quantized as stored) under Hugging Face names. The caller
-    /// has checked the file with minerva_core's GGUF reader.
-    pub fn from_gguf(path: &Path) -> WResult<(Weights, gguf_file::Content)> {
-        let mut f = std::fs::File::open(path)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let file_bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let content = gguf_file::Content::read(&mut f).map_err(candle_err)?;
+    /// Loads a GGUF file's tensors (quantized as stored) under Hugging Face names, from its
+    /// header as minerva-formats read and checked it (every tensor inside the file, none
+    /// overlapping): candle's own GGUF reader, which trusts counts and offsets, is not used.
+    pub fn from_gguf(path: &Path, header: &GgufHeader) -> WResult<Weights> {
         let mmap = Arc::new(map_file(path)?);
         let mut map = HashMap::new();
         let mut params = 0u64;
-        let mut names: Vec<&String> = content.tensor_infos.keys().collect();
-        names.sort();
-        for name in names {
+        let mut tensors: Vec<_> = header.tensors.iter().collect();
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        for info in tensors {
+            let name = &info.name;
             let Some(hf) = hf_name(name) else {
                 tracing::debug!(tensor = %name, "GGUF tensor not used by the llama graph");
                 continue;
             };
-            let info = &content.tensor_infos[name];
-            params += info.shape.elem_count() as u64;
-            if let (Some(qtype), &[rows, cols]) =
-                (QType::from_ggml(info.ggml_dtype), info.shape.dims())
-            {
-                let offset = usize::try_from(content.tensor_data_offset + info.offset)
-                    .map_err(|e| e.to_string())?;
+            params += info.n_elements;
+            let ggml = ggml_dtype(info.type_id).ok_or_else(|| {
+                format!(
+                    "tensor {name} has GGML type {}, which candle lacks",
+                    info.type_id
+                )
+            })?;
+            let offset =
+                usize::try_from(header.data_offset + info.offset).map_err(|e| e.to_string())?;
+            let len = usize::try_from(info.n_bytes).map_err(|e| e.to_string())?;
+            if offset + len > mmap.len() {
+                return Err(format!("tensor {name} does not fit its file"));
+            }
+            // GGUF lists dimensions innermost first; candle's shapes are outermost first.
+            let dims: Vec<usize> = info.shape.iter().rev().map(|&d| d as usize).collect();
+            if let (Some(qtype), &[rows, cols]) = (QType::from_ggml(ggml), dims.as_slice()) {
                 let end = offset + rows * qtype.row_bytes(cols);
                 if (qtype.is_quantized() && cols % qtype.block_len() != 0) || end > mmap.len() {
                     return Err(format!("tensor {name} does not fit its file or its blocks"));
@@ -299,29 +307,28 @@ impl Weights {
                 );
                 continue;
             }
-            let q = content
-                .tensor(&mut f, name, &Device::Cpu)
-                .map_err(candle_err)?;
+            let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                ggml,
+                &mmap[offset..offset + len],
+                dims,
+                &Device::Cpu,
+            )
+            .map_err(candle_err)?;
             map.insert(hf, Weight::Quant(Arc::new(q)));
         }
-        let stored_dtype = content
-            .metadata
-            .get("general.file_type")
-            .and_then(|v| v.to_u32().ok())
-            .and_then(|ft| minerva_formats::gguf::file_type_name(u64::from(ft)))
+        let stored_dtype = header
+            .get_u64("general.file_type")
+            .and_then(minerva_formats::gguf::file_type_name)
             .unwrap_or("unknown")
             .to_string();
-        Ok((
-            Weights {
-                map,
-                layout: Layout::Gguf,
-                stored_dtype,
-                parameter_count: params,
-                file_bytes,
-                files: vec![path.to_path_buf()],
-            },
-            content,
-        ))
+        Ok(Weights {
+            map,
+            layout: Layout::Gguf,
+            stored_dtype,
+            parameter_count: params,
+            file_bytes: header.file_size,
+            files: vec![path.to_path_buf()],
+        })
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -522,7 +529,7 @@ fn bin_shards(dir: &Path, index: &Path) -> WResult<Vec<PathBuf>> {
 }
 
 /// A decoder layer's tensors: GGUF name part, Hugging Face name part.
-pub(crate) const LAYER_TENSORS: &[(&str, &str)] = &[
+pub const LAYER_TENSORS: &[(&str, &str)] = &[
     ("attn_norm.weight", "input_layernorm.weight"),
     ("attn_q.weight", "self_attn.q_proj.weight"),
     ("attn_k.weight", "self_attn.k_proj.weight"),
@@ -535,7 +542,7 @@ pub(crate) const LAYER_TENSORS: &[(&str, &str)] = &[
 ];
 
 /// The tensors outside the layers: GGUF name, Hugging Face name.
-pub(crate) const MODEL_TENSORS: &[(&str, &str)] = &[
+pub const MODEL_TENSORS: &[(&str, &str)] = &[
     ("token_embd.weight", "model.embed_tokens.weight"),
     ("output_norm.weight", "model.norm.weight"),
     ("output.weight", "lm_head.weight"),
@@ -551,4 +558,26 @@ fn hf_name(gguf: &str) -> Option<String> {
     let layer: usize = layer.parse().ok()?;
     let (_, hf) = LAYER_TENSORS.iter().find(|(g, _)| *g == part)?;
     Some(format!("model.layers.{layer}.{hf}"))
+}
+
+/// candle's type for a GGML type id (candle keeps its own table private).
+fn ggml_dtype(type_id: u32) -> Option<GgmlDType> {
+    Some(match type_id {
+        0 => GgmlDType::F32,
+        1 => GgmlDType::F16,
+        2 => GgmlDType::Q4_0,
+        3 => GgmlDType::Q4_1,
+        6 => GgmlDType::Q5_0,
+        7 => GgmlDType::Q5_1,
+        8 => GgmlDType::Q8_0,
+        9 => GgmlDType::Q8_1,
+        10 => GgmlDType::Q2K,
+        11 => GgmlDType::Q3K,
+        12 => GgmlDType::Q4K,
+        13 => GgmlDType::Q5K,
+        14 => GgmlDType::Q6K,
+        15 => GgmlDType::Q8K,
+        30 => GgmlDType::BF16,
+        _ => return None,
+    })
 }

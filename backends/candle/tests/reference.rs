@@ -81,38 +81,25 @@ fn argmax(v: &[f32]) -> u32 {
 fn run(model: &CandleModel, p: &Prompt) -> (Vec<u32>, Vec<f32>, Vec<u32>) {
     let vocab = model.info().vocab_size as usize;
     let mut ctx = model.new_context(&options()).unwrap();
-    let mut all = Vec::new();
-    ctx.forward_all(SeqId(0), 0, &p.input_ids, &mut all)
+    let mut out = Vec::new();
+    ctx.forward(&[ForwardChunk::all(SeqId(0), 0, &p.input_ids)], &mut out)
         .unwrap();
+    let all = out.swap_remove(0);
     assert_eq!(all.len(), p.input_ids.len() * vocab);
     let per_position: Vec<u32> = all.chunks_exact(vocab).map(argmax).collect();
     let last = all[all.len() - vocab..].to_vec();
     // Greedy through the step path: prompt once on a second sequence, then one token at a time.
     let mut logits = Vec::new();
     let seq = SeqId(1);
-    ctx.forward(
-        &[ForwardChunk {
-            seq,
-            start_pos: 0,
-            tokens: &p.input_ids,
-        }],
-        &mut logits,
-    )
-    .unwrap();
+    ctx.forward(&[ForwardChunk::last(seq, 0, &p.input_ids)], &mut logits)
+        .unwrap();
     let start = p.input_ids.len() as u32;
     let mut greedy = Vec::new();
     for pos in start..start + p.greedy.len() as u32 {
         let next = argmax(&logits[0]);
         greedy.push(next);
-        ctx.forward(
-            &[ForwardChunk {
-                seq,
-                start_pos: pos,
-                tokens: &[next],
-            }],
-            &mut logits,
-        )
-        .unwrap();
+        ctx.forward(&[ForwardChunk::last(seq, pos, &[next])], &mut logits)
+            .unwrap();
     }
     (per_position, last, greedy)
 }

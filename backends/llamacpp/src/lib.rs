@@ -1,8 +1,9 @@
 //! The llama.cpp backend: GGUF files memory-mapped by llama.cpp (through llama-cpp-2), with
 //! Minerva's own sampling on top of the logits it returns.
 //!
-//! Files are checked with [`minerva_formats::gguf`] before llama.cpp sees them, so a truncated or
-//! hostile file is refused with a precise error instead of reaching C++ code that may abort.
+//! Files are opened with [`ModelFiles::open`] (header and tensor bounds checked) before llama.cpp
+//! sees them, so a truncated or hostile file is refused with a precise error instead of reaching
+//! C++ code that may abort.
 
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -15,11 +16,9 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
-use minerva_core::error::TokenIdDisplay;
-use minerva_formats::gguf;
 use minerva_core::{
-    Backend, Context, ContextOptions, CoreError, ForwardChunk, LoadOptions, Model, ModelInfo,
-    Result, SeqId, TokenId,
+    check_chunks, Backend, Context, ContextOptions, CoreError, ForwardChunk, LoadOptions, Model,
+    ModelFiles, ModelFormat, ModelInfo, Result, SeqId, Serves, TokenId,
 };
 
 pub use llama_cpp_2;
@@ -56,13 +55,18 @@ impl Backend for LlamaCppBackend {
         // SAFETY: returns a pointer to a static, NUL-terminated string.
         let info = unsafe { std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_print_system_info()) };
         format!(
-            "llama.cpp (llama-cpp-sys-2 0.1.161): {}",
+            "llama.cpp (llama-cpp-sys-2 {}): {}",
+            env!("MINERVA_LLAMA_CPP_SYS_VERSION"),
             info.to_string_lossy().trim()
         )
     }
 
-    fn load(&self, path: &Path, options: &LoadOptions) -> Result<Arc<dyn Model>> {
-        Ok(Arc::new(LlamaCppModel::load(path, options)?))
+    fn formats(&self) -> &'static [(ModelFormat, Serves)] {
+        &[(ModelFormat::Gguf, Serves::ByDefault)]
+    }
+
+    fn load(&self, files: &ModelFiles, options: &LoadOptions) -> Result<Arc<dyn Model>> {
+        Ok(Arc::new(LlamaCppModel::load_files(files, options)?))
     }
 }
 
@@ -99,15 +103,22 @@ pub fn gpu_offload_available() -> bool {
 }
 
 impl LlamaCppModel {
+    /// Opens and checks the file at `path`, then loads it.
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Self> {
-        if !path.is_file() {
-            return Err(CoreError::FileNotFound {
-                path: path.to_path_buf(),
-            });
-        }
-        let header = gguf::read_header(path).map_err(|source| CoreError::BadGguf {
+        Self::load_files(&ModelFiles::open(path)?, options)
+    }
+
+    /// Loads a GGUF file that [`ModelFiles::open`] has read and checked (llama.cpp's C++ trusts
+    /// the header's counts and offsets; ours does not).
+    pub fn load_files(files: &ModelFiles, options: &LoadOptions) -> Result<Self> {
+        let path = files.path();
+        let header = files.gguf_header().ok_or_else(|| CoreError::BadModel {
+            backend: NAME,
             path: path.to_path_buf(),
-            source,
+            detail: format!(
+                "llama.cpp reads GGUF files, not {}",
+                files.format().as_str()
+            ),
         })?;
         let backend = llama_backend()?;
         let params = LlamaModelParams::default()
@@ -120,7 +131,7 @@ impl LlamaCppModel {
                 detail: e.to_string(),
             }
         })?;
-        let mut info = ModelInfo::from_gguf(&header);
+        let mut info = ModelInfo::from_gguf(header);
         let vocab = model.vocab();
         info.vocab_size = u32::try_from(model.n_vocab()).unwrap_or(0);
         info.add_bos = vocab.should_add_bos();
@@ -137,7 +148,7 @@ impl LlamaCppModel {
     }
 
     fn token(&self, token: TokenId) -> Result<LlamaToken> {
-        self.info.check_token(token)?;
+        minerva_core::engine::check_token(&self.info, token)?;
         Ok(LlamaToken(token as i32))
     }
 }
@@ -271,10 +282,11 @@ impl LlamaCppContext {
                 backend: NAME,
                 detail: e.to_string(),
             })?;
+        // Rows arrive in token order: a chunk's rows may span several batches.
+        let vocab = self.vocab_size as usize;
         for (chunk, idx) in self.pending.drain(..) {
-            let out = &mut logits[chunk];
-            out.clear();
-            out.extend_from_slice(self.ctx.get_logits_ith(idx));
+            let row = self.ctx.get_logits_ith(idx);
+            logits[chunk].extend_from_slice(&row[..vocab.min(row.len())]);
         }
         self.batch.clear();
         Ok(())
@@ -284,57 +296,6 @@ impl LlamaCppContext {
 impl Context for LlamaCppContext {
     fn options(&self) -> &ContextOptions {
         &self.options
-    }
-
-    fn forward_all(
-        &mut self,
-        seq: SeqId,
-        start_pos: u32,
-        tokens: &[TokenId],
-        logits: &mut Vec<f32>,
-    ) -> Result<()> {
-        let fail = |detail: String| CoreError::Forward {
-            backend: NAME,
-            detail,
-        };
-        let end = u64::from(start_pos) + tokens.len() as u64;
-        if end > u64::from(self.options.context_length) {
-            return Err(fail(format!(
-                "positions up to {end} do not fit a context of {}",
-                self.options.context_length
-            )));
-        }
-        logits.clear();
-        let vocab = self.vocab_size as usize;
-        for (c, chunk) in tokens.chunks(self.options.batch_size as usize).enumerate() {
-            self.batch.clear();
-            let base = start_pos as usize + c * self.options.batch_size as usize;
-            for (j, &tok) in chunk.iter().enumerate() {
-                if tok >= self.vocab_size {
-                    return Err(CoreError::TokenOutOfRange {
-                        token: TokenIdDisplay(tok),
-                        vocab_size: self.vocab_size,
-                    });
-                }
-                self.batch
-                    .add(
-                        LlamaToken(tok as i32),
-                        (base + j) as i32,
-                        &[seq.0 as i32],
-                        true,
-                    )
-                    .map_err(|e| fail(e.to_string()))?;
-            }
-            self.ctx
-                .decode(&mut self.batch)
-                .map_err(|e| fail(e.to_string()))?;
-            for j in 0..chunk.len() {
-                let row = self.ctx.get_logits_ith(j as i32);
-                logits.extend_from_slice(&row[..vocab.min(row.len())]);
-            }
-        }
-        self.batch.clear();
-        Ok(())
     }
 
     fn clear_sequence(&mut self, seq: SeqId) -> Result<()> {
@@ -359,51 +320,31 @@ impl Context for LlamaCppContext {
     }
 
     fn forward(&mut self, chunks: &[ForwardChunk<'_>], logits: &mut Vec<Vec<f32>>) -> Result<()> {
+        check_chunks(chunks, &self.options, self.vocab_size, NAME)?;
         logits.resize_with(chunks.len(), Vec::new);
         self.batch.clear();
         self.pending.clear();
         let cap = self.options.batch_size as usize;
         for (ci, chunk) in chunks.iter().enumerate() {
-            if chunk.tokens.is_empty() {
-                return Err(CoreError::Forward {
-                    backend: NAME,
-                    detail: format!("empty chunk for sequence {}", chunk.seq.0),
-                });
-            }
-            let end = u64::from(chunk.start_pos) + chunk.tokens.len() as u64;
-            if end > u64::from(self.options.context_length) {
-                return Err(CoreError::Forward {
-                    backend: NAME,
-                    detail: format!(
-                        "positions up to {end} do not fit a context of {}",
-                        self.options.context_length
-                    ),
-                });
-            }
+            logits[ci].clear();
             for (j, &tok) in chunk.tokens.iter().enumerate() {
-                if tok >= self.vocab_size {
-                    return Err(CoreError::TokenOutOfRange {
-                        token: TokenIdDisplay(tok),
-                        vocab_size: self.vocab_size,
-                    });
-                }
                 if self.batch.n_tokens() as usize == cap {
                     self.decode_batch(logits)?;
                 }
-                let last = j + 1 == chunk.tokens.len();
+                let wanted = chunk.wants(j);
                 let idx = self.batch.n_tokens();
                 self.batch
                     .add(
                         LlamaToken(tok as i32),
                         (chunk.start_pos as usize + j) as i32,
                         &[chunk.seq.0 as i32],
-                        last,
+                        wanted,
                     )
                     .map_err(|e| CoreError::Forward {
                         backend: NAME,
                         detail: e.to_string(),
                     })?;
-                if last {
+                if wanted {
                     self.pending.push((ci, idx));
                 }
             }

@@ -1,17 +1,16 @@
-//! The engine interface over [`Transformer`]: loading a folder (checked by minerva-core's
+//! The engine interface over [`Transformer`]: loading a folder (checked by minerva-formats'
 //! verifier first, then against config.json tensor by tensor), the tokenizer, and contexts with
 //! one KV cache per sequence.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use minerva_candle::config::Config;
-use minerva_candle::tokenizer::Tok;
 use minerva_core::{
-    Backend, Context, ContextOptions, CoreError, ForwardChunk, LoadOptions, Model, ModelFormat,
-    ModelInfo, Result, SeqId, TokenId,
+    Backend, Context, ContextOptions, CoreError, LoadOptions, Logits, Model, ModelFiles,
+    ModelFormat, ModelInfo, PerSequenceContext, Result, SequenceModel, Serves, TokenId,
 };
+use minerva_formats::config::Config;
+use minerva_formats::tokenizer::Tok;
 
 use crate::model::{layer_windows, SeqCache, Transformer};
 use crate::weights::Tensors;
@@ -38,8 +37,16 @@ impl Backend for MlxBackend {
         )
     }
 
-    fn load(&self, path: &Path, _options: &LoadOptions) -> Result<Arc<dyn Model>> {
-        Ok(Arc::new(MlxModel::load(path)?))
+    fn formats(&self) -> &'static [(ModelFormat, Serves)] {
+        // Plain SafeTensors folders too, when asked: candle is their default.
+        &[
+            (ModelFormat::Mlx, Serves::ByDefault),
+            (ModelFormat::SafeTensors, Serves::WhenAsked),
+        ]
+    }
+
+    fn load(&self, files: &ModelFiles, _options: &LoadOptions) -> Result<Arc<dyn Model>> {
+        Ok(Arc::new(MlxModel::load_files(files)?))
     }
 }
 
@@ -64,56 +71,38 @@ impl MlxModel {
     /// Loads an MLX-format folder (or a plain Hugging Face SafeTensors folder), or the folder of
     /// a `.safetensors` file inside one.
     pub fn load(path: &Path) -> Result<Self> {
-        if !path.exists() {
-            return Err(CoreError::FileNotFound {
-                path: path.to_path_buf(),
-            });
+        Self::load_files(&ModelFiles::open(path)?)
+    }
+
+    /// Loads a folder that [`ModelFiles::open`] has checked: headers, bounds, the index and the
+    /// quantization triples, before MLX reads anything.
+    pub fn load_files(files: &ModelFiles) -> Result<Self> {
+        let path = files.path();
+        let dir = files.dir();
+        let format = files.format();
+        if !matches!(format, ModelFormat::Mlx | ModelFormat::SafeTensors) {
+            return Err(bad(
+                path,
+                format!(
+                    "the mlx backend reads MLX-format (and Hugging Face SafeTensors) folders, not {}",
+                    format.as_str()
+                ),
+            ));
         }
-        let dir: PathBuf = if path.is_file() {
-            path.parent().map(Path::to_path_buf).unwrap_or_default()
-        } else {
-            path.to_path_buf()
-        };
-        match ModelFormat::detect(path) {
-            Some(ModelFormat::Mlx | ModelFormat::SafeTensors) => {}
-            Some(other) => {
-                return Err(bad(
-                    path,
-                    format!(
-                        "the mlx backend reads MLX-format (and Hugging Face SafeTensors) folders, not {}",
-                        other.as_str()
-                    ),
-                ))
-            }
-            None => {
-                return Err(bad(
-                    path,
-                    "not a model: expected a folder with config.json and model.safetensors (or model.safetensors.index.json)",
-                ))
-            }
-        }
-        // Header, bounds, index and quantization triples, before MLX reads anything.
-        let report =
-            minerva_formats::verify::verify_path(&dir).map_err(|e| bad(&dir, e.to_string()))?;
-        if let Some(p) = report.error {
-            return Err(bad(&dir, p.to_string()));
-        }
-        let cfg = Config::from_hf_folder(&dir).map_err(|e| bad(&dir, e))?;
-        let config_json: serde_json::Value = std::fs::read_to_string(dir.join("config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        let quantization = minerva_formats::mlx::quantization_of(&config_json)
+        let cfg = Config::from_files(files).map_err(|e| bad(&dir, e))?;
+        let no_config = serde_json::Value::Null;
+        let config_json = files.config().unwrap_or(&no_config);
+        let quantization = minerva_formats::mlx::quantization_of(config_json)
             .transpose()
             .map_err(|p| bad(&dir, p.to_string()))?;
-        let windows = layer_windows(&cfg, &config_json).map_err(|e| bad(&dir, e))?;
-        let files: Vec<String> = report
-            .files
+        let windows = layer_windows(&cfg, config_json).map_err(|e| bad(&dir, e))?;
+        let weight_files: Vec<String> = files
+            .weight_files()
             .iter()
             .filter(|f| f.ends_with(".safetensors"))
             .cloned()
             .collect();
-        let tensors = Tensors::open(&dir, &files, quantization).map_err(|e| bad(&dir, e))?;
+        let tensors = Tensors::open(&dir, &weight_files, quantization).map_err(|e| bad(&dir, e))?;
         let transformer = Transformer::new(&cfg, windows, tensors).map_err(|e| bad(&dir, e))?;
         let (tok, settings) =
             Tok::from_hf_folder(&dir, cfg.bos_token_id).map_err(|e| bad(&dir, e))?;
@@ -131,13 +120,9 @@ impl MlxModel {
         eog.extend(settings.eos_token);
         eog.sort_unstable();
         eog.dedup();
-        let summary = report.summary;
+        let summary = files.summary().clone();
         let info = ModelInfo {
-            format: if report.format == "mlx" {
-                ModelFormat::Mlx
-            } else {
-                ModelFormat::SafeTensors
-            },
+            format,
             architecture: cfg.architecture.clone(),
             parameter_count: summary.parameter_count,
             quantization: if summary.quantization.is_empty() {
@@ -187,12 +172,12 @@ impl Model for MlxModel {
     }
 
     fn token_bytes(&self, token: TokenId) -> Result<Vec<u8>> {
-        self.info.check_token(token)?;
+        minerva_core::engine::check_token(&self.info, token)?;
         Ok(self.tok.token_bytes(token).unwrap_or_default().to_vec())
     }
 
     fn token_text(&self, token: TokenId) -> Result<String> {
-        self.info.check_token(token)?;
+        minerva_core::engine::check_token(&self.info, token)?;
         Ok(self.tok.token_text(token).unwrap_or_default())
     }
 
@@ -208,124 +193,50 @@ impl Model for MlxModel {
                 detail: "the context needs at least one position".into(),
             });
         }
-        Ok(Box::new(MlxContext {
-            transformer: Arc::clone(&self.transformer),
-            vocab: self.info.vocab_size,
-            seqs: HashMap::new(),
-            options: options.clone(),
-        }))
+        Ok(Box::new(PerSequenceContext::new(
+            MlxSequences {
+                transformer: Arc::clone(&self.transformer),
+                vocab_size: self.info.vocab_size,
+            },
+            options,
+        )))
     }
 }
 
-/// KV caches of up to `max_sequences` sequences over one shared decoder.
-pub struct MlxContext {
+/// One sequence's forward passes on the shared transformer: what [`PerSequenceContext`] needs
+/// of this backend.
+pub struct MlxSequences {
     transformer: Arc<Mutex<Transformer>>,
-    vocab: u32,
-    seqs: HashMap<SeqId, SeqCache>,
-    options: ContextOptions,
+    vocab_size: u32,
 }
 
-fn fwd_err(e: impl std::fmt::Display) -> CoreError {
-    CoreError::Forward {
-        backend: NAME,
-        detail: e.to_string(),
-    }
-}
+impl SequenceModel for MlxSequences {
+    type Cache = SeqCache;
 
-impl MlxContext {
-    /// Checks a chunk and returns its sequence's cache, cut back to `start_pos` positions.
-    fn cache_for(
-        &mut self,
-        seq: SeqId,
-        start_pos: u32,
+    fn backend(&self) -> &'static str {
+        NAME
+    }
+
+    fn vocab_size(&self) -> u32 {
+        self.vocab_size
+    }
+
+    fn forward(
+        &self,
         tokens: &[TokenId],
-    ) -> Result<&mut SeqCache> {
-        if tokens.is_empty() {
-            return Err(fwd_err("a chunk with no tokens"));
-        }
-        if let Some(&t) = tokens.iter().find(|&&t| t >= self.vocab) {
-            return Err(fwd_err(format!(
-                "token {t} is outside the vocabulary of {} tokens",
-                self.vocab
-            )));
-        }
-        let end = start_pos as usize + tokens.len();
-        if end > self.options.context_length as usize {
-            return Err(fwd_err(format!(
-                "positions {start_pos}..{end} exceed the context of {} tokens",
-                self.options.context_length
-            )));
-        }
-        let max = self.options.max_sequences as usize;
-        if !self.seqs.contains_key(&seq) && self.seqs.len() >= max {
-            return Err(fwd_err(format!("context holds {max} sequences already")));
-        }
-        let cache = self.seqs.entry(seq).or_default();
-        if start_pos as usize > cache.len() {
-            return Err(fwd_err(format!(
-                "sequence {} has {} cached positions; cannot continue at {start_pos}",
-                seq.0,
-                cache.len()
-            )));
-        }
-        cache.truncate(start_pos as usize).map_err(fwd_err)?;
-        Ok(cache)
+        cache: &mut SeqCache,
+        logits: Logits,
+    ) -> std::result::Result<Vec<f32>, String> {
+        let t = self.transformer.lock().unwrap_or_else(|e| e.into_inner());
+        t.forward(tokens, cache, logits == Logits::All)
+            .map_err(|e| e.to_string())
     }
 
-    fn run(
-        &mut self,
-        seq: SeqId,
-        start_pos: u32,
-        tokens: &[TokenId],
-        all: bool,
-    ) -> Result<Vec<f32>> {
-        let transformer = Arc::clone(&self.transformer);
-        let cache = self.cache_for(seq, start_pos, tokens)?;
-        let t = transformer.lock().unwrap_or_else(|e| e.into_inner());
-        t.forward(tokens, cache, all).map_err(fwd_err)
-    }
-}
-
-impl Context for MlxContext {
-    fn options(&self) -> &ContextOptions {
-        &self.options
+    fn cache_len(cache: &SeqCache) -> usize {
+        cache.len()
     }
 
-    fn clear_sequence(&mut self, seq: SeqId) -> Result<()> {
-        self.seqs.remove(&seq);
-        Ok(())
-    }
-
-    fn keep_prefix(&mut self, seq: SeqId, len: u32) -> Result<bool> {
-        match self.seqs.get_mut(&seq) {
-            Some(cache) if len as usize <= cache.len() => {
-                cache.truncate(len as usize).map_err(fwd_err)?;
-                Ok(true)
-            }
-            _ => Ok(len == 0),
-        }
-    }
-
-    fn forward(&mut self, chunks: &[ForwardChunk<'_>], logits: &mut Vec<Vec<f32>>) -> Result<()> {
-        logits.resize_with(chunks.len(), Vec::new);
-        for (chunk, out) in chunks.iter().zip(logits.iter_mut()) {
-            *out = self.run(chunk.seq, chunk.start_pos, chunk.tokens, false)?;
-        }
-        Ok(())
-    }
-
-    fn forward_all(
-        &mut self,
-        seq: SeqId,
-        start_pos: u32,
-        tokens: &[TokenId],
-        logits: &mut Vec<f32>,
-    ) -> Result<()> {
-        if tokens.is_empty() {
-            logits.clear();
-            return Ok(());
-        }
-        *logits = self.run(seq, start_pos, tokens, true)?;
-        Ok(())
+    fn truncate(cache: &mut SeqCache, len: usize) -> std::result::Result<(), String> {
+        cache.truncate(len).map_err(|e| e.to_string())
     }
 }

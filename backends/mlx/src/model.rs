@@ -5,7 +5,7 @@
 //!
 //! It follows mlx-lm's `models/llama.py` operation for operation, so it gives mlx-lm's results.
 
-use minerva_candle::config::{Arch, Config};
+use minerva_formats::config::{Arch, Config};
 use mlx_rs::fast::{rms_norm, rope, scaled_dot_product_attention, ScaledDotProductAttentionMask};
 use mlx_rs::ops::indexing::TryIndexOp;
 use mlx_rs::ops::{concatenate, sigmoid};

@@ -1,13 +1,12 @@
 //! The backend interface: load files into a [`Model`], create [`Context`]s, run forward passes.
 //!
-//! The interface is shaped for a step loop over several sequences (one forward call takes chunks
-//! of many sequences), so continuous batching and prefix-cache reuse can come later without a
-//! new interface. Today the daemon runs one sequence at a time per model.
+//! The interface is shaped for the daemon's step loop over several sequences: one forward call
+//! takes chunks of many sequences (continuous batching), and a context can keep a sequence's
+//! prefix for the next request (prompt caching).
 
-use std::path::Path;
 use std::sync::Arc;
 
-pub use minerva_formats::{ModelFormat, ModelInfo, TokenId};
+pub use minerva_formats::{ModelFiles, ModelFormat, ModelInfo, TokenId};
 
 use crate::Result;
 
@@ -42,16 +41,115 @@ pub struct ForwardChunk<'a> {
     pub seq: SeqId,
     pub start_pos: u32,
     pub tokens: &'a [TokenId],
+    /// Which logits the caller wants back for this chunk.
+    pub logits: Logits,
+}
+
+/// Which logits a forward pass returns for a chunk: a backend computes the vocabulary-wide
+/// product only for the positions asked for, so generation asks for one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Logits {
+    /// After the chunk's last token (generation).
+    #[default]
+    Last,
+    /// After every token of the chunk, in order (perplexity, prompt log-probabilities).
+    All,
+}
+
+impl<'a> ForwardChunk<'a> {
+    /// A chunk whose logits after its last token are wanted.
+    pub fn last(seq: SeqId, start_pos: u32, tokens: &'a [TokenId]) -> Self {
+        Self {
+            seq,
+            start_pos,
+            tokens,
+            logits: Logits::Last,
+        }
+    }
+
+    /// A chunk whose logits after every token are wanted.
+    pub fn all(seq: SeqId, start_pos: u32, tokens: &'a [TokenId]) -> Self {
+        Self {
+            seq,
+            start_pos,
+            tokens,
+            logits: Logits::All,
+        }
+    }
+
+    /// How many logit rows the chunk returns.
+    pub fn rows(&self) -> usize {
+        match self.logits {
+            Logits::Last => 1,
+            Logits::All => self.tokens.len(),
+        }
+    }
+
+    /// Whether the token at `index` within the chunk has its logits returned.
+    pub fn wants(&self, index: usize) -> bool {
+        match self.logits {
+            Logits::Last => index + 1 == self.tokens.len(),
+            Logits::All => true,
+        }
+    }
+}
+
+/// The checks every backend makes of a forward call's chunks, with one set of messages: no
+/// empty chunk, every position inside the context, every token inside the vocabulary.
+pub fn check_chunks(
+    chunks: &[ForwardChunk<'_>],
+    options: &ContextOptions,
+    vocab_size: u32,
+    backend: &'static str,
+) -> Result<()> {
+    for chunk in chunks {
+        if chunk.tokens.is_empty() {
+            return Err(crate::CoreError::Forward {
+                backend,
+                detail: format!("an empty chunk for sequence {}", chunk.seq.0),
+            });
+        }
+        let end = u64::from(chunk.start_pos) + chunk.tokens.len() as u64;
+        if end > u64::from(options.context_length) {
+            return Err(crate::CoreError::Forward {
+                backend,
+                detail: format!(
+                    "positions {}..{end} of sequence {} exceed the context of {} tokens",
+                    chunk.start_pos, chunk.seq.0, options.context_length
+                ),
+            });
+        }
+        if let Some(&token) = chunk.tokens.iter().find(|&&t| t >= vocab_size) {
+            return Err(crate::CoreError::TokenOutOfRange {
+                token: crate::error::TokenIdDisplay(token),
+                vocab_size,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether a backend runs a format when a request names no backend, or only when asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serves {
+    /// A default for the format (the daemon takes the first such backend it has).
+    ByDefault,
+    /// Only when a request names this backend.
+    WhenAsked,
 }
 
 /// A backend: turns model files into models.
 pub trait Backend: Send + Sync {
+    /// The backend's id, as requests, listings and benchmark records spell it.
     fn name(&self) -> &'static str;
+    /// The formats this backend loads. The daemon chooses backends from this alone.
+    fn formats(&self) -> &'static [(ModelFormat, Serves)];
     /// How the inference code was built (CPU features, threading), for benchmark records.
     fn build_info(&self) -> String {
         String::new()
     }
-    fn load(&self, path: &Path, options: &LoadOptions) -> Result<Arc<dyn Model>>;
+    /// Loads a model from files the caller opened (and so verified) with [`ModelFiles::open`].
+    fn load(&self, files: &ModelFiles, options: &LoadOptions) -> Result<Arc<dyn Model>>;
 }
 
 /// A loaded model: weights (memory-mapped where the backend can) and tokenizer. Shared between
@@ -89,15 +187,18 @@ pub trait Context: Send {
         Ok(false)
     }
     /// Runs `chunks` through the model (as one batch where they fit) and writes, for each chunk
-    /// in order, the logits after its last token into `logits[i]` (resized to the vocabulary).
+    /// in order, the logits it asks for into `logits[i]`: [`ForwardChunk::rows`] rows of the
+    /// vocabulary's width, in token order. Inputs are checked with [`check_chunks`].
     fn forward(&mut self, chunks: &[ForwardChunk<'_>], logits: &mut Vec<Vec<f32>>) -> Result<()>;
-    /// Runs one sequence's tokens from `start_pos` and writes the logits after every token,
-    /// `tokens.len()` rows of the vocabulary's width, into `logits` (for perplexity).
-    fn forward_all(
-        &mut self,
-        seq: SeqId,
-        start_pos: u32,
-        tokens: &[TokenId],
-        logits: &mut Vec<f32>,
-    ) -> Result<()>;
+}
+
+/// An error unless `token` is inside `info`'s vocabulary.
+pub fn check_token(info: &ModelInfo, token: TokenId) -> Result<()> {
+    if token >= info.vocab_size {
+        return Err(crate::CoreError::TokenOutOfRange {
+            token: crate::error::TokenIdDisplay(token),
+            vocab_size: info.vocab_size,
+        });
+    }
+    Ok(())
 }

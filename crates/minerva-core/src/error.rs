@@ -74,6 +74,30 @@ pub enum CoreError {
     },
 }
 
+impl From<minerva_formats::OpenError> for CoreError {
+    /// Files refused before any backend saw them: the daemon's own checks.
+    fn from(e: minerva_formats::OpenError) -> Self {
+        use minerva_formats::OpenError;
+        let bad = |path: PathBuf, detail: String| CoreError::BadModel {
+            backend: "minervad",
+            path,
+            detail,
+        };
+        match e {
+            OpenError::NotFound { path } => CoreError::FileNotFound { path },
+            OpenError::Io { path, source } => CoreError::Io { path, source },
+            OpenError::BadGguf { path, source } => CoreError::BadGguf { path, source },
+            OpenError::NotAModel { path } => bad(
+                path,
+                "not a model: expected a .gguf file, or a folder with config.json and \
+                 model.safetensors or pytorch_model.bin"
+                    .into(),
+            ),
+            OpenError::Invalid { path, problem } => bad(path, problem.to_string()),
+        }
+    }
+}
+
 /// Wrapper so the error message prints a plain number.
 #[derive(Debug, Clone, Copy)]
 pub struct TokenIdDisplay(pub u32);

@@ -11,10 +11,12 @@ pub mod chat;
 pub mod engine;
 pub mod error;
 pub mod sampling;
+pub mod sequences;
 pub mod text;
 
 pub use engine::{
-    Backend, Context, ContextOptions, ForwardChunk, LoadOptions, Model, ModelFormat, ModelInfo,
-    SeqId, TokenId,
+    check_chunks, Backend, Context, ContextOptions, ForwardChunk, LoadOptions, Logits, Model,
+    ModelFiles, ModelFormat, ModelInfo, SeqId, Serves, TokenId,
 };
 pub use error::{CoreError, Result};
+pub use sequences::{PerSequenceContext, SequenceModel};

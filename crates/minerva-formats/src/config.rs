@@ -1,11 +1,13 @@
 //! What the transformer looks like: read from a Hugging Face `config.json` or GGUF metadata.
+//! The in-process backends (candle, MLX) build their decoders from it.
 
 use std::path::Path;
 
-use candle_core::quantized::gguf_file;
+use crate::gguf::{GgufHeader, MetaValue};
 use serde_json::Value;
 
-/// The architectures this backend runs. Mistral is Llama plus sliding-window attention.
+/// The architectures the in-process backends run. Mistral is Llama plus sliding-window
+/// attention.
 pub const SUPPORTED: &[&str] = &["MistralForCausalLM", "LlamaForCausalLM"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,22 +58,36 @@ fn ids_of(v: Option<&Value>) -> Vec<u32> {
 }
 
 impl Config {
-    /// Reads `config.json` (and `generation_config.json` beside it for extra EOS ids).
+    /// Reads `config.json` (and `generation_config.json` beside it for extra EOS ids), with the
+    /// same size bound as verification.
     pub fn from_hf_folder(dir: &Path) -> Result<Config, String> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
+        let v = crate::verify::read_config(dir)
+            .map_err(|p| p.to_string())?
+            .ok_or_else(|| {
                 format!(
                     "{} is missing: a Hugging Face model folder needs config.json beside its weights",
                     path.display()
                 )
-            } else {
-                format!("cannot read {}: {e}", path.display())
-            }
-        })?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| format!("{} is not valid JSON: {e}", path.display()))?;
-        let mut cfg = Self::from_hf_json(&v)?;
+            })?;
+        Self::from_hf_parts(dir, &v)
+    }
+
+    /// What opened model files say: GGUF metadata, or the config.json that was read when they
+    /// were opened.
+    pub fn from_files(files: &crate::ModelFiles) -> Result<Config, String> {
+        if let Some(header) = files.gguf_header() {
+            return Self::from_gguf(header);
+        }
+        match files.config() {
+            Some(v) => Self::from_hf_parts(&files.dir(), v),
+            None => Self::from_hf_folder(&files.dir()),
+        }
+    }
+
+    /// config.json's fields plus generation_config.json's extra EOS ids.
+    fn from_hf_parts(dir: &Path, v: &Value) -> Result<Config, String> {
+        let mut cfg = Self::from_hf_json(v)?;
         if let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) {
             if let Ok(g) = serde_json::from_str::<Value>(&text) {
                 for id in ids_of(g.get("eos_token_id")) {
@@ -191,22 +207,16 @@ impl Config {
     }
 
     /// Reads GGUF metadata of a "llama" architecture file (Llama, Mistral, SmolLM, ...).
-    pub fn from_gguf(content: &gguf_file::Content) -> Result<Config, String> {
-        let md = &content.metadata;
-        let arch = md
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .unwrap_or_default();
+    pub fn from_gguf(header: &GgufHeader) -> Result<Config, String> {
+        let arch = header.architecture().unwrap_or_default().to_string();
         if arch != "llama" {
             return Err(format!(
                 "GGUF architecture {arch:?} is not supported; supported: \"llama\" (Llama, Mistral and their relatives)"
             ));
         }
-        let get = |key: &str| md.get(&format!("llama.{key}"));
         let int = |key: &str| -> Result<usize, String> {
-            get(key)
-                .and_then(|v| v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)))
+            header
+                .arch_u64(key)
                 .and_then(|n| usize::try_from(n).ok())
                 .filter(|&n| n > 0)
                 .ok_or_else(|| format!("GGUF metadata has no positive llama.{key}"))
@@ -225,12 +235,17 @@ impl Config {
                 "embedding_length {hidden_size} / head_count {num_heads} disagrees with rope.dimension_count {head_dim}"
             ));
         }
-        let vocab_size = match md.get("tokenizer.ggml.tokens") {
-            Some(gguf_file::Value::Array(a)) => a.len(),
+        let vocab_size = match header.get("tokenizer.ggml.tokens") {
+            Some(MetaValue::Array { len, .. }) => {
+                usize::try_from(*len).map_err(|e| format!("tokenizer.ggml.tokens: {e}"))?
+            }
             _ => return Err("GGUF metadata has no tokenizer.ggml.tokens".into()),
         };
-        let float = |key: &str| get(key).and_then(|v| v.to_f32().ok());
-        let token = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
+        let float = |key: &str| match header.get(&format!("llama.{key}")) {
+            Some(MetaValue::F64(v)) => Some(*v),
+            _ => None,
+        };
+        let token = |key: &str| header.get_u64(key).and_then(|v| u32::try_from(v).ok());
         let mut eos_token_ids: Vec<u32> =
             token("tokenizer.ggml.eos_token_id").into_iter().collect();
         for key in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
@@ -250,11 +265,14 @@ impl Config {
             num_heads,
             num_kv_heads,
             head_dim,
-            rms_norm_eps: f64::from(float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5)),
-            rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
+            // Stored as f32 in the file: round to f32 first, as reading it as f32 did.
+            rms_norm_eps: f64::from(
+                float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5) as f32
+            ),
+            rope_theta: float("rope.freq_base").unwrap_or(10_000.0) as f32,
             max_position_embeddings: int("context_length").unwrap_or(4096),
             sliding_window: None,
-            tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+            tie_word_embeddings: !header.tensors.iter().any(|t| t.name == "output.weight"),
             bos_token_id: token("tokenizer.ggml.bos_token_id"),
             eos_token_ids,
         })

@@ -108,10 +108,23 @@ pub struct TensorInfo {
     pub n_bytes: u64,
 }
 
+/// A metadata array's contents, kept only where a caller asked for them
+/// ([`read_header_with_tokenizer`]): integers of any width as i64, floats as f64.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaArray {
+    Strings(Vec<String>),
+    Ints(Vec<i64>),
+    Floats(Vec<f64>),
+    Bools(Vec<bool>),
+}
+
 #[derive(Debug, Clone)]
 pub struct GgufHeader {
     pub version: u32,
     pub metadata: BTreeMap<String, MetaValue>,
+    /// The contents of the `tokenizer.*` arrays (tokens, scores, token types, merges), when the
+    /// header was read with [`read_header_with_tokenizer`]; empty otherwise.
+    pub arrays: BTreeMap<String, MetaArray>,
     pub tensors: Vec<TensorInfo>,
     /// Absolute offset of the tensor data section.
     pub data_offset: u64,
@@ -255,22 +268,42 @@ pub fn file_type_name(ft: u64) -> Option<&'static str> {
     })
 }
 
-/// Reads and checks the header of the GGUF file at `path`.
+/// Reads and checks the header of the GGUF file at `path` (array contents are skipped).
 pub fn read_header(path: &Path) -> Result<GgufHeader, GgufError> {
+    read_header_keeping(path, false)
+}
+
+/// Like [`read_header`], keeping the contents of the `tokenizer.*` arrays in
+/// [`GgufHeader::arrays`]: what a backend that builds its own tokenizer needs. Every element is
+/// read with the same bounds as the rest of the header.
+pub fn read_header_with_tokenizer(path: &Path) -> Result<GgufHeader, GgufError> {
+    read_header_keeping(path, true)
+}
+
+fn read_header_keeping(path: &Path, tokenizer: bool) -> Result<GgufHeader, GgufError> {
     let file = File::open(path).map_err(|e| GgufError::Io(e.to_string()))?;
     let file_size = file
         .metadata()
         .map_err(|e| GgufError::Io(e.to_string()))?
         .len();
-    parse_header(BufReader::with_capacity(1 << 16, file), file_size)
+    parse(
+        BufReader::with_capacity(1 << 16, file),
+        file_size,
+        tokenizer,
+    )
 }
 
 /// Parses a GGUF header from `reader`, a stream of a file of `file_size` bytes.
 pub fn parse_header(reader: impl Read, file_size: u64) -> Result<GgufHeader, GgufError> {
+    parse(reader, file_size, false)
+}
+
+fn parse(reader: impl Read, file_size: u64, tokenizer: bool) -> Result<GgufHeader, GgufError> {
     let mut r = Cursor {
         inner: reader,
         pos: 0,
         file_size,
+        keep: tokenizer.then(BTreeMap::new),
     };
     let magic = r.bytes::<4>("magic")?;
     if magic != MAGIC {
@@ -423,6 +456,7 @@ pub fn parse_header(reader: impl Read, file_size: u64) -> Result<GgufHeader, Ggu
     Ok(GgufHeader {
         version,
         metadata,
+        arrays: r.keep.unwrap_or_default(),
         tensors,
         data_offset,
         file_size,
@@ -473,6 +507,8 @@ struct Cursor<R> {
     inner: R,
     pos: u64,
     file_size: u64,
+    /// Where `tokenizer.*` arrays go when their contents are kept.
+    keep: Option<BTreeMap<String, MetaArray>>,
 }
 
 impl<R: Read> Cursor<R> {
@@ -570,6 +606,13 @@ impl<R: Read> Cursor<R> {
             9 => {
                 let elem_type = self.u32(key)?;
                 let len = self.u64(key)?;
+                if self.keep.is_some() && key.starts_with("tokenizer.") && elem_type != 9 {
+                    let array = self.array(elem_type, len, key, at)?;
+                    if let Some(keep) = self.keep.as_mut() {
+                        keep.insert(key.to_string(), array);
+                    }
+                    return Ok(MetaValue::Array { elem_type, len });
+                }
                 match elem_type {
                     8 => {
                         self.check_count(key, len, 8)?;
@@ -612,6 +655,65 @@ impl<R: Read> Cursor<R> {
                 })
             }
         })
+    }
+}
+
+impl<R: Read> Cursor<R> {
+    /// An array's elements, each read and bounded like a single value.
+    fn array(
+        &mut self,
+        elem_type: u32,
+        len: u64,
+        key: &str,
+        at: u64,
+    ) -> Result<MetaArray, GgufError> {
+        let min_size = if elem_type == 8 {
+            8
+        } else {
+            scalar_size(elem_type).ok_or_else(|| GgufError::Invalid {
+                what: format!("metadata {key:?} array element type"),
+                offset: at,
+                detail: format!("unknown type {elem_type}"),
+            })?
+        };
+        // Bounded by the file: every element takes at least `min_size` bytes.
+        self.check_count(key, len, min_size)?;
+        let n = usize::try_from(len).unwrap_or(0);
+        Ok(match elem_type {
+            8 => MetaArray::Strings((0..n).map(|_| self.string(key)).collect::<Result<_, _>>()?),
+            6 | 12 => MetaArray::Floats(
+                (0..n)
+                    .map(|_| match self.value(elem_type, key, at)? {
+                        MetaValue::F64(v) => Ok(v),
+                        other => Err(self.odd_element(key, at, &other)),
+                    })
+                    .collect::<Result<_, GgufError>>()?,
+            ),
+            7 => MetaArray::Bools(
+                (0..n)
+                    .map(|_| Ok(self.bytes::<1>(key)?[0] != 0))
+                    .collect::<Result<_, GgufError>>()?,
+            ),
+            _ => MetaArray::Ints(
+                (0..n)
+                    .map(|_| match self.value(elem_type, key, at)? {
+                        MetaValue::U64(v) => Ok(i64::try_from(v).unwrap_or(i64::MAX)),
+                        MetaValue::I64(v) => Ok(v),
+                        other => Err(self.odd_element(key, at, &other)),
+                    })
+                    .collect::<Result<_, GgufError>>()?,
+            ),
+        })
+    }
+}
+
+impl<R> Cursor<R> {
+    fn odd_element(&self, key: &str, at: u64, found: &MetaValue) -> GgufError {
+        GgufError::Invalid {
+            what: format!("metadata {key:?} array element"),
+            offset: at,
+            detail: format!("{found:?} does not match the array's element type"),
+        }
     }
 }
 
@@ -664,6 +766,29 @@ mod tests {
 
     fn parse(b: &[u8]) -> Result<GgufHeader, GgufError> {
         parse_header(b, b.len() as u64)
+    }
+
+    #[test]
+    fn tokenizer_arrays_are_kept_only_when_asked_for() {
+        let b = tiny();
+        assert!(parse(&b).unwrap().arrays.is_empty());
+        let h = super::parse(&b[..], b.len() as u64, true).unwrap();
+        assert_eq!(
+            h.arrays.get("tokenizer.ggml.tokens"),
+            Some(&MetaArray::Strings(vec!["a".into(), "bc".into()]))
+        );
+        // The array still reads as its type and length, as without contents.
+        assert_eq!(
+            h.get("tokenizer.ggml.tokens"),
+            Some(&MetaValue::Array {
+                elem_type: 8,
+                len: 2
+            })
+        );
+        // A string array whose last element runs past the end is refused, not half kept.
+        let end = b.windows(2).position(|w| w == b"bc").unwrap();
+        let short = &b[..end + 1];
+        assert!(super::parse(short, short.len() as u64, true).is_err());
     }
 
     #[test]

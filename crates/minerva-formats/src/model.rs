@@ -40,9 +40,11 @@ impl ModelFormat {
         if !path.join("config.json").is_file() {
             return None;
         }
-        let config = std::fs::read_to_string(path.join("config.json")).unwrap_or_default();
-        let mlx = serde_json::from_str::<serde_json::Value>(&config)
+        // Bounded: an oversized or broken config.json reads as "not MLX" here, and verification
+        // refuses it with the reason.
+        let mlx = crate::verify::read_config(path)
             .ok()
+            .flatten()
             .is_some_and(|v| v.get("quantization").is_some());
         let has = |name: &str| path.join(name).is_file();
         if has("model.safetensors") || has("model.safetensors.index.json") {

@@ -1,13 +1,14 @@
-//! Tokenizers for the pure-Rust backend, all through the `tokenizers` crate: a folder's
-//! `tokenizer.json`, a SentencePiece `tokenizer.model` (converted the way transformers' Llama
-//! converter does), or a GGUF file's vocabulary (SentencePiece "llama" or byte-level BPE "gpt2").
+//! Tokenizers for the in-process backends (candle, MLX), all through the `tokenizers` crate: a
+//! folder's `tokenizer.json`, a SentencePiece `tokenizer.model` (converted the way transformers'
+//! Llama converter does), or a GGUF file's vocabulary (SentencePiece "llama" or byte-level BPE
+//! "gpt2").
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file;
-use minerva_formats::gguf_write as gw;
-use minerva_formats::sentencepiece::{Piece, PieceType, SpModel};
+use crate::gguf::{GgufHeader, MetaArray};
+use crate::gguf_write as gw;
+use crate::sentencepiece::{Piece, PieceType, SpModel};
 use serde_json::{json, Value};
 
 pub struct Tok {
@@ -134,9 +135,10 @@ impl Tok {
         Self::from_json(&spm_json(sp, bos)?)
     }
 
-    /// A GGUF file's vocabulary.
-    pub fn from_gguf(content: &gguf_file::Content) -> TResult<(Tok, TokSettings)> {
-        let (v, settings) = gguf_json(content)?;
+    /// A GGUF file's vocabulary, from a header read with
+    /// [`crate::gguf::read_header_with_tokenizer`].
+    pub fn from_gguf(header: &GgufHeader) -> TResult<(Tok, TokSettings)> {
+        let (v, settings) = gguf_json(header)?;
         Ok((Self::from_json(&v)?, settings))
     }
 
@@ -300,57 +302,39 @@ fn spm_json(sp: &SpModel, bos: u32) -> TResult<Value> {
             sp.pieces.len()
         ));
     }
-    Ok(minerva_formats::spm_tokenizer::tokenizer_json(sp, bos, unk))
+    Ok(crate::spm_tokenizer::tokenizer_json(sp, bos, unk))
 }
 
 /// tokenizer.json (and the settings beside it) for a GGUF file's vocabulary, the way
 /// `minerva convert` writes it and the candle backend reads it.
-pub fn gguf_json(content: &gguf_file::Content) -> TResult<(Value, TokSettings)> {
-    let md = &content.metadata;
+pub fn gguf_json(header: &GgufHeader) -> TResult<(Value, TokSettings)> {
     let strings = |key: &str| -> TResult<Vec<String>> {
-        match md.get(key) {
-            Some(gguf_file::Value::Array(a)) => a
-                .iter()
-                .map(|v| v.to_string().cloned().map_err(|e| format!("{key}: {e}")))
-                .collect(),
-            _ => Err(format!("GGUF metadata has no {key}")),
+        match header.arrays.get(key) {
+            Some(MetaArray::Strings(a)) => Ok(a.clone()),
+            Some(_) => Err(format!("GGUF metadata {key} is not a list of strings")),
+            None => Err(format!("GGUF metadata has no {key}")),
         }
     };
-    let token = |key: &str| md.get(key).and_then(|v| v.to_u32().ok());
-    let flag = |key: &str| md.get(key).and_then(|v| v.to_bool().ok());
+    let token = |key: &str| header.get_u64(key).and_then(|v| u32::try_from(v).ok());
+    let flag = |key: &str| header.get(key).and_then(crate::gguf::MetaValue::as_bool);
+    let text = |key: &str| header.get_str(key).map(str::to_string);
     let tokens = strings("tokenizer.ggml.tokens")?;
-    let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
-        Some(gguf_file::Value::Array(a)) => a
-            .iter()
-            .map(|v| match v {
-                gguf_file::Value::I32(i) => *i,
-                gguf_file::Value::U32(u) => *u as i32,
-                _ => 1,
-            })
-            .collect(),
+    let types: Vec<i32> = match header.arrays.get("tokenizer.ggml.token_type") {
+        Some(MetaArray::Ints(a)) => a.iter().map(|&i| i32::try_from(i).unwrap_or(1)).collect(),
         _ => vec![1; tokens.len()],
     };
-    let model = md
-        .get("tokenizer.ggml.model")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .unwrap_or_default();
+    let model = text("tokenizer.ggml.model").unwrap_or_default();
     let bos = token("tokenizer.ggml.bos_token_id");
     let settings = TokSettings {
-        chat_template: md
-            .get("tokenizer.chat_template")
-            .and_then(|v| v.to_string().ok())
-            .cloned(),
+        chat_template: text("tokenizer.chat_template"),
         add_bos: flag("tokenizer.ggml.add_bos_token").unwrap_or(model == "llama"),
         bos_token: bos,
         eos_token: token("tokenizer.ggml.eos_token_id"),
     };
     let tok_json = match model.as_str() {
         "llama" => {
-            let scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
-                Some(gguf_file::Value::Array(a)) => {
-                    a.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect()
-                }
+            let scores: Vec<f32> = match header.arrays.get("tokenizer.ggml.scores") {
+                Some(MetaArray::Floats(a)) => a.iter().map(|&v| v as f32).collect(),
                 _ => vec![0.0; tokens.len()],
             };
             let pieces = tokens
@@ -373,11 +357,7 @@ pub fn gguf_json(content: &gguf_file::Content) -> TResult<(Value, TokSettings)> 
             v
         }
         "gpt2" => {
-            let pre = md
-                .get("tokenizer.ggml.pre")
-                .and_then(|v| v.to_string().ok())
-                .cloned()
-                .unwrap_or_else(|| "default".into());
+            let pre = text("tokenizer.ggml.pre").unwrap_or_else(|| "default".into());
             let merges = strings("tokenizer.ggml.merges")?;
             byte_level_json(
                 &tokens,

@@ -229,6 +229,9 @@ fn looks_like_safetensors(magic: &[u8]) -> bool {
         .unwrap_or(false)
 }
 
+/// The largest config.json (or tokenizer_config.json) read: real ones are a few KiB.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 /// A folder's `config.json`, when it has one.
 pub(crate) fn read_config(dir: &Path) -> Result<Option<serde_json::Value>, Problem> {
     let p = dir.join("config.json");
@@ -236,7 +239,7 @@ pub(crate) fn read_config(dir: &Path) -> Result<Option<serde_json::Value>, Probl
         return Ok(None);
     }
     let len = std::fs::metadata(&p).map_err(|e| io_problem(&p, &e))?.len();
-    if len > 16 << 20 {
+    if len > MAX_CONFIG_BYTES {
         return Err(Problem::new("bad_config", "config.json is over 16 MiB")
             .found(len)
             .in_file("config.json"));

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor};
 use serde_json::{json, Value};
 
-use minerva_candle::config::Config;
-use minerva_candle::tokenizer::gguf_json;
 use minerva_candle::weights::Weights;
+use minerva_formats::config::Config;
+use minerva_formats::tokenizer::gguf_json;
 
 /// What a conversion wrote.
 #[derive(Debug, Clone)]
@@ -45,16 +45,15 @@ pub fn gguf_to_hf(src: &Path, out: &Path, dtype: DType) -> Result<Converted, Str
             "unsupported output dtype {dtype:?} (f32, f16, bf16)"
         ));
     }
-    let report = minerva_formats::verify::verify_path(src).map_err(err)?;
-    if let Some(p) = report.error {
-        return Err(format!("{}: {p}", src.display()));
-    }
+    // Checked as `minerva verify` does (bounds, overlaps), tokenizer arrays kept.
+    let header = minerva_formats::gguf::read_header_with_tokenizer(src)
+        .map_err(|e| format!("{}: {e}", src.display()))?;
     if out.exists() && std::fs::read_dir(out).map_err(err)?.next().is_some() {
         return Err(format!("{} exists and is not empty", out.display()));
     }
-    let (mut weights, content) = Weights::from_gguf(src)?;
-    let cfg = Config::from_gguf(&content)?;
-    let (tok_json, settings) = gguf_json(&content)?;
+    let mut weights = Weights::from_gguf(src, &header)?;
+    let cfg = Config::from_gguf(&header)?;
+    let (tok_json, settings) = gguf_json(&header)?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let mut parameters = 0u64;
     for name in weights.unused() {
@@ -310,7 +309,7 @@ pub fn hf_to_gguf(src: &Path, out: &Path, dtype: DType) -> Result<ConvertedGguf,
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    metadata.extend(minerva_candle::tokenizer::gguf_metadata(src)?);
+    metadata.extend(minerva_formats::tokenizer::gguf_metadata(src)?);
     let mut parameters = 0u64;
     let partial = out.with_extension("gguf.partial");
     let written = (|| -> Result<u64, String> {

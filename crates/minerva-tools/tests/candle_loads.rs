@@ -16,7 +16,8 @@ fn synth(format: &str, out: &Path) {
         force: false,
         threads: 2,
     };
-    minerva_tools::synth::synth(&options, &mut |_| {}).unwrap_or_else(|e| panic!("synth {format}: {e}"));
+    minerva_tools::synth::synth(&options, &mut |_| {})
+        .unwrap_or_else(|e| panic!("synth {format}: {e}"));
 }
 
 fn assert_finite_logits(logits: &Tensor, vocab: usize) {

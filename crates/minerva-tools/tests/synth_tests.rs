@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use minerva_formats::gguf::{self, MetaValue};
 use minerva_core::{ContextOptions, ForwardChunk, LoadOptions, Model, SeqId};
+use minerva_formats::gguf::{self, MetaValue};
 use minerva_llamacpp::LlamaCppModel;
 use minerva_tools::synth::{Format, Shape, SynthOptions, SynthReport};
 
@@ -144,15 +144,8 @@ fn generate(p: &Path) -> Vec<u32> {
     let mut pos = 0;
     let mut out = Vec::new();
     for _ in 0..8 {
-        ctx.forward(
-            &[ForwardChunk {
-                seq: SeqId(0),
-                start_pos: pos,
-                tokens: &tokens,
-            }],
-            &mut logits,
-        )
-        .unwrap();
+        ctx.forward(&[ForwardChunk::last(SeqId(0), pos, &tokens)], &mut logits)
+            .unwrap();
         pos += tokens.len() as u32;
         let row = &logits[0];
         assert_eq!(row.len(), 32000);

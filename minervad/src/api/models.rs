@@ -93,68 +93,10 @@ async fn show(engine: &Engine, name: &str) -> Result<pb::ModelDetails, DaemonErr
     ))
 }
 
-/// What a model's files say about it without loading it: a GGUF header, or for folders what
-/// `minerva verify` reads (config.json and the weight headers).
+/// What a model's files say about it without loading it.
 fn unloaded_info(path: &std::path::Path) -> Result<ModelInfo, DaemonError> {
-    let bad = |detail: String| minerva_core::CoreError::BadModel {
-        backend: "minervad",
-        path: path.to_path_buf(),
-        detail,
-    };
-    let format =
-        ModelFormat::detect(path).ok_or_else(|| bad("not a model file or model folder".into()))?;
-    if format == ModelFormat::Gguf {
-        return minerva_formats::gguf::read_header(path)
-            .map(|h| ModelInfo::from_gguf(&h))
-            .map_err(|source| {
-                minerva_core::CoreError::BadGguf {
-                    path: path.to_path_buf(),
-                    source,
-                }
-                .into()
-            });
-    }
-    let report = minerva_formats::verify::verify_path(path).map_err(|e| bad(e.to_string()))?;
-    if let Some(p) = report.error {
-        return Err(bad(p.to_string()).into());
-    }
-    let s = report.summary;
-    let config: serde_json::Value = std::fs::read_to_string(path.join("config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    let n = |k: &str| config.get(k).and_then(|v| v.as_u64()).unwrap_or(0) as u32;
-    let heads = n("num_attention_heads");
-    let hidden = n("hidden_size");
-    Ok(ModelInfo {
-        format,
-        architecture: s.architecture,
-        parameter_count: s.parameter_count,
-        quantization: s.quantization,
-        trained_context_length: s.context_length,
-        vocab_size: n("vocab_size"),
-        layer_count: n("num_hidden_layers"),
-        embedding_length: hidden,
-        head_count: heads,
-        head_count_kv: if n("num_key_value_heads") > 0 {
-            n("num_key_value_heads")
-        } else {
-            heads
-        },
-        head_dim: if n("head_dim") > 0 {
-            n("head_dim")
-        } else {
-            hidden.checked_div(heads).unwrap_or(0)
-        },
-        file_size_bytes: s.file_size_bytes,
-        chat_template: std::fs::read_to_string(path.join("tokenizer_config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v.get("chat_template").map(|c| c.to_string())),
-        bos_token: None,
-        eos_token: None,
-        add_bos: true,
-    })
+    let files = minerva_core::ModelFiles::open(path).map_err(minerva_core::CoreError::from)?;
+    Ok(files.info())
 }
 
 fn listing_details(l: &StoreListing) -> pb::ModelDetails {

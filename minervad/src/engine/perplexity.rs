@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use minerva_core::{Context, SeqId, TokenId};
+use minerva_core::{Context, ForwardChunk, SeqId, TokenId};
 use tokio::sync::mpsc;
 
 use super::Lease;
@@ -61,9 +61,9 @@ pub fn run(ctx: &mut dyn Context, vocab: usize, job: &PerplexityJob) -> minerva_
         }
         let tokens = &job.tokens[c * n..(c + 1) * n];
         ctx.clear_sequence(SeqId(0))?;
-        ctx.forward_all(SeqId(0), 0, tokens, &mut logits)?;
+        ctx.forward(&[ForwardChunk::all(SeqId(0), 0, tokens)], &mut logits)?;
         for j in first..n - 1 {
-            let row = &logits[j * vocab..(j + 1) * vocab];
+            let row = &logits[0][j * vocab..(j + 1) * vocab];
             nll += log_softmax_neg(row, tokens[j + 1] as usize);
             scored += 1;
         }

@@ -457,14 +457,7 @@ pub fn run(
 pub fn warm_up(model: &dyn Model, ctx: &mut dyn Context) -> minerva_core::Result<()> {
     let token = model.info().bos_token.unwrap_or(0);
     let mut logits = Vec::new();
-    ctx.forward(
-        &[ForwardChunk {
-            seq: SeqId(0),
-            start_pos: 0,
-            tokens: &[token],
-        }],
-        &mut logits,
-    )?;
+    ctx.forward(&[ForwardChunk::last(SeqId(0), 0, &[token])], &mut logits)?;
     ctx.clear_sequence(SeqId(0))
 }
 
@@ -497,21 +490,21 @@ fn step(
         match seq.phase {
             Phase::Decode { last } if last == FINISHED => {}
             Phase::Decode { .. } => {
-                chunks.push(ForwardChunk {
-                    seq: seq.slot,
-                    start_pos: seq.position() as u32 - 1,
-                    tokens: &decode_tokens[i],
-                });
+                chunks.push(ForwardChunk::last(
+                    seq.slot,
+                    seq.position() as u32 - 1,
+                    &decode_tokens[i],
+                ));
                 budget -= 1;
                 owners.push(i);
             }
             Phase::Prefill { done } => {
                 let n = (seq.job.prompt.len() - done).min(budget);
-                chunks.push(ForwardChunk {
-                    seq: seq.slot,
-                    start_pos: done as u32,
-                    tokens: &seq.job.prompt[done..done + n],
-                });
+                chunks.push(ForwardChunk::last(
+                    seq.slot,
+                    done as u32,
+                    &seq.job.prompt[done..done + n],
+                ));
                 budget -= n;
                 owners.push(i);
             }
