@@ -7,7 +7,6 @@ pub mod config;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod kernels;
-pub mod kquants;
 pub mod model;
 pub mod pool;
 pub mod tokenizer;
