@@ -6,7 +6,6 @@
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod kernels;
-pub mod kquants;
 pub mod model;
 pub mod pool;
 pub mod weights;

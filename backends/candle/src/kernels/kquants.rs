@@ -1,5 +1,5 @@
 //! GGUF's K-quants (Q4_K, Q5_K, Q6_K: the types of a Q4_K_M / Q5_K_M / Q6_K file) read in
-//! place from the mapped file, as [`crate::kernels`] does for Q4_0/Q4_1/Q8_0.
+//! place from the mapped file, as [`super::legacy`] does for Q4_0/Q4_1/Q8_0.
 //!
 //! A K-quant row is made of super-blocks of 256 weights. Activations are quantized to match,
 //! as llama.cpp's Q8_K: per 256 values one f32 scale, 256 integers and the sums of each group of
@@ -21,31 +21,10 @@
 //!   nibble, `ql[32+l]`'s low, `ql[l]`'s high and `ql[32+l]`'s high, each with bits
 //!   `0-1`, `2-3`, `4-5`, `6-7` of `qh[l]` on top. A weight is `d * scale * (q - 32)`.
 
-use half::f16;
-
-/// Weights per super-block.
-pub const QK_K: usize = 256;
-
-/// Which K-quant a row holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KType {
-    Q4K,
-    Q5K,
-    Q6K,
-}
-
-impl KType {
-    pub fn block_bytes(self) -> usize {
-        match self {
-            KType::Q4K => 144,
-            KType::Q5K => 176,
-            KType::Q6K => 210,
-        }
-    }
-}
+use super::qtype::{f16_at, KType, QK_K};
 
 /// Activations quantized per 256 (llama.cpp's Q8_K): rows of `k` values.
-pub struct Q8K {
+pub(crate) struct Q8K {
     pub d: Vec<f32>,
     pub qs: Vec<i8>,
     /// Sum of each group of 16 integers, 16 per super-block.
@@ -54,7 +33,7 @@ pub struct Q8K {
 
 impl Q8K {
     /// Row `j`'s scales, integers and group sums.
-    pub fn row(&self, j: usize, k: usize) -> (&[f32], &[i8], &[i16]) {
+    pub(crate) fn row(&self, j: usize, k: usize) -> (&[f32], &[i8], &[i16]) {
         let nb = k / QK_K;
         (
             &self.d[j * nb..(j + 1) * nb],
@@ -66,7 +45,7 @@ impl Q8K {
 
 /// Quantizes rows of floats (length a multiple of 256) as llama.cpp's `quantize_row_q8_K_ref`:
 /// the value of largest magnitude maps to -127 exactly, the rest round half to even.
-pub fn quantize_rows(x: &[f32]) -> Q8K {
+pub(crate) fn quantize_rows(x: &[f32]) -> Q8K {
     let nb = x.len() / QK_K;
     let mut out = Q8K {
         d: Vec::with_capacity(nb),
@@ -96,11 +75,6 @@ pub fn quantize_rows(x: &[f32]) -> Q8K {
         out.d.push(1.0 / iscale);
     }
     out
-}
-
-#[inline]
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }
 
 /// Q4_K/Q5_K's eight 6-bit scales and eight 6-bit mins from their 12 packed bytes.
@@ -159,7 +133,7 @@ fn unpack_6(blk: &[u8]) -> [u8; QK_K] {
 }
 
 /// Dequantizes one row of `k` weights.
-pub fn dequantize_row(t: KType, row: &[u8], out: &mut [f32]) {
+pub(crate) fn dequantize_row(t: KType, row: &[u8], out: &mut [f32]) {
     for (blk, o) in row
         .chunks_exact(t.block_bytes())
         .zip(out.chunks_exact_mut(QK_K))
@@ -187,7 +161,7 @@ pub fn dequantize_row(t: KType, row: &[u8], out: &mut [f32]) {
 }
 
 /// One row against one quantized activation row, without SIMD.
-pub fn dot_scalar(t: KType, row: &[u8], xd: &[f32], xq: &[i8], xb: &[i16]) -> f32 {
+pub(crate) fn dot_scalar(t: KType, row: &[u8], xd: &[f32], xq: &[i8], xb: &[i16]) -> f32 {
     let mut acc = 0f32;
     for (b, blk) in row.chunks_exact(t.block_bytes()).enumerate() {
         let y = &xq[b * QK_K..(b + 1) * QK_K];
@@ -226,7 +200,7 @@ pub fn dot_scalar(t: KType, row: &[u8], xd: &[f32], xq: &[i8], xb: &[i16]) -> f3
 }
 
 #[cfg(target_arch = "x86_64")]
-pub mod avx2 {
+mod avx2 {
     use super::{f16_at, scales_mins, KType, XRow, QK_K};
     use crate::kernels::avx2::hsum;
     use std::arch::x86_64::*;
@@ -381,22 +355,24 @@ pub mod avx2 {
 }
 
 /// One Q8_K activation row: scales, integers, group sums.
-pub type XRow<'a> = (&'a [f32], &'a [i8], &'a [i16]);
+pub(crate) type XRow<'a> = (&'a [f32], &'a [i8], &'a [i16]);
 
-/// One row against one Q8_K activation row (AVX2 when the CPU has it).
-pub fn dot(t: KType, row: &[u8], xd: &[f32], xq: &[i8], xb: &[i16]) -> f32 {
+/// One row against one Q8_K activation row (AVX2 when the CPU has it); the tests' one-row form
+/// of [`dot_n`].
+#[cfg(test)]
+pub(crate) fn dot(t: KType, row: &[u8], xd: &[f32], xq: &[i8], xb: &[i16]) -> f32 {
     dot_n(t, row, [(xd, xq, xb)])[0]
 }
 
 /// One row against `N` Q8_K activation rows of as many blocks as the row (AVX2 when the CPU
 /// has it).
-pub fn dot_n<const N: usize>(t: KType, row: &[u8], xs: [XRow<'_>; N]) -> [f32; N] {
+pub(crate) fn dot_n<const N: usize>(t: KType, row: &[u8], xs: [XRow<'_>; N]) -> [f32; N] {
     let nb = row.len() / t.block_bytes();
     for x in &xs {
         assert!(x.0.len() >= nb && x.1.len() >= nb * QK_K && x.2.len() >= nb * 16);
     }
     #[cfg(target_arch = "x86_64")]
-    if crate::kernels::has_avx2() {
+    if super::cpu::has_avx2() {
         // SAFETY: AVX2 and FMA were detected; `row` holds nb blocks and every activation row
         // at least nb (asserted above).
         return unsafe { avx2::dot_n(t, row.as_ptr(), nb, xs) };
@@ -407,9 +383,10 @@ pub fn dot_n<const N: usize>(t: KType, row: &[u8], xs: [XRow<'_>; N]) -> [f32; N
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::tests::bytes;
+    use crate::kernels::testutil::bytes;
     use candle_core::quantized::{ggml_file, GgmlDType};
     use candle_core::Device;
+    use half::f16;
 
     /// `n` rows of `k` random weights of type `t`, with sane f16 scales.
     fn weights(t: KType, n: usize, k: usize) -> Vec<u8> {
