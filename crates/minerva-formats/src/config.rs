@@ -62,7 +62,7 @@ impl Config {
     /// same size bound as verification.
     pub fn from_hf_folder(dir: &Path) -> Result<Config, String> {
         let path = dir.join("config.json");
-        let v = crate::verify::read_config(dir)
+        let v = crate::problem::read_config(dir)
             .map_err(|p| p.to_string())?
             .ok_or_else(|| {
                 format!(

@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::gguf::{self, GgufError, GgufHeader};
-use crate::verify::{self, Problem, Summary};
+use crate::problem::{self, Problem, Summary};
+use crate::verify;
 use crate::{ModelFormat, ModelInfo};
 
 /// Why a path could not be opened as a model.
@@ -103,7 +104,7 @@ impl ModelFiles {
             });
         }
         let dir = folder_of(path);
-        let config = verify::read_config(&dir).map_err(|problem| OpenError::Invalid {
+        let config = problem::read_config(&dir).map_err(|problem| OpenError::Invalid {
             path: path.to_path_buf(),
             problem: Box::new(problem),
         })?;
@@ -228,7 +229,7 @@ fn folder_of(path: &Path) -> PathBuf {
 fn read_chat_template(dir: &Path) -> Option<String> {
     let p = dir.join("tokenizer_config.json");
     let len = std::fs::metadata(&p).ok()?.len();
-    if len > verify::MAX_CONFIG_BYTES {
+    if len > problem::MAX_CONFIG_BYTES {
         return None;
     }
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;

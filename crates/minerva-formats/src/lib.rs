@@ -16,6 +16,7 @@ pub mod gguf_write;
 pub mod mlx;
 pub mod model;
 pub mod pickle;
+pub mod problem;
 pub mod pypi;
 pub mod safetensors;
 pub mod sentencepiece;

@@ -9,8 +9,8 @@
 
 use std::collections::HashMap;
 
+use crate::problem::{Problem, Summary};
 use crate::safetensors::{self, SafeTensors, TensorEntry};
-use crate::verify::{Problem, Summary};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quantization {

@@ -42,7 +42,7 @@ impl ModelFormat {
         }
         // Bounded: an oversized or broken config.json reads as "not MLX" here, and verification
         // refuses it with the reason.
-        let mlx = crate::verify::read_config(path)
+        let mlx = crate::problem::read_config(path)
             .ok()
             .flatten()
             .is_some_and(|v| v.get("quantization").is_some());

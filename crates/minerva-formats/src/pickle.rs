@@ -15,7 +15,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 
-use crate::verify::Problem;
+use crate::problem::Problem;
 
 /// Deepest tuple nesting accepted (state dicts use 3 or 4).
 pub const MAX_DEPTH: usize = 100;

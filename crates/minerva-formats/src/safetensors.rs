@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 
-use crate::verify::{io_problem, Problem, Summary};
+use crate::problem::{io_problem, Problem, Summary};
 
 /// The SafeTensors format's own limit on the JSON header.
 pub const MAX_HEADER: u64 = 100_000_000;

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::pickle;
-use crate::verify::{io_problem, read_config, Problem, Summary};
+use crate::problem::{io_problem, read_config, Problem, Summary, DEFAULT_CONTEXT};
 
 /// Central directory larger than this is refused (a checkpoint has a few thousand entries).
 const MAX_CENTRAL_DIR: u64 = 64 << 20;
@@ -317,7 +317,7 @@ pub fn verify_file(path: &Path) -> Result<Checked, Problem> {
     let config = path.parent().map(read_config).transpose()?.flatten();
     let s = crate::safetensors::config_summary(
         config.as_ref(),
-        crate::verify::DEFAULT_CONTEXT,
+        DEFAULT_CONTEXT,
         out.summary.estimated_memory_bytes,
     );
     out.summary.architecture = s.architecture;
