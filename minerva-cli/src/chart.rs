@@ -149,3 +149,33 @@ pub fn render(minerva: &pb::BenchResult, peer: Option<&pb::BenchResult>) -> Stri
     svg += "</svg>\n";
     svg
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::testutil::result;
+
+    #[test]
+    fn a_chart_of_two_backends_shows_each_backends_own_figures() {
+        let mut r = result("minerva (llama.cpp, candle)", 200.0);
+        r.tests[0].backend = "llama.cpp".into();
+        let mut other = r.tests[0].clone();
+        other.backend = "candle".into();
+        other.metrics[0].summary.as_mut().unwrap().mean = 80.0;
+        r.tests.push(other);
+        let svg = render(&r, None);
+        assert!(
+            svg.contains("(llama.cpp)</text>") && svg.contains("(candle)</text>"),
+            "{svg}"
+        );
+        assert!(
+            svg.contains(">200.0</text>") && svg.contains(">80.0</text>"),
+            "{svg}"
+        );
+        assert_eq!(
+            svg.matches(">tg8</text>").count(),
+            2,
+            "one group per test and panel: {svg}"
+        );
+    }
+}
