@@ -32,29 +32,77 @@ pub(crate) fn interleave_units(args: &RunArgs) -> Vec<(Vec<String>, Option<PathB
     units
 }
 
-/// Where the peer scripts live: $MINERVA_BENCH_DIR, else bench/ of the source tree this
-/// binary was built in (target/<profile>/minerva → ../../bench).
-pub(crate) fn peer_dir() -> PathBuf {
+/// The peer scripts, built into the binary so that an installed `minerva` runs `--peer`
+/// without the source tree: (path under the scripts folder, contents). The layout is bench/'s,
+/// since llama_cpp_bench.py imports summary.py from its parent folder.
+const SCRIPTS: &[(&str, &str)] = &[
+    (
+        "peers/install-llama-cpp-python.sh",
+        include_str!("../../../bench/peers/install-llama-cpp-python.sh"),
+    ),
+    (
+        "peers/llama_cpp_bench.py",
+        include_str!("../../../bench/peers/llama_cpp_bench.py"),
+    ),
+    ("summary.py", include_str!("../../../bench/summary.py")),
+];
+
+/// Where the peer scripts live: $MINERVA_BENCH_DIR/peers when set (a bench/ folder of one's
+/// own), else the built-in scripts written to
+/// ${MINERVA_PEER_CACHE:-${XDG_CACHE_HOME:-~/.cache}/minerva/peers}/scripts-VERSION/peers,
+/// beside the venvs the install script caches there.
+pub(crate) fn peer_dir() -> CliResult<PathBuf> {
     if let Some(d) = std::env::var_os("MINERVA_BENCH_DIR") {
-        return PathBuf::from(d).join("peers");
+        return Ok(PathBuf::from(d).join("peers"));
     }
-    std::env::current_exe()
-        .ok()
-        .and_then(|e| {
-            e.parent()
-                .and_then(Path::parent)
-                .and_then(Path::parent)
-                .map(|r| r.join("bench/peers"))
-        })
-        .filter(|d| d.is_dir())
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/peers"))
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let cache = env("MINERVA_PEER_CACHE")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("minerva/peers")))
+        .or_else(|| env("HOME").map(|d| d.join(".cache/minerva/peers")))
+        .unwrap_or_else(|| std::env::temp_dir().join("minerva-peers"));
+    let dir = cache.join(format!("scripts-{}", env!("CARGO_PKG_VERSION")));
+    write_scripts(&dir).map_err(|e| {
+        CliError(format!(
+            "cannot write the peer scripts to {}: {e}",
+            dir.display()
+        ))
+    })?;
+    Ok(dir.join("peers"))
 }
 
-/// Runs the llama.cpp peer on the same model file, tests (same prompt tokens for prompt
-/// tests), threads, context, runs and warm-ups as the Minerva result.
+/// Writes the built-in scripts under `dir`, each file only when it differs, through a
+/// temporary file and a rename, so a run beside this one never reads half a script.
+fn write_scripts(dir: &Path) -> std::io::Result<()> {
+    for (name, text) in SCRIPTS {
+        let path = dir.join(name);
+        if std::fs::read(&path).is_ok_and(|old| old == text.as_bytes()) {
+            continue;
+        }
+        let parent = path.parent().unwrap_or(dir);
+        std::fs::create_dir_all(parent)?;
+        let tmp = parent.join(format!(
+            ".{}.{}.tmp",
+            name.replace('/', "_"),
+            std::process::id()
+        ));
+        std::fs::write(&tmp, text)?;
+        #[cfg(unix)]
+        if name.ends_with(".sh") || name.ends_with(".py") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+        }
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(())
+}
+
 /// Installs the llama.cpp peer (a no-op once cached) and returns its Python.
 pub(crate) async fn install_peer() -> CliResult<String> {
-    let install = peer_dir().join("install-llama-cpp-python.sh");
+    let install = peer_dir()?.join("install-llama-cpp-python.sh");
     let out = tokio::process::Command::new("bash")
         .arg(&install)
         .output()
@@ -90,7 +138,7 @@ pub(crate) async fn run_peer(
     unit: &[TestKind],
     args: &RunArgs,
 ) -> CliResult<pb::BenchResult> {
-    let script = peer_dir().join("llama_cpp_bench.py");
+    let script = peer_dir()?.join("llama_cpp_bench.py");
     let mut gen = minerva_proto::v1::generate_service_client::GenerateServiceClient::new(
         client::connect(global, false).await?,
     );
@@ -175,6 +223,38 @@ pub(crate) async fn run_peer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_built_in_scripts_are_written_out_and_match_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        write_scripts(dir.path()).unwrap();
+        // Twice: a second run finds them in place.
+        write_scripts(dir.path()).unwrap();
+        let tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench");
+        for name in [
+            "peers/install-llama-cpp-python.sh",
+            "peers/llama_cpp_bench.py",
+            "summary.py",
+        ] {
+            let written = std::fs::read(dir.path().join(name)).unwrap();
+            assert_eq!(written, std::fs::read(tree.join(name)).unwrap(), "{name}");
+        }
+        // Only the scripts: no temporary file left behind.
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("peers"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["install-llama-cpp-python.sh", "llama_cpp_bench.py"]);
+        // The script imports summary.py from its parent folder, as in the tree.
+        let out = std::process::Command::new("python3")
+            .arg("-c")
+            .arg("import sys; sys.path.insert(0, sys.argv[1]); from summary import summarize; print(summarize([1.0, 3.0])['mean'])")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2.0");
+    }
 
     #[test]
     fn a_peer_run_takes_turns_test_by_test() {
