@@ -9,6 +9,7 @@
 mod job;
 mod peer;
 mod report;
+mod sampler;
 
 use std::path::PathBuf;
 
@@ -21,7 +22,8 @@ use crate::{client, render, CliError, CliResult, Global};
 use job::{merge_results, perplexity, run_job};
 use peer::{install_peer, interleave_units, run_peer, unit_tests};
 use report::{
-    chart_file, compare_files, csv, csv_rows, print_result, ratio_table, ratios, Comparison,
+    chart_file, compare_files, csv, csv_rows, print_result, print_result_of, ratio_table, ratios,
+    Comparison,
 };
 
 #[derive(Debug, Args)]
@@ -270,7 +272,7 @@ async fn run(
         print_result(global, &result)?;
         if let Some(p) = &peer {
             println!();
-            print_result(global, p)?;
+            print_result_of(global, p, "peer")?;
             println!("\nMinerva / llama.cpp (same file, threads, flash attention, tests, taking turns test by test, alternating who goes first; rates by mean, latencies by p50):");
             print!("{}", ratio_table(&ratios(p, &result)));
         }

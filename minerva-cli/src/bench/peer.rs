@@ -7,6 +7,7 @@ use minerva_proto::scenarios::{self, TestKind};
 use minerva_proto::v1 as pb;
 
 use super::job::merge_results;
+use super::sampler::{TreeSampler, PEER_SAMPLE_EVERY};
 use super::RunArgs;
 use crate::{client, CliError, CliResult, Global};
 
@@ -203,19 +204,33 @@ pub(crate) async fn run_peer(
                 tests.len()
             );
         }
-        let out = tokio::process::Command::new(python)
+        let child = tokio::process::Command::new(python)
             .arg(&script)
             .arg(&spec_file)
-            .output()
-            .await?;
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        // The peer's memory and CPU, as the daemon samples its own (its tests run in children
+        // of the script, which count too); not on systems without /proc.
+        let sampler = child
+            .id()
+            .and_then(|pid| TreeSampler::start(pid, PEER_SAMPLE_EVERY));
+        let out = child.wait_with_output().await;
+        let samples = sampler.map(TreeSampler::finish);
         let _ = std::fs::remove_file(&spec_file);
+        let out = out?;
         if !out.status.success() {
             return Err(CliError(format!(
                 "the llama.cpp peer failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             )));
         }
-        peer_results.push(serde_json::from_slice(&out.stdout)?);
+        let mut result: pb::BenchResult = serde_json::from_slice(&out.stdout)?;
+        if let Some(s) = samples {
+            s.fill(result.resources.get_or_insert_with(Default::default));
+        }
+        peer_results.push(result);
     }
     Ok(merge_results(peer_results))
 }

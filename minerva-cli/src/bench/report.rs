@@ -132,6 +132,11 @@ pub(crate) fn system(r: &pb::BenchResult) -> String {
 }
 
 pub(crate) fn print_result(global: &Global, r: &pb::BenchResult) -> CliResult {
+    print_result_of(global, r, "daemon")
+}
+
+/// [`print_result`] of a result whose RSS and CPU are `process`'s ("daemon", "peer").
+pub(crate) fn print_result_of(global: &Global, r: &pb::BenchResult, process: &str) -> CliResult {
     if global.json {
         println!("{}", serde_json::to_string_pretty(r)?);
         return Ok(());
@@ -220,11 +225,11 @@ pub(crate) fn print_result(global: &Global, r: &pb::BenchResult) -> CliResult {
         println!("  prompt cache on: runs reused the prompt prefix earlier requests left in the KV cache (cached_prompt_tokens per run in --json and --csv)");
     }
     if let Some(res) = r.resources.as_ref().filter(|r| r.samples == 0) {
-        // The peer's result: its process is not sampled.
+        // A peer's result where its process could not be sampled (no /proc), or an older one.
         println!("  RSS and CPU not sampled; GPU {}", res.gpu);
     } else if let Some(res) = &r.resources {
         println!(
-            "  daemon RSS peak {} mean {}, CPU mean {:.0}% peak {:.0}% ({} samples); GPU {}",
+            "  {process} RSS peak {} mean {}, CPU mean {:.0}% peak {:.0}% ({} samples); GPU {}",
             render::bytes(res.rss_peak_bytes),
             render::bytes(res.rss_mean_bytes),
             res.cpu_percent_mean,
