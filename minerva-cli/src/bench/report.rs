@@ -338,7 +338,7 @@ pub(crate) fn chart_file(result: &Path, output: &Path) -> CliResult {
     if output.extension().is_some_and(|e| e != "svg") {
         return Err(CliError("only .svg output is supported".into()));
     }
-    let svg = crate::chart::render(&minerva, peer.as_ref());
+    let svg = crate::chart::render(&minerva, peer.as_ref())?;
     std::fs::write(output, svg)?;
     println!("wrote {}", output.display());
     Ok(())
