@@ -43,12 +43,14 @@ struct Cli {
 enum Command {
     /// Generate from a prompt (streamed), or chat interactively when no prompt is given.
     Run(run::RunArgs),
-    /// Manage models: list, show, load, unload.
+    /// Manage models: list, show, load, unload, rm.
     #[command(subcommand)]
     Models(models::ModelsCommand),
-    /// Fetch a model into the store, verifying its size and sha256.
+    /// Fetch a model into the store (catalog) or the Hugging Face cache (hf: names), verifying
+    /// what it downloads.
     Pull {
-        /// Catalog name, e.g. smollm2-135m.
+        /// Catalog name, e.g. smollm2-135m, or hf:OWNER/REPO[@REVISION][:FILE|:QUANT] from the
+        /// Hugging Face Hub.
         model: String,
     },
     /// Is the daemon up, and what has it loaded?

@@ -1,4 +1,4 @@
-//! `minerva models list|show|load|unload`.
+//! `minerva models list|show|load|unload|rm`.
 
 use clap::{Args, Subcommand};
 use minerva_proto::v1 as pb;
@@ -44,8 +44,8 @@ pub struct LoadFlags {
     /// Layers to offload to a GPU.
     #[arg(long)]
     pub gpu_layers: Option<u32>,
-    /// Backend: llama.cpp or candle [default: by format: GGUF -> llama.cpp, Hugging Face
-    /// folders -> candle].
+    /// Backend: llama.cpp, candle or mlx [default: by format: GGUF -> llama.cpp, Hugging Face
+    /// folders -> candle, MLX folders -> mlx].
     #[arg(long)]
     pub backend: Option<String>,
 }

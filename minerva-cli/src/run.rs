@@ -15,7 +15,8 @@ use crate::{client, render, CliError, CliResult, Global};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// A store name (see `minerva models list`) or a path to a .gguf file.
+    /// A store name (see `minerva models list`), a .gguf file, or a model folder (Hugging Face
+    /// SafeTensors or MLX).
     pub model: String,
     /// The prompt. Without one: interactive chat (or the prompt from piped stdin).
     pub prompt: Option<String>,

@@ -16,8 +16,8 @@ pub struct SynthArgs {
     /// tokenizer at test size).
     #[arg(long, value_name = "SHAPE")]
     shape: String,
-    /// Output format: gguf-f16, gguf-q4_k_m, gguf-q5_k_m, gguf-q6_k, gguf-q8_0 (a file), safetensors or mlx (a
-    /// Hugging Face-style directory).
+    /// Output format: gguf-f16, gguf-q4_k_m, gguf-q5_k_m, gguf-q6_k, gguf-q8_0 (a file),
+    /// safetensors or mlx (a Hugging Face-style directory).
     #[arg(long, value_name = "FORMAT")]
     format: String,
     /// Output file (GGUF) or directory (safetensors, mlx).
