@@ -10,7 +10,7 @@ use minervad::store::ModelStore;
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     // candle sizes its CPU thread pool from RAYON_NUM_THREADS; without it, it reads the CPU list
-    // from /proc and /sys again on every matrix product (7% of decode time on SmolLM2). Set it
+    // from /proc and /sys again on every matrix product, a cost that shows in decode. Set it
     // once, here, while this is the only thread.
     #[cfg(feature = "candle")]
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {

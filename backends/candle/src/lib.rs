@@ -273,8 +273,7 @@ impl CandleModel {
 /// Hands the heap memory that loading freed back to the system. Loading allocates and frees
 /// large buffers (tensor data read from the file, the CPU copies of layers once they are on
 /// the GPU); glibc keeps freed heap memory below its top in the process, where it counts in
-/// the daemon's RSS until something reuses it. Measured on a 7B Q4_K_M on candle's CUDA path:
-/// 4.07 GB of anonymous memory after the load without this.
+/// the daemon's RSS until something reuses it (bench/results/README.md has the measurement).
 fn release_freed_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory to the system; it is thread-safe.

@@ -80,8 +80,8 @@ pub struct LlamaCppModel {
 
 /// llama.cpp's flash-attention setting for a context: llama.cpp's "auto" (on for these models),
 /// unless `MINERVA_FLASH_ATTN=on|off|auto` says otherwise. On the CPU its flash-attention kernel
-/// gets slower as the context grows: SmolLM2 Q4_1 on 2 threads decoded tg128 / tg512 at 198 / 116
-/// tok/s with it and 169 / 160 without. It stays on by default because without it this
+/// gets slower as the context grows (backends/llamacpp/README.md). It stays on by default
+/// because without it this
 /// llama.cpp no longer gives a sequence the same tokens alone as batched with another
 /// (tests/generate.rs `two_clients_at_once_...` fails), which continuous batching relies on.
 /// Returns the setting and its name.

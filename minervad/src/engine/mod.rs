@@ -214,7 +214,8 @@ impl Engine {
         }
         // The worker thread loads the model and creates its context itself: llama.cpp's
         // OpenMP keeps a thread pool per calling thread, and a second pool left behind by a
-        // loader thread makes libgomp throttle its spinning, which cost 4x in decode speed.
+        // loader thread makes libgomp throttle its spinning and slows decode several times
+        // over (backends/llamacpp/README.md).
         let (tx, rx) = mpsc::channel(self.config.max_queue.max(1));
         let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
         let (lo, co) = (load_options.clone(), context_options.clone());
