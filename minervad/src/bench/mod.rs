@@ -180,7 +180,7 @@ impl BenchJobs {
                 format!("{concurrency} clients would overflow the daemon's queue of {max_queue} (--max-queue)"),
             ));
         }
-        let options = crate::api::requested_options(spec.options.as_ref())?;
+        let options = crate::convert::requested_options(spec.options.as_ref())?;
         let mut backends = Vec::new();
         for b in &spec.backends {
             let id = crate::engine::backend_id(b)?;
