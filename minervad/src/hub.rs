@@ -31,7 +31,7 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 use crate::error::{DaemonError, Result};
-use crate::store::PullEvent;
+use crate::pull::PullEvent;
 
 /// How many times one pull resumes a download whose connection broke, before giving up (a later
 /// pull resumes again from the bytes already on disk).

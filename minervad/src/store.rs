@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{DaemonError, Result};
 use crate::hub::{Hub, HubRef};
+pub use crate::pull::PullEvent;
 
 /// Where a catalog model's file comes from.
 #[derive(Debug, Clone, Copy)]
@@ -87,15 +88,6 @@ pub struct StoreListing {
     pub description: String,
     /// Bytes on disk (0 when not pulled).
     pub size_bytes: u64,
-}
-
-/// A progress report from a pull.
-#[derive(Debug, Clone)]
-pub struct PullEvent {
-    pub phase: &'static str,
-    pub completed: u64,
-    pub total: u64,
-    pub message: String,
 }
 
 pub struct ModelStore {
