@@ -5,6 +5,7 @@
 //! (RESOURCE_EXHAUSTED). A model idle for its keep-alive is unloaded by a reaper task.
 
 pub mod perplexity;
+mod prompt_cache;
 mod worker;
 
 use std::collections::HashMap;
