@@ -42,6 +42,9 @@ enum Phase {
     Prefill { done: usize },
     /// `last` was sampled and is not in the KV cache yet.
     Decode { last: TokenId },
+    /// Its last event is sent; it waits to be retired. Its last sampled token is not in the
+    /// KV cache either.
+    Finished,
 }
 
 struct Sequence {
@@ -101,7 +104,7 @@ impl Sequence {
         match self.phase {
             Phase::Prefill { done } => self.job.prompt[..done].to_vec(),
             // Every sampled token but the last has been fed back.
-            Phase::Decode { .. } => {
+            Phase::Decode { .. } | Phase::Finished => {
                 let fed = self.output.len().saturating_sub(1);
                 let mut t = Vec::with_capacity(self.job.prompt.len() + fed);
                 t.extend_from_slice(&self.job.prompt);
@@ -112,7 +115,6 @@ impl Sequence {
     }
 }
 
-/// Runs until every sender of `jobs` is gone (the model was unloaded) or the context breaks.
 /// Where a worker's time goes, logged at debug level every `StepTimes::EVERY` steps
 /// (`RUST_LOG=minervad::engine::worker=debug`): the forward pass (the backend), sampling and
 /// streaming, and the rest of the loop (admission, retiring).
@@ -146,6 +148,7 @@ impl StepTimes {
     }
 }
 
+/// Runs until every sender of `jobs` is gone (the model was unloaded) or the context breaks.
 pub fn run(
     model_name: String,
     model: Arc<dyn Model>,
@@ -290,7 +293,7 @@ pub fn run(
         // Retire finished sequences and free their KV cells.
         let mut i = 0;
         while i < active.len() {
-            let finished = matches!(active[i].phase, Phase::Decode { last } if last == FINISHED);
+            let finished = matches!(active[i].phase, Phase::Finished);
             if finished || active[i].job.events.is_closed() {
                 let seq = active.swap_remove(i);
                 // A finished sequence's client may have gone after its last event: not a cancel.
@@ -327,9 +330,6 @@ pub fn warm_up(model: &dyn Model, ctx: &mut dyn Context) -> minerva_core::Result
     ctx.clear_sequence(SeqId(0))
 }
 
-/// Marker in `Phase::Decode::last` for a sequence that has finished and waits to be retired.
-const FINISHED: TokenId = u32::MAX;
-
 /// One forward pass over every active sequence, then sampling and streaming.
 fn step(
     model: &dyn Model,
@@ -345,7 +345,7 @@ fn step(
     for seq in active.iter() {
         decode_tokens.push(match seq.phase {
             Phase::Decode { last } => [last],
-            Phase::Prefill { .. } => [0],
+            Phase::Prefill { .. } | Phase::Finished => [0],
         });
     }
     let mut chunks: Vec<ForwardChunk<'_>> = Vec::with_capacity(active.len());
@@ -354,7 +354,7 @@ fn step(
             continue;
         }
         match seq.phase {
-            Phase::Decode { last } if last == FINISHED => {}
+            Phase::Finished => {}
             Phase::Decode { .. } => {
                 chunks.push(ForwardChunk {
                     seq: seq.slot,
@@ -448,7 +448,7 @@ fn emit(model: &dyn Model, seq: &mut Sequence, token: TokenId) -> minerva_core::
     match stop {
         None => seq.phase = Phase::Decode { last: token },
         Some((reason, stop_string)) => {
-            seq.phase = Phase::Decode { last: FINISHED };
+            seq.phase = Phase::Finished;
             let _ = seq
                 .job
                 .events
