@@ -11,7 +11,7 @@ use super::check::{Check, Expected, Hasher};
 use super::remote::{hub_error, is_transient};
 use super::Hub;
 use crate::error::{DaemonError, Result};
-use crate::pull::PullEvent;
+use crate::pull::{PullEvent, PullPhase};
 
 /// How many times one pull resumes a download whose connection broke, before giving up (a later
 /// pull resumes again from the bytes already on disk).
@@ -40,7 +40,7 @@ impl Hub {
         let cached = std::fs::metadata(&blob).is_ok_and(|m| m.len() == e.size);
         if cached {
             progress(PullEvent {
-                phase: "download",
+                phase: PullPhase::Download,
                 completed: e.size,
                 total: e.size,
                 message: format!("{}: already in the cache", e.path),
@@ -83,7 +83,7 @@ impl Hub {
         let mut hasher = Hasher::new(&e.check, e.size);
         if have > 0 {
             progress(PullEvent {
-                phase: "download",
+                phase: PullPhase::Download,
                 completed: have,
                 total: e.size,
                 message: format!("{}: resuming at byte {have} of {}", e.path, e.size),
@@ -92,7 +92,7 @@ impl Hub {
                 .map_err(|err| fail(format!("cannot read {}: {err}", partial.display())))?;
         } else {
             progress(PullEvent {
-                phase: "download",
+                phase: PullPhase::Download,
                 completed: 0,
                 total: e.size,
                 message: format!("{}: {} bytes", e.path, e.size),
@@ -119,7 +119,7 @@ impl Hub {
                     resumes += 1;
                     tracing::warn!(file = %e.path, at = have, %detail, "download broke off; resuming");
                     progress(PullEvent {
-                        phase: "download",
+                        phase: PullPhase::Download,
                         completed: have,
                         total: e.size,
                         message: format!(
@@ -154,7 +154,7 @@ impl Hub {
         std::fs::rename(&partial, blob)
             .map_err(|err| fail(format!("cannot move {} into place: {err}", e.path)))?;
         progress(PullEvent {
-            phase: "verify",
+            phase: PullPhase::Verify,
             completed: e.size,
             total: e.size,
             message: format!(
@@ -225,7 +225,7 @@ impl Hub {
             if last.elapsed().as_millis() >= 100 {
                 last = std::time::Instant::now();
                 progress(PullEvent {
-                    phase: "download",
+                    phase: PullPhase::Download,
                     completed: from + got,
                     total: e.size,
                     message: String::new(),

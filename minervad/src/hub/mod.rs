@@ -31,7 +31,7 @@ mod remote;
 use std::path::{Path, PathBuf};
 
 use crate::error::{DaemonError, Result};
-use crate::pull::PullEvent;
+use crate::pull::{PullEvent, PullPhase};
 
 use cache::write_atomically;
 pub use cache::{snapshot_commit, CachedModel};
@@ -80,7 +80,7 @@ impl Hub {
         let name = display_name(r);
         if self.offline {
             progress(PullEvent {
-                phase: "resolve",
+                phase: PullPhase::Resolve,
                 completed: 0,
                 total: 0,
                 message: "HF_HUB_OFFLINE is set: using the local cache only".into(),
@@ -94,7 +94,7 @@ impl Hub {
             });
         }
         progress(PullEvent {
-            phase: "resolve",
+            phase: PullPhase::Resolve,
             completed: 0,
             total: 0,
             message: format!("{} at {} ({})", r.repo_id(), r.revision, self.endpoint()),
@@ -121,7 +121,7 @@ impl Hub {
         }
         let total: u64 = expected.iter().map(|e| e.size).sum();
         progress(PullEvent {
-            phase: "resolve",
+            phase: PullPhase::Resolve,
             completed: 0,
             total,
             message: format!(
