@@ -21,6 +21,10 @@
 //! Names: `hf:OWNER/REPO` (a whole safetensors/MLX repo), `hf:OWNER/REPO:FILE` (one file) or
 //! `hf:OWNER/REPO:Q4_K_M` (the GGUF with that quantization tag), each with an optional
 //! `@REVISION` after the repo. `HF_HUB_OFFLINE=1` resolves from the cache only.
+//!
+//! Here: [`Hub`] and [`Hub::pull`]. `name`: `hf:` names. `remote`: what the Hub lists and what
+//! each file must be. `download`: resumable, verified downloads. `check`: the hashes.
+//! `cache`: the layout above (resolve, list, remove).
 
 mod cache;
 mod check;
