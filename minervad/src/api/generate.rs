@@ -12,7 +12,8 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use super::{keep_alive_of, requested_options};
+use super::keep_alive_of;
+use crate::convert::requested_options;
 use crate::engine::{Engine, Event, Job, Lease};
 use crate::error::{DaemonError, Result};
 

@@ -15,28 +15,11 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::Server;
 
-use crate::engine::{Engine, KeepAlive, RequestedOptions};
+use crate::engine::{Engine, KeepAlive};
 use crate::error::{DaemonError, Result};
 
 pub(crate) fn keep_alive_of(seconds: Option<f64>) -> Result<Option<KeepAlive>> {
     seconds.map(KeepAlive::from_seconds).transpose()
-}
-
-pub(crate) fn requested_options(o: Option<&pb::LoadOptions>) -> Result<RequestedOptions> {
-    let Some(o) = o else {
-        return Ok(RequestedOptions::default());
-    };
-    Ok(RequestedOptions {
-        threads: o.threads,
-        context_length: o.context_length,
-        gpu_layers: o.gpu_layers,
-        backend: o
-            .backend
-            .as_deref()
-            .filter(|b| !b.is_empty())
-            .map(crate::engine::backend_id)
-            .transpose()?,
-    })
 }
 
 /// Where to listen.

@@ -8,7 +8,8 @@ use minerva_proto::v1 as pb;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{keep_alive_of, requested_options};
+use super::keep_alive_of;
+use crate::convert::requested_options;
 use crate::engine::{Engine, LoadedModel};
 use crate::error::DaemonError;
 use crate::store::{ResolvedModel, StoreListing};

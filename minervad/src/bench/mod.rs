@@ -44,6 +44,47 @@ impl Plan {
     }
 }
 
+/// Where a job stands; on the wire it is `BenchResult.status`, as [`JobStatus::as_str`]
+/// spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Done,
+    Cancelled,
+    Failed,
+}
+
+impl JobStatus {
+    const ALL: [JobStatus; 5] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Done,
+        JobStatus::Cancelled,
+        JobStatus::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Done => "done",
+            JobStatus::Cancelled => "cancelled",
+            JobStatus::Failed => "failed",
+        }
+    }
+
+    /// The status a `BenchResult.status` string names; `None` for anything else.
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        Self::ALL.into_iter().find(|j| j.as_str() == s)
+    }
+
+    /// Queued or running: not ended yet.
+    pub fn is_live(self) -> bool {
+        matches!(self, JobStatus::Queued | JobStatus::Running)
+    }
+}
+
 /// One job: its live progress, its result so far, and its cancel switch.
 pub struct JobEntry {
     pub id: String,
@@ -105,7 +146,7 @@ impl BenchJobs {
         );
         let result = BenchResult {
             id: id.clone(),
-            status: "queued".into(),
+            status: JobStatus::Queued.as_str().into(),
             spec: Some(spec),
             machine: Some(machine::machine(
                 &self.engine.backend_names().join(", "),
@@ -117,7 +158,7 @@ impl BenchJobs {
         let (progress, _) = watch::channel(BenchProgress {
             id: id.clone(),
             requests_total: plan.requests_total(),
-            message: "queued".into(),
+            message: JobStatus::Queued.as_str().into(),
             ..Default::default()
         });
         let (cancel, _) = watch::channel(false);
@@ -180,7 +221,7 @@ impl BenchJobs {
                 format!("{concurrency} clients would overflow the daemon's queue of {max_queue} (--max-queue)"),
             ));
         }
-        let options = crate::api::requested_options(spec.options.as_ref())?;
+        let options = crate::convert::requested_options(spec.options.as_ref())?;
         let mut backends = Vec::new();
         for b in &spec.backends {
             let id = crate::engine::backend_id(b)?;
@@ -263,7 +304,7 @@ impl BenchJobs {
         let entry = self.lock().get(id).cloned();
         match entry {
             Some(e) => {
-                let running = matches!(e.result().status.as_str(), "queued" | "running");
+                let running = JobStatus::parse(&e.result().status).is_some_and(JobStatus::is_live);
                 let _ = e.cancel.send(true);
                 Ok(running)
             }
@@ -293,4 +334,19 @@ fn now_unix() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_statuses_read_back_as_written() {
+        for s in JobStatus::ALL {
+            assert_eq!(JobStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(JobStatus::parse("finished"), None);
+        let live: Vec<_> = JobStatus::ALL.into_iter().filter(|s| s.is_live()).collect();
+        assert_eq!(live, [JobStatus::Queued, JobStatus::Running]);
+    }
 }

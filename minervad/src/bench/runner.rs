@@ -14,14 +14,14 @@ use tokio::sync::{mpsc, watch};
 use super::machine::ResourceSampler;
 use super::spec::TestKind;
 use super::stats::summarize;
-use super::{now_unix, BenchJobs, JobEntry, Plan};
+use super::{now_unix, BenchJobs, JobEntry, JobStatus, Plan};
 use crate::engine::{Event, Job, LoadedModel};
 use crate::error::{DaemonError, Result};
 
 pub async fn run(jobs: Arc<BenchJobs>, entry: Arc<JobEntry>, plan: Plan) {
     let _turn = jobs.turn.lock().await;
     entry.update(|r| {
-        r.status = "running".into();
+        r.status = JobStatus::Running.as_str().into();
         r.started_unix_s = now_unix();
     });
     let sampler = ResourceSampler::start();
@@ -32,13 +32,13 @@ pub async fn run(jobs: Arc<BenchJobs>, entry: Arc<JobEntry>, plan: Plan) {
         r.resources = Some(resources);
         r.finished_unix_s = now_unix();
         match &outcome {
-            Ok(()) => r.status = "done".into(),
+            Ok(()) => r.status = JobStatus::Done.as_str().into(),
             Err(e) if *cancel.borrow() => {
-                r.status = "cancelled".into();
+                r.status = JobStatus::Cancelled.as_str().into();
                 r.error = e.to_string();
             }
             Err(e) => {
-                r.status = "failed".into();
+                r.status = JobStatus::Failed.as_str().into();
                 r.error = e.to_string();
             }
         }

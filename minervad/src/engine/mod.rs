@@ -8,6 +8,7 @@ mod backends;
 mod job;
 mod loaded;
 pub mod perplexity;
+mod prompt_cache;
 mod worker;
 
 use std::collections::HashMap;

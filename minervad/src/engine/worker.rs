@@ -24,6 +24,7 @@ use minerva_proto::v1::StopReason;
 use tokio::sync::mpsc;
 
 use super::perplexity::{self, PerplexityEvent};
+use super::prompt_cache::PromptCache;
 use super::{Event, Job, Stats, Work};
 use crate::error::DaemonError;
 
@@ -41,6 +42,9 @@ enum Phase {
     Prefill { done: usize },
     /// `last` was sampled and is not in the KV cache yet.
     Decode { last: TokenId },
+    /// Its last event is sent; it waits to be retired. Its last sampled token is not in the
+    /// KV cache either.
+    Finished,
 }
 
 struct Sequence {
@@ -100,7 +104,7 @@ impl Sequence {
         match self.phase {
             Phase::Prefill { done } => self.job.prompt[..done].to_vec(),
             // Every sampled token but the last has been fed back.
-            Phase::Decode { .. } => {
+            Phase::Decode { .. } | Phase::Finished => {
                 let fed = self.output.len().saturating_sub(1);
                 let mut t = Vec::with_capacity(self.job.prompt.len() + fed);
                 t.extend_from_slice(&self.job.prompt);
@@ -111,149 +115,6 @@ impl Sequence {
     }
 }
 
-/// Prompt caching (requests with `cache_prompt`): what each idle slot's KV cache still holds
-/// from the sequence that last ran in it. Such a request takes the idle slot sharing the
-/// longest prefix with its prompt and computes only the rest (llama-server's `cache_prompt`):
-/// a chat's next turn resends the whole conversation, and requests often share a system
-/// prompt. Cached tokens occupy KV cells, so they are forgotten (least recently used first)
-/// when a request needs the room. It is opt-in because it is not bit-reproducible: the reused
-/// positions were computed in other batches, and llama.cpp's attention adds up a sequence's
-/// cells in cell order, which after evictions is no longer position order.
-struct PromptCache {
-    /// Indexed by slot; `None` for an empty or active slot.
-    slots: Vec<Option<CachedSlot>>,
-    clock: u64,
-}
-
-struct CachedSlot {
-    tokens: Vec<TokenId>,
-    used: u64,
-}
-
-/// Where a new sequence goes: its slot and how many of its prompt tokens are cached there.
-struct Placement {
-    slot: SeqId,
-    reuse: usize,
-}
-
-impl PromptCache {
-    fn new(slots: usize) -> Self {
-        Self {
-            slots: (0..slots).map(|_| None).collect(),
-            clock: 0,
-        }
-    }
-
-    /// Picks a free slot for `job`: the one whose cache shares the longest prefix with its
-    /// prompt when that covers at least half the prompt (a chat's next turn, a repeated or
-    /// shared long prefix), else an empty slot, else the least recently used one. A short
-    /// match does not take a slot whose cache a later request may want whole.
-    /// At least the prompt's last token is always computed: its logits give the first token.
-    fn place(&self, active: &[Sequence], job: &Job) -> Option<Placement> {
-        let busy: Vec<usize> = active.iter().map(|a| a.slot.0 as usize).collect();
-        self.place_prompt(&busy, &job.prompt, job.cache_prompt)
-    }
-
-    /// [`Self::place`] for a prompt, with the slots in `busy` taken.
-    fn place_prompt(
-        &self,
-        busy: &[usize],
-        prompt: &[TokenId],
-        reuse_ok: bool,
-    ) -> Option<Placement> {
-        let reuse = |s: usize| match &self.slots[s] {
-            Some(c) if reuse_ok => {
-                let common = c.tokens.iter().zip(prompt).take_while(|(a, b)| a == b);
-                common.count().min(prompt.len().saturating_sub(1))
-            }
-            _ => 0,
-        };
-        let free: Vec<usize> = (0..self.slots.len())
-            .filter(|s| !busy.contains(s))
-            .collect();
-        let best = free
-            .iter()
-            .map(|&s| (s, reuse(s)))
-            .filter(|&(_, r)| r > 0 && 2 * r >= prompt.len())
-            .max_by_key(|&(_, r)| r);
-        let empty = || free.iter().copied().find(|&s| self.slots[s].is_none());
-        let oldest = || {
-            let used = |s: &usize| self.slots[*s].as_ref().map_or(0, |c| c.used);
-            free.iter().copied().min_by_key(used)
-        };
-        let slot = best.map(|(s, _)| s).or_else(empty).or_else(oldest)?;
-        Some(Placement {
-            slot: SeqId(slot as u32),
-            reuse: reuse(slot),
-        })
-    }
-
-    /// KV cells held by idle slots' caches, except `slot`'s.
-    fn held_except(&self, slot: SeqId) -> usize {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(|&(s, _)| s != slot.0 as usize)
-            .filter_map(|(_, c)| c.as_ref().map(|c| c.tokens.len()))
-            .sum()
-    }
-
-    /// Forgets the least recently used cache other than `slot`'s; false when there is none.
-    fn evict_one(&mut self, ctx: &mut dyn Context, slot: SeqId) -> minerva_core::Result<bool> {
-        let victim = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|&(s, c)| s != slot.0 as usize && c.is_some())
-            .min_by_key(|(_, c)| c.as_ref().map_or(0, |c| c.used))
-            .map(|(s, _)| s);
-        match victim {
-            Some(s) => {
-                self.slots[s] = None;
-                ctx.clear_sequence(SeqId(s as u32))?;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
-
-    /// Makes `p.slot` ready for a new sequence: cut to the reused prefix, or cleared. Returns
-    /// the number of prompt tokens reused.
-    fn take(&mut self, ctx: &mut dyn Context, p: &Placement) -> minerva_core::Result<usize> {
-        let s = p.slot.0 as usize;
-        let had = self.slots[s].take();
-        if p.reuse > 0 && ctx.keep_prefix(p.slot, p.reuse as u32)? {
-            return Ok(p.reuse);
-        }
-        if had.is_some() {
-            ctx.clear_sequence(p.slot)?;
-        }
-        Ok(0)
-    }
-
-    /// Remembers what a retired sequence left in its slot.
-    fn keep(&mut self, slot: SeqId, tokens: Vec<TokenId>) {
-        self.clock += 1;
-        if let Some(c) = self.slots.get_mut(slot.0 as usize) {
-            *c = (!tokens.is_empty()).then_some(CachedSlot {
-                tokens,
-                used: self.clock,
-            });
-        }
-    }
-
-    /// Forgets every cache (a perplexity job needs the whole context).
-    fn clear(&mut self, ctx: &mut dyn Context) -> minerva_core::Result<()> {
-        for s in 0..self.slots.len() {
-            if self.slots[s].take().is_some() {
-                ctx.clear_sequence(SeqId(s as u32))?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Runs until every sender of `jobs` is gone (the model was unloaded) or the context breaks.
 /// Where a worker's time goes, logged at debug level every `StepTimes::EVERY` steps
 /// (`RUST_LOG=minervad::engine::worker=debug`): the forward pass (the backend), sampling and
 /// streaming, and the rest of the loop (admission, retiring).
@@ -287,6 +148,7 @@ impl StepTimes {
     }
 }
 
+/// Runs until every sender of `jobs` is gone (the model was unloaded) or the context breaks.
 pub fn run(
     model_name: String,
     model: Arc<dyn Model>,
@@ -364,7 +226,7 @@ pub fn run(
             }
             let reserved: usize = active.iter().map(|s| reservation(&s.job)).sum();
             let needed = reserved.saturating_add(reservation(&job));
-            let place = match cache.place(&active, &job) {
+            let place = match cache.place(active.iter().map(|a| a.slot), &job) {
                 Some(p) if active.is_empty() || needed <= cells => p,
                 _ => {
                     held = Some(Work::Generate(job));
@@ -431,7 +293,7 @@ pub fn run(
         // Retire finished sequences and free their KV cells.
         let mut i = 0;
         while i < active.len() {
-            let finished = matches!(active[i].phase, Phase::Decode { last } if last == FINISHED);
+            let finished = matches!(active[i].phase, Phase::Finished);
             if finished || active[i].job.events.is_closed() {
                 let seq = active.swap_remove(i);
                 // A finished sequence's client may have gone after its last event: not a cancel.
@@ -461,9 +323,6 @@ pub fn warm_up(model: &dyn Model, ctx: &mut dyn Context) -> minerva_core::Result
     ctx.clear_sequence(SeqId(0))
 }
 
-/// Marker in `Phase::Decode::last` for a sequence that has finished and waits to be retired.
-const FINISHED: TokenId = u32::MAX;
-
 /// One forward pass over every active sequence, then sampling and streaming.
 fn step(
     model: &dyn Model,
@@ -479,7 +338,7 @@ fn step(
     for seq in active.iter() {
         decode_tokens.push(match seq.phase {
             Phase::Decode { last } => [last],
-            Phase::Prefill { .. } => [0],
+            Phase::Prefill { .. } | Phase::Finished => [0],
         });
     }
     let mut chunks: Vec<ForwardChunk<'_>> = Vec::with_capacity(active.len());
@@ -488,7 +347,7 @@ fn step(
             continue;
         }
         match seq.phase {
-            Phase::Decode { last } if last == FINISHED => {}
+            Phase::Finished => {}
             Phase::Decode { .. } => {
                 chunks.push(ForwardChunk::last(
                     seq.slot,
@@ -582,7 +441,7 @@ fn emit(model: &dyn Model, seq: &mut Sequence, token: TokenId) -> minerva_core::
     match stop {
         None => seq.phase = Phase::Decode { last: token },
         Some((reason, stop_string)) => {
-            seq.phase = Phase::Decode { last: FINISHED };
+            seq.phase = Phase::Finished;
             let _ = seq
                 .job
                 .events
@@ -633,50 +492,5 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         format!("panic: {s}")
     } else {
         "panic in the backend".into()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cache(slots: &[Option<&[TokenId]>]) -> PromptCache {
-        let mut c = PromptCache::new(slots.len());
-        for (s, t) in slots.iter().enumerate() {
-            if let Some(t) = t {
-                c.keep(SeqId(s as u32), t.to_vec());
-            }
-        }
-        c
-    }
-
-    fn place(c: &PromptCache, busy: &[usize], prompt: &[TokenId], ok: bool) -> (u32, usize) {
-        let p = c.place_prompt(busy, prompt, ok).expect("a free slot");
-        (p.slot.0, p.reuse)
-    }
-
-    #[test]
-    fn a_prompt_goes_where_most_of_it_is_cached() {
-        // Slot 0 shares 2 tokens, slot 1 shares 4, slot 2 is empty.
-        let c = cache(&[Some(&[1, 2, 9]), Some(&[1, 2, 3, 4, 8]), None]);
-        assert_eq!(place(&c, &[], &[1, 2, 3, 4, 5, 6], true), (1, 4));
-        // Busy slots are skipped: slot 0's 2 of 6 is under half, so the empty slot wins.
-        assert_eq!(place(&c, &[1], &[1, 2, 3, 4, 5, 6], true), (2, 0));
-        // The whole prompt cached: its last token is still computed.
-        assert_eq!(place(&c, &[], &[1, 2, 3, 4], true), (1, 3));
-        // Without cache_prompt nothing is reused and an empty slot is preferred.
-        assert_eq!(place(&c, &[], &[1, 2, 3, 4, 5, 6], false), (2, 0));
-    }
-
-    #[test]
-    fn without_an_empty_slot_the_least_recently_used_goes() {
-        // keep() order makes slot 0 the oldest.
-        let c = cache(&[Some(&[7, 7]), Some(&[8, 8])]);
-        assert_eq!(place(&c, &[], &[5, 6, 7], true), (0, 0));
-        // Overwritten anyway, a short match is still used.
-        let c = cache(&[Some(&[5, 9, 9, 9]), Some(&[8, 8])]);
-        assert_eq!(place(&c, &[], &[5, 6, 7, 1, 2], true), (0, 1));
-        assert!(c.place_prompt(&[0, 1], &[5], true).is_none());
-        assert_eq!(c.held_except(SeqId(0)), 2);
     }
 }
