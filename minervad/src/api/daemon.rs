@@ -9,10 +9,10 @@ use tonic::{Request, Response, Status};
 use super::models::loaded_details;
 use crate::engine::Engine;
 
-pub struct DaemonApi {
-    pub engine: Arc<Engine>,
-    pub started: Instant,
-    pub listen: String,
+pub(crate) struct DaemonApi {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) started: Instant,
+    pub(crate) listen: String,
 }
 
 fn rss_bytes() -> u64 {

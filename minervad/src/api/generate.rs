@@ -17,8 +17,8 @@ use crate::convert::requested_options;
 use crate::engine::{Engine, Event, Job, Lease};
 use crate::error::{DaemonError, Result};
 
-pub struct GenerateApi {
-    pub engine: Arc<Engine>,
+pub(crate) struct GenerateApi {
+    pub(crate) engine: Arc<Engine>,
 }
 
 enum Input {

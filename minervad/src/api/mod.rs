@@ -24,7 +24,7 @@ pub(crate) fn keep_alive_of(seconds: Option<f64>) -> Result<Option<KeepAlive>> {
 
 /// Where to listen.
 #[derive(Debug, Clone)]
-pub enum Listen {
+pub(crate) enum Listen {
     Socket(std::path::PathBuf),
     Tcp(std::net::SocketAddr),
 }
@@ -72,7 +72,7 @@ async fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(
+pub(crate) async fn serve(
     engine: Arc<Engine>,
     bench_dir: std::path::PathBuf,
     listen: Listen,

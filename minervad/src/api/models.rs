@@ -14,12 +14,12 @@ use crate::engine::{Engine, LoadedModel};
 use crate::error::DaemonError;
 use crate::store::{ResolvedModel, StoreListing};
 
-pub struct ModelApi {
-    pub engine: Arc<Engine>,
+pub(crate) struct ModelApi {
+    pub(crate) engine: Arc<Engine>,
 }
 
 /// Details of a model, loaded or not.
-pub fn details(
+pub(crate) fn details(
     resolved: &ResolvedModel,
     info: &ModelInfo,
     loaded: Option<&LoadedModel>,
@@ -63,7 +63,7 @@ pub fn details(
     }
 }
 
-pub fn loaded_details(engine: &Engine, m: &LoadedModel) -> pb::ModelDetails {
+pub(crate) fn loaded_details(engine: &Engine, m: &LoadedModel) -> pb::ModelDetails {
     details(
         &m.resolved,
         m.info(),
@@ -178,7 +178,7 @@ impl ModelApi {
 /// The last message of a pull: the model as the store now has it.
 fn pulled(d: pb::ModelDetails) -> pb::PullProgress {
     pb::PullProgress {
-        phase: "done".into(),
+        phase: crate::pull::PullPhase::Done.as_str().into(),
         completed_bytes: d.file_size_bytes,
         total_bytes: d.file_size_bytes,
         message: "pulled and verified".into(),

@@ -15,7 +15,7 @@ fn nvml() -> Result<&'static nvml_wrapper::Nvml, &'static str> {
 
 /// The GPU as results report it: "present: ..." with the devices NVML sees, or "absent: ..."
 /// with the reason; GPU figures are never reported as zeros.
-pub fn gpu_status() -> String {
+pub(crate) fn gpu_status() -> String {
     let nvml = match nvml() {
         Ok(n) => n,
         Err(e) => return format!("absent: no NVIDIA driver library (NVML: {e})"),
@@ -80,7 +80,7 @@ impl GpuTrack {
     }
 }
 
-pub fn machine(backend: &str, backend_build: &str) -> BenchMachine {
+pub(crate) fn machine(backend: &str, backend_build: &str) -> BenchMachine {
     let mut sys = sysinfo::System::new();
     sys.refresh_cpu_all();
     sys.refresh_memory();
@@ -129,13 +129,13 @@ pub fn machine(backend: &str, backend_build: &str) -> BenchMachine {
 }
 
 /// Samples this process's RSS and CPU every 250 ms until stopped.
-pub struct ResourceSampler {
+pub(crate) struct ResourceSampler {
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<BenchResources>,
 }
 
 impl ResourceSampler {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let pid = sysinfo::Pid::from_u32(std::process::id());
@@ -211,7 +211,7 @@ impl ResourceSampler {
         Self { stop, task }
     }
 
-    pub async fn finish(self) -> BenchResources {
+    pub(crate) async fn finish(self) -> BenchResources {
         let _ = self.stop.send(true);
         self.task.await.unwrap_or_default()
     }

@@ -5,8 +5,8 @@
 
 mod machine;
 mod runner;
-pub mod spec;
-pub mod stats;
+pub(crate) mod spec;
+pub(crate) mod stats;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,23 +22,23 @@ use spec::{TestKind, MAX_CONCURRENCY, MAX_RUNS};
 
 /// A checked job: what will run.
 #[derive(Debug, Clone)]
-pub struct Plan {
-    pub models: Vec<String>,
+pub(crate) struct Plan {
+    pub(crate) models: Vec<String>,
     /// Backends to run each model on, in turn; `[None]` = each model's default.
-    pub backends: Vec<Option<&'static str>>,
-    pub tests: Vec<TestKind>,
-    pub runs: u32,
-    pub warmup_runs: u32,
-    pub concurrency: u32,
-    pub seed: u64,
+    pub(crate) backends: Vec<Option<&'static str>>,
+    pub(crate) tests: Vec<TestKind>,
+    pub(crate) runs: u32,
+    pub(crate) warmup_runs: u32,
+    pub(crate) concurrency: u32,
+    pub(crate) seed: u64,
     /// Requests may reuse prompt prefixes cached by earlier ones (off: each computes its whole
     /// prompt, as a peer without a prompt cache does).
-    pub prompt_cache: bool,
-    pub options: crate::engine::RequestedOptions,
+    pub(crate) prompt_cache: bool,
+    pub(crate) options: crate::engine::RequestedOptions,
 }
 
 impl Plan {
-    pub fn requests_total(&self) -> u32 {
+    pub(crate) fn requests_total(&self) -> u32 {
         let per_test = self.warmup_runs + self.runs * self.concurrency;
         (self.models.len() * self.backends.len() * self.tests.len()) as u32 * per_test
     }
@@ -47,7 +47,7 @@ impl Plan {
 /// Where a job stands; on the wire it is `BenchResult.status`, as [`JobStatus::as_str`]
 /// spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobStatus {
+pub(crate) enum JobStatus {
     Queued,
     Running,
     Done,
@@ -64,7 +64,7 @@ impl JobStatus {
         JobStatus::Failed,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             JobStatus::Queued => "queued",
             JobStatus::Running => "running",
@@ -75,19 +75,19 @@ impl JobStatus {
     }
 
     /// The status a `BenchResult.status` string names; `None` for anything else.
-    pub fn parse(s: &str) -> Option<JobStatus> {
+    pub(crate) fn parse(s: &str) -> Option<JobStatus> {
         Self::ALL.into_iter().find(|j| j.as_str() == s)
     }
 
     /// Queued or running: not ended yet.
-    pub fn is_live(self) -> bool {
+    pub(crate) fn is_live(self) -> bool {
         matches!(self, JobStatus::Queued | JobStatus::Running)
     }
 }
 
 /// One job: its live progress, its result so far, and its cancel switch.
-pub struct JobEntry {
-    pub id: String,
+pub(crate) struct JobEntry {
+    pub(crate) id: String,
     progress: watch::Sender<BenchProgress>,
     result: Mutex<BenchResult>,
     cancel: watch::Sender<bool>,
@@ -106,7 +106,7 @@ impl JobEntry {
     }
 }
 
-pub struct BenchJobs {
+pub(crate) struct BenchJobs {
     engine: Arc<Engine>,
     results_dir: PathBuf,
     jobs: Mutex<HashMap<String, Arc<JobEntry>>>,
@@ -116,7 +116,7 @@ pub struct BenchJobs {
 }
 
 impl BenchJobs {
-    pub fn new(engine: Arc<Engine>, results_dir: PathBuf) -> Arc<Self> {
+    pub(crate) fn new(engine: Arc<Engine>, results_dir: PathBuf) -> Arc<Self> {
         Arc::new(Self {
             engine,
             results_dir,
@@ -126,7 +126,7 @@ impl BenchJobs {
         })
     }
 
-    pub fn engine(&self) -> &Arc<Engine> {
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
         &self.engine
     }
 
@@ -136,7 +136,7 @@ impl BenchJobs {
 
     /// Checks the spec and every model name now (errors reach the caller at once), then
     /// queues the job.
-    pub fn submit(self: &Arc<Self>, spec: BenchJobSpec) -> Result<String> {
+    pub(crate) fn submit(self: &Arc<Self>, spec: BenchJobSpec) -> Result<String> {
         let plan = self.plan(&spec)?;
         let unix = now_unix();
         let id = format!(
@@ -246,7 +246,7 @@ impl BenchJobs {
     }
 
     /// A job's result: live, or read back from its file.
-    pub fn get(&self, id: &str) -> Result<BenchResult> {
+    pub(crate) fn get(&self, id: &str) -> Result<BenchResult> {
         if let Some(e) = self.lock().get(id) {
             return Ok(e.result());
         }
@@ -264,7 +264,7 @@ impl BenchJobs {
             .map_err(|e| DaemonError::Internal(format!("saved result {id} is unreadable: {e}")))
     }
 
-    pub fn watch(
+    pub(crate) fn watch(
         &self,
         id: &str,
     ) -> Result<std::result::Result<watch::Receiver<BenchProgress>, BenchResult>> {
@@ -275,7 +275,7 @@ impl BenchJobs {
     }
 
     /// Jobs of this daemon's life and saved ones, newest first, without per-run rows.
-    pub fn list(&self) -> Vec<BenchResult> {
+    pub(crate) fn list(&self) -> Vec<BenchResult> {
         let mut out: HashMap<String, BenchResult> = HashMap::new();
         if let Ok(dir) = std::fs::read_dir(&self.results_dir) {
             for e in dir.flatten() {
@@ -300,7 +300,7 @@ impl BenchJobs {
         v
     }
 
-    pub fn cancel(&self, id: &str) -> Result<bool> {
+    pub(crate) fn cancel(&self, id: &str) -> Result<bool> {
         let entry = self.lock().get(id).cloned();
         match entry {
             Some(e) => {

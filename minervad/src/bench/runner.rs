@@ -18,7 +18,7 @@ use super::{now_unix, BenchJobs, JobEntry, JobStatus, Plan};
 use crate::engine::{Event, Job, LoadedModel};
 use crate::error::{DaemonError, Result};
 
-pub async fn run(jobs: Arc<BenchJobs>, entry: Arc<JobEntry>, plan: Plan) {
+pub(crate) async fn run(jobs: Arc<BenchJobs>, entry: Arc<JobEntry>, plan: Plan) {
     let _turn = jobs.turn.lock().await;
     entry.update(|r| {
         r.status = JobStatus::Running.as_str().into();

@@ -3,7 +3,7 @@
 use minerva_proto::v1::BenchSummary;
 
 /// Summarises `values` (NaNs ignored). Percentiles interpolate linearly between ranks.
-pub fn summarize(values: &[f64]) -> BenchSummary {
+pub(crate) fn summarize(values: &[f64]) -> BenchSummary {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
     if v.is_empty() {
         return BenchSummary::default();

@@ -38,7 +38,7 @@ const KNOWN_BACKENDS: &[KnownBackend] = &[
 
 /// The canonical id of a backend as a request spells it ("llamacpp", "llama-cpp" and
 /// "llama.cpp" are one backend).
-pub fn backend_id(name: &str) -> Result<&'static str> {
+pub(crate) fn backend_id(name: &str) -> Result<&'static str> {
     let n = name.trim().to_ascii_lowercase().replace(['-', '_'], ".");
     KNOWN_BACKENDS
         .iter()
@@ -55,12 +55,12 @@ pub fn backend_id(name: &str) -> Result<&'static str> {
 
 impl Engine {
     /// The backends this build has.
-    pub fn backend_names(&self) -> Vec<&'static str> {
+    pub(crate) fn backend_names(&self) -> Vec<&'static str> {
         self.backends.iter().map(|b| b.name()).collect()
     }
 
     /// How each backend was built, one per line.
-    pub fn backend_build_info(&self) -> String {
+    pub(crate) fn backend_build_info(&self) -> String {
         self.backends
             .iter()
             .map(|b| b.build_info())
@@ -70,7 +70,7 @@ impl Engine {
 
     /// The backend for a model of `format`: the requested one, or the first backend (in the
     /// daemon's order of preference) that serves the format by default.
-    pub fn choose_backend(
+    pub(crate) fn choose_backend(
         &self,
         format: ModelFormat,
         requested: Option<&'static str>,
@@ -126,7 +126,7 @@ impl Engine {
     }
 
     /// The backend name a model would load with (for listings of unloaded models).
-    pub fn default_backend_name(&self, format: ModelFormat) -> &'static str {
+    pub(crate) fn default_backend_name(&self, format: ModelFormat) -> &'static str {
         self.choose_backend(format, None)
             .map_or("none", |b| b.name())
     }

@@ -14,14 +14,14 @@ use crate::store::ResolvedModel;
 
 /// How long an idle model stays loaded.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum KeepAlive {
+pub(crate) enum KeepAlive {
     For(Duration),
     Forever,
 }
 
 impl KeepAlive {
     /// Seconds as the API carries them: negative = forever.
-    pub fn from_seconds(s: f64) -> Result<Self> {
+    pub(crate) fn from_seconds(s: f64) -> Result<Self> {
         if s.is_nan() {
             return Err(DaemonError::invalid("keep_alive_seconds", "NaN"));
         }
@@ -33,7 +33,7 @@ impl KeepAlive {
             .map_err(|_| DaemonError::invalid("keep_alive_seconds", format!("{s} is too large")))
     }
 
-    pub fn as_seconds(self) -> f64 {
+    pub(crate) fn as_seconds(self) -> f64 {
         match self {
             KeepAlive::For(d) => d.as_secs_f64(),
             KeepAlive::Forever => -1.0,
@@ -43,22 +43,22 @@ impl KeepAlive {
 
 /// Where a load's time went.
 #[derive(Debug, Clone, Copy)]
-pub struct LoadTiming {
-    pub total_ms: f64,
+pub(crate) struct LoadTiming {
+    pub(crate) total_ms: f64,
     /// Opening and memory-mapping the weights (the backend's model load).
-    pub mmap_ms: f64,
+    pub(crate) mmap_ms: f64,
     /// Creating the context (KV cache, compute buffers) and the warm-up pass.
-    pub context_ms: f64,
+    pub(crate) context_ms: f64,
 }
 
 /// A loaded model: weights, its worker's queue, and keep-alive state.
-pub struct LoadedModel {
-    pub resolved: ResolvedModel,
-    pub model: Arc<dyn Model>,
-    pub load_options: LoadOptions,
-    pub context_options: ContextOptions,
-    pub load_ms: f64,
-    pub load_timing: LoadTiming,
+pub(crate) struct LoadedModel {
+    pub(crate) resolved: ResolvedModel,
+    pub(crate) model: Arc<dyn Model>,
+    pub(crate) load_options: LoadOptions,
+    pub(crate) context_options: ContextOptions,
+    pub(crate) load_ms: f64,
+    pub(crate) load_timing: LoadTiming,
     pub(super) chat_template: Option<std::result::Result<ChatTemplate, String>>,
     pub(super) jobs: mpsc::Sender<Work>,
     pub(super) max_queue: usize,
@@ -75,12 +75,12 @@ pub(super) struct IdleState {
 }
 
 impl LoadedModel {
-    pub fn info(&self) -> &ModelInfo {
+    pub(crate) fn info(&self) -> &ModelInfo {
         self.model.info()
     }
 
     /// Seconds left before an idle unload; `None` while busy or when kept forever.
-    pub fn keep_alive_remaining(&self) -> (Option<f64>, bool) {
+    pub(crate) fn keep_alive_remaining(&self) -> (Option<f64>, bool) {
         let s = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         match s.keep_alive {
             KeepAlive::Forever => (None, true),
@@ -101,7 +101,7 @@ impl LoadedModel {
     }
 
     /// Counts the model busy until the lease is dropped; sets its keep-alive if given.
-    pub fn lease(self: &Arc<Self>, keep_alive: Option<KeepAlive>) -> Lease {
+    pub(crate) fn lease(self: &Arc<Self>, keep_alive: Option<KeepAlive>) -> Lease {
         let mut s = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         s.busy += 1;
         if let Some(k) = keep_alive {
@@ -114,7 +114,7 @@ impl LoadedModel {
 
     /// Renders chat messages with the model's own template; the bool says whether the
     /// tokenizer should still add BOS (not when the template wrote it already).
-    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<(String, bool)> {
+    pub(crate) fn render_chat(&self, messages: &[ChatMessage]) -> Result<(String, bool)> {
         let template = match &self.chat_template {
             None => return Err(CoreError::NoChatTemplate.into()),
             Some(Err(e)) => {
@@ -137,12 +137,12 @@ impl LoadedModel {
     }
 
     /// Queues a job; a full queue is an error, never a wait.
-    pub fn submit(&self, job: Job) -> Result<()> {
+    pub(crate) fn submit(&self, job: Job) -> Result<()> {
         self.submit_work(Work::Generate(job))
     }
 
     /// Queues a perplexity evaluation; same queue, same limits as generations.
-    pub fn submit_perplexity(&self, job: perplexity::PerplexityJob) -> Result<()> {
+    pub(crate) fn submit_perplexity(&self, job: perplexity::PerplexityJob) -> Result<()> {
         self.submit_work(Work::Perplexity(job))
     }
 
@@ -165,12 +165,12 @@ impl LoadedModel {
 }
 
 /// Marks a model busy for as long as it lives.
-pub struct Lease {
+pub(crate) struct Lease {
     model: Arc<LoadedModel>,
 }
 
 impl Lease {
-    pub fn model(&self) -> &Arc<LoadedModel> {
+    pub(crate) fn model(&self) -> &Arc<LoadedModel> {
         &self.model
     }
 }

@@ -7,7 +7,7 @@
 mod backends;
 mod job;
 mod loaded;
-pub mod perplexity;
+pub(crate) mod perplexity;
 mod prompt_cache;
 mod worker;
 
@@ -20,39 +20,39 @@ use minerva_core::chat::ChatTemplate;
 use minerva_core::{Backend, ContextOptions, CoreError, LoadOptions, ModelFiles};
 use tokio::sync::mpsc;
 
-pub use backends::backend_id;
-pub use job::{Event, Job, Stats, Work};
+pub(crate) use backends::backend_id;
+pub(crate) use job::{Event, Job, Stats, Work};
 use loaded::IdleState;
-pub use loaded::{KeepAlive, Lease, LoadTiming, LoadedModel};
+pub(crate) use loaded::{KeepAlive, Lease, LoadTiming, LoadedModel};
 
 use crate::error::{DaemonError, Result};
 use crate::store::{ModelStore, ResolvedModel};
 
 /// Options a request asks for; `None` = whatever is loaded, or the default.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RequestedOptions {
-    pub threads: Option<u32>,
-    pub context_length: Option<u32>,
-    pub gpu_layers: Option<u32>,
+pub(crate) struct RequestedOptions {
+    pub(crate) threads: Option<u32>,
+    pub(crate) context_length: Option<u32>,
+    pub(crate) gpu_layers: Option<u32>,
     /// A backend's name as [`backend_id`] spells it.
-    pub backend: Option<&'static str>,
+    pub(crate) backend: Option<&'static str>,
 }
 
 #[derive(Debug, Clone)]
-pub struct EngineConfig {
-    pub keep_alive: KeepAlive,
-    pub max_queue: usize,
-    pub threads: u32,
-    pub context_length: u32,
+pub(crate) struct EngineConfig {
+    pub(crate) keep_alive: KeepAlive,
+    pub(crate) max_queue: usize,
+    pub(crate) threads: u32,
+    pub(crate) context_length: u32,
     /// Sequences a model's worker decodes together.
-    pub parallel: u32,
+    pub(crate) parallel: u32,
     /// Layers offloaded to a GPU when a load request does not say.
-    pub gpu_layers: u32,
+    pub(crate) gpu_layers: u32,
     /// Each sequence gets its own context of `context_length` tokens (`--kv-per-sequence`).
-    pub kv_per_sequence: bool,
+    pub(crate) kv_per_sequence: bool,
 }
 
-pub struct Engine {
+pub(crate) struct Engine {
     backends: Vec<Arc<dyn Backend>>,
     store: Arc<ModelStore>,
     config: EngineConfig,
@@ -63,7 +63,7 @@ pub struct Engine {
 
 impl Engine {
     /// `backends` in order of preference for formats more than one can run.
-    pub fn new(
+    pub(crate) fn new(
         backends: Vec<Arc<dyn Backend>>,
         store: Arc<ModelStore>,
         config: EngineConfig,
@@ -78,26 +78,26 @@ impl Engine {
         })
     }
 
-    pub fn config(&self) -> &EngineConfig {
+    pub(crate) fn config(&self) -> &EngineConfig {
         &self.config
     }
 
-    pub fn store(&self) -> &Arc<ModelStore> {
+    pub(crate) fn store(&self) -> &Arc<ModelStore> {
         &self.store
     }
 
-    pub fn next_request_id(&self) -> u64 {
+    pub(crate) fn next_request_id(&self) -> u64 {
         self.next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub fn loaded_models(&self) -> Vec<Arc<LoadedModel>> {
+    pub(crate) fn loaded_models(&self) -> Vec<Arc<LoadedModel>> {
         let mut v: Vec<_> = self.lock_loaded().values().cloned().collect();
         v.sort_by(|a, b| a.resolved.name.cmp(&b.resolved.name));
         v
     }
 
-    pub fn loaded_at(&self, path: &std::path::Path) -> Option<Arc<LoadedModel>> {
+    pub(crate) fn loaded_at(&self, path: &std::path::Path) -> Option<Arc<LoadedModel>> {
         self.lock_loaded().get(path).cloned()
     }
 
@@ -107,7 +107,7 @@ impl Engine {
 
     /// Returns a lease on the model `name`, loading it (or reloading it with other options)
     /// first when needed; the f64 is the load time when this call loaded it.
-    pub async fn acquire(
+    pub(crate) async fn acquire(
         &self,
         name: &str,
         requested: RequestedOptions,
@@ -284,7 +284,7 @@ impl Engine {
     }
 
     /// Unloads the model `name`; false when it was not loaded. Requests already queued finish.
-    pub fn unload(&self, name: &str) -> Result<bool> {
+    pub(crate) fn unload(&self, name: &str) -> Result<bool> {
         let resolved = self.store.resolve(name)?;
         let removed = self.lock_loaded().remove(&resolved.path);
         if let Some(m) = &removed {
@@ -294,7 +294,7 @@ impl Engine {
     }
 
     /// Unloads idle models whose keep-alive ran out, and models whose worker died.
-    pub fn reap(&self) {
+    pub(crate) fn reap(&self) {
         let now = Instant::now();
         self.lock_loaded().retain(|_, m| {
             let keep = !m.expired(now) && m.worker_alive();
@@ -308,7 +308,7 @@ impl Engine {
     /// Unloads every model and waits (up to `timeout`) for the worker threads to free their
     /// contexts. Called before the process exits: a GPU runtime shuts down at exit, and a worker
     /// still freeing its context then aborts the process (CUDA "driver shutting down").
-    pub fn shutdown(&self, timeout: Duration) {
+    pub(crate) fn shutdown(&self, timeout: Duration) {
         let models: Vec<Arc<LoadedModel>> = self.lock_loaded().drain().map(|(_, m)| m).collect();
         let workers: Vec<_> = models
             .iter()

@@ -11,32 +11,38 @@ use tokio::sync::mpsc;
 use super::Lease;
 use crate::error::DaemonError;
 
-pub struct PerplexityJob {
-    pub tokens: Vec<TokenId>,
-    pub chunk: u32,
-    pub events: mpsc::UnboundedSender<PerplexityEvent>,
-    pub lease: Lease,
+pub(crate) struct PerplexityJob {
+    pub(crate) tokens: Vec<TokenId>,
+    pub(crate) chunk: u32,
+    pub(crate) events: mpsc::UnboundedSender<PerplexityEvent>,
+    /// Keeps the model counted as busy until the job is dropped.
+    #[expect(dead_code, reason = "held for its Drop, never read")]
+    pub(crate) lease: Lease,
 }
 
 #[derive(Debug, Clone)]
-pub struct PerplexityStatus {
-    pub chunks_done: u32,
-    pub chunks_total: u32,
-    pub tokens_scored: u64,
+pub(crate) struct PerplexityStatus {
+    pub(crate) chunks_done: u32,
+    pub(crate) chunks_total: u32,
+    pub(crate) tokens_scored: u64,
     /// exp(mean negative log-likelihood) over the tokens scored so far.
-    pub perplexity: f64,
-    pub elapsed_ms: f64,
+    pub(crate) perplexity: f64,
+    pub(crate) elapsed_ms: f64,
 }
 
 #[derive(Debug)]
-pub enum PerplexityEvent {
+pub(crate) enum PerplexityEvent {
     Progress(PerplexityStatus),
     Done(PerplexityStatus),
     Error(DaemonError),
 }
 
 /// Runs the job to its end (or until its client leaves).
-pub fn run(ctx: &mut dyn Context, vocab: usize, job: &PerplexityJob) -> minerva_core::Result<()> {
+pub(crate) fn run(
+    ctx: &mut dyn Context,
+    vocab: usize,
+    job: &PerplexityJob,
+) -> minerva_core::Result<()> {
     let started = Instant::now();
     let n = job.chunk as usize;
     let chunks_total = (job.tokens.len() / n) as u32;
@@ -79,7 +85,7 @@ pub fn run(ctx: &mut dyn Context, vocab: usize, job: &PerplexityJob) -> minerva_
 }
 
 /// -log softmax(row)[target], computed stably in f64.
-pub fn log_softmax_neg(row: &[f32], target: usize) -> f64 {
+pub(crate) fn log_softmax_neg(row: &[f32], target: usize) -> f64 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let sum: f64 = row.iter().map(|&l| (l as f64 - max).exp()).sum();
     max + sum.ln() - row[target] as f64

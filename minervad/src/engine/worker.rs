@@ -149,7 +149,7 @@ impl StepTimes {
 }
 
 /// Runs until every sender of `jobs` is gone (the model was unloaded) or the context breaks.
-pub fn run(
+pub(crate) fn run(
     model_name: String,
     model: Arc<dyn Model>,
     mut ctx: Box<dyn Context>,
@@ -316,7 +316,7 @@ pub fn run(
 /// One forward pass on a single token, then forgotten: faults in the memory-mapped weights
 /// and sizes the compute buffers, so that cost lands in the load time and not in the first
 /// request's TTFT (llama.cpp's own tools warm up the same way).
-pub fn warm_up(model: &dyn Model, ctx: &mut dyn Context) -> minerva_core::Result<()> {
+pub(crate) fn warm_up(model: &dyn Model, ctx: &mut dyn Context) -> minerva_core::Result<()> {
     let token = model.info().bos_token.unwrap_or(0);
     let mut logits = Vec::new();
     ctx.forward(&[ForwardChunk::last(SeqId(0), 0, &[token])], &mut logits)?;

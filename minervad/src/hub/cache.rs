@@ -10,13 +10,13 @@ use crate::error::{DaemonError, Result};
 
 /// A repository in the cache, as `minerva models list` shows it.
 #[derive(Debug, Clone)]
-pub struct CachedModel {
+pub(crate) struct CachedModel {
     /// `hf:OWNER/REPO:FILE` for a GGUF file, `hf:OWNER/REPO` for a safetensors/MLX folder.
-    pub name: String,
-    pub path: PathBuf,
-    pub size_bytes: u64,
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
+    pub(crate) size_bytes: u64,
     /// `hf:OWNER/REPO@<commit>`.
-    pub source: String,
+    pub(crate) source: String,
 }
 
 impl Hub {
@@ -26,7 +26,7 @@ impl Hub {
 
     /// Resolves a name from the cache alone (never the network): the file, or the snapshot
     /// folder of a whole-repo pull.
-    pub fn resolve_cached(&self, r: &HubRef) -> Result<PathBuf> {
+    pub(crate) fn resolve_cached(&self, r: &HubRef) -> Result<PathBuf> {
         let not_pulled = || DaemonError::NotPulled {
             name: display_name(r),
         };
@@ -73,7 +73,7 @@ impl Hub {
     }
 
     /// Repos and files in the cache, each with its size on disk.
-    pub fn list(&self) -> Vec<CachedModel> {
+    pub(crate) fn list(&self) -> Vec<CachedModel> {
         let mut out = Vec::new();
         let Ok(dir) = std::fs::read_dir(&self.cache_dir) else {
             return out;
@@ -130,7 +130,7 @@ impl Hub {
 
     /// Removes what a name points at: one file's snapshot link (and its blob when no other
     /// snapshot links to it), or a whole repository's cache folder. Returns bytes freed.
-    pub fn remove(&self, r: &HubRef) -> Result<u64> {
+    pub(crate) fn remove(&self, r: &HubRef) -> Result<u64> {
         let dir = self.repo_dir(r);
         if !dir.is_dir() {
             return Err(DaemonError::NotPulled {
@@ -163,7 +163,7 @@ impl Hub {
 }
 
 /// The commit of a path inside a snapshot (`.../snapshots/<commit>/...`).
-pub fn snapshot_commit(path: &Path) -> Option<String> {
+pub(crate) fn snapshot_commit(path: &Path) -> Option<String> {
     let mut parts = path.components().map(|c| c.as_os_str().to_string_lossy());
     parts.find(|p| p == "snapshots")?;
     parts

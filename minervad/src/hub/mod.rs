@@ -32,18 +32,18 @@ mod download;
 mod name;
 mod remote;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::error::{DaemonError, Result};
 use crate::pull::{PullEvent, PullPhase};
 
+pub(crate) use cache::snapshot_commit;
 use cache::write_atomically;
-pub use cache::{snapshot_commit, CachedModel};
 use check::is_hex;
-pub use name::{display_name, HubRef, Selector};
+pub(crate) use name::{display_name, HubRef};
 use remote::{hub_error, list_files, select};
 
-pub struct Hub {
+pub(crate) struct Hub {
     client: hf_hub::HFClient,
     cache_dir: PathBuf,
     offline: bool,
@@ -52,7 +52,7 @@ pub struct Hub {
 impl Hub {
     /// Configured from the environment: `HF_ENDPOINT`, `HF_TOKEN`, `HF_HOME` / `HF_HUB_CACHE`,
     /// `HF_HUB_OFFLINE`.
-    pub fn from_env() -> Result<Self> {
+    pub(crate) fn from_env() -> Result<Self> {
         let client = hf_hub::HFClient::new().map_err(|e| {
             DaemonError::Internal(format!("cannot set up the Hugging Face client: {e}"))
         })?;
@@ -66,17 +66,13 @@ impl Hub {
         })
     }
 
-    pub fn cache_dir(&self) -> &Path {
-        &self.cache_dir
-    }
-
-    pub fn endpoint(&self) -> &str {
+    pub(crate) fn endpoint(&self) -> &str {
         self.client.endpoint()
     }
 
     /// Pulls what `r` names (see the module docs), reporting progress; returns what
     /// [`Hub::resolve_cached`] will return from now on.
-    pub async fn pull(
+    pub(crate) async fn pull(
         &self,
         r: &HubRef,
         progress: &mut (dyn FnMut(PullEvent) + Send),

@@ -4,15 +4,15 @@ use crate::error::{DaemonError, Result};
 
 /// What an `hf:` name asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HubRef {
-    pub owner: String,
-    pub repo: String,
-    pub revision: String,
-    pub selector: Option<Selector>,
+pub(crate) struct HubRef {
+    pub(crate) owner: String,
+    pub(crate) repo: String,
+    pub(crate) revision: String,
+    pub(crate) selector: Option<Selector>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Selector {
+pub(crate) enum Selector {
     /// A path in the repo.
     File(String),
     /// A GGUF quantization tag such as `Q4_K_M`, matched against GGUF file names.
@@ -21,7 +21,7 @@ pub enum Selector {
 
 impl HubRef {
     /// Parses `hf:OWNER/REPO[@REV][:FILE|:QUANT]`; `None` when `name` is not an `hf:` name.
-    pub fn parse(name: &str) -> Option<Result<HubRef>> {
+    pub(crate) fn parse(name: &str) -> Option<Result<HubRef>> {
         let rest = name.strip_prefix("hf:")?;
         Some(
             Self::parse_rest(rest).map_err(|detail| DaemonError::InvalidRequest {
@@ -89,7 +89,7 @@ impl HubRef {
         })
     }
 
-    pub fn repo_id(&self) -> String {
+    pub(crate) fn repo_id(&self) -> String {
         format!("{}/{}", self.owner, self.repo)
     }
 
@@ -110,7 +110,7 @@ pub(super) fn has_quant_tag(path: &str, tag: &str) -> bool {
         .any(|part| part == tag || part.trim_start_matches('_') == tag)
 }
 
-pub fn display_name(r: &HubRef) -> String {
+pub(crate) fn display_name(r: &HubRef) -> String {
     let rev = if r.revision == "main" {
         String::new()
     } else {
