@@ -1,6 +1,7 @@
 //! The gRPC surface: Minerva's services plus grpc.health.v1 and server reflection, served on a
 //! Unix socket (default) or loopback TCP, with graceful shutdown.
 
+mod authority;
 mod bench;
 mod daemon;
 mod generate;
@@ -13,6 +14,7 @@ use std::time::Instant;
 use minerva_proto::v1 as pb;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::StreamExt;
 use tonic::transport::Server;
 
 use crate::engine::{Engine, KeepAlive};
@@ -141,8 +143,10 @@ pub(crate) async fn serve(
                 DaemonError::Internal(format!("cannot listen on {}: {e}", path.display()))
             })?;
             tracing::info!(socket = %path.display(), "minervad listening");
+            // Stock clients' :authority on a socket needs the front (see `authority`).
+            let incoming = UnixListenerStream::new(listener).map(|c| c.map(authority::front));
             let r = router
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                .serve_with_incoming_shutdown(incoming, shutdown)
                 .await;
             let _ = std::fs::remove_file(path);
             r
