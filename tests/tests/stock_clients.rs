@@ -1,0 +1,150 @@
+//! Stock gRPC clients, as users in other languages write them: stubs generated from proto/, a
+//! channel with no options, over the Unix socket and over loopback TCP.
+//!
+//! Python's grpcio (gRPC's C core, as Ruby, PHP, C++ and C# use) sends the socket path as the
+//! HTTP/2 `:authority` of a `unix:` target, which the daemon's HTTP/2 layer refused until
+//! minervad put a front before it (minervad/src/api/authority.rs).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use minerva_e2e::{bin, cache_home, models_dir, token_ids, Daemon, MODEL};
+
+/// The grpcio the clients are tested with, pinned.
+const GRPCIO: &str = "1.85.1";
+const PROMPT: &str = "The capital of France is";
+
+/// A virtual environment with grpcio and grpcio-tools, made once and kept with the test
+/// models (pip downloads from PyPI the first time).
+fn python() -> PathBuf {
+    let venv = cache_home().join(format!("grpcio-{GRPCIO}"));
+    let python = venv.join("bin/python");
+    if !python.is_file() {
+        let partial = venv.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&partial)
+            .status()
+            .expect("python3 -m venv")
+            .success();
+        assert!(ok, "python3 -m venv failed");
+        let ok = Command::new(partial.join("bin/python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg(format!("grpcio=={GRPCIO}"))
+            .arg(format!("grpcio-tools=={GRPCIO}"))
+            .status()
+            .expect("pip install")
+            .success();
+        assert!(ok, "pip install grpcio=={GRPCIO} failed");
+        std::fs::rename(&partial, &venv).expect("venv into place");
+    }
+    python
+}
+
+/// Python stubs for proto/minerva/v1, made with grpcio-tools' protoc.
+fn stubs(python: &Path, dir: &Path) {
+    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    let files: Vec<PathBuf> = std::fs::read_dir(proto.join("minerva/v1"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "proto"))
+        .collect();
+    let out = Command::new(python)
+        .args(["-m", "grpc_tools.protoc"])
+        .arg(format!("-I{}", proto.display()))
+        .arg(format!("--python_out={}", dir.display()))
+        .arg(format!("--grpc_python_out={}", dir.display()))
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "protoc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn python_client(python: &Path, stubs: &Path, target: &str) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python_client.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(stubs)
+        .arg(target)
+        .arg(MODEL)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the Python client failed on {target}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_stock_python_grpcio_client_works_on_the_socket_and_on_tcp() {
+    let python = python();
+    let dir = tempfile::tempdir().unwrap();
+    stubs(&python, dir.path());
+
+    let d = Daemon::start(&[]);
+    // What the CLI gets for the same greedy request.
+    let expected = d.cli_json(&["run", MODEL, PROMPT, "--raw", "--max-tokens", "8"]);
+    let expected_ids = token_ids(&expected);
+    assert_eq!(expected_ids.len(), 8);
+    let socket = d.socket.display().to_string();
+    for target in [format!("unix://{socket}"), format!("unix:{socket}")] {
+        let r = python_client(&python, dir.path(), &target);
+        assert_eq!(r["version"], env!("CARGO_PKG_VERSION"), "{r}");
+        let ids: Vec<u64> = r["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, expected_ids, "{target}: {r}");
+        assert_eq!(r["text"], expected["text"], "{target}");
+        assert_eq!(r["generated_tokens"], 8);
+        assert_eq!(r["bad_model"], "NOT_FOUND", "{target}: {r}");
+    }
+    drop(d);
+
+    // Loopback TCP: the authority is host:port, as HTTP/2 expects.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut daemon = Command::new(bin("minervad"))
+        .args(["--listen", &addr, "--threads", "2", "--models-dir"])
+        .arg(models_dir())
+        .env("MINERVA_HOME", dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "no daemon on {addr}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = python_client(&python, dir.path(), &addr);
+    let ids: Vec<u64> = r["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, expected_ids, "tcp: {r}");
+    // SAFETY: stopping the daemon this test started.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success());
+}
