@@ -27,7 +27,9 @@ impl Backend for MlxBackend {
 
     fn build_info(&self) -> String {
         format!(
-            "mlx-rs 0.33.0 on MLX (mlx-sys 0.7.0); default device {:?}; f32 compute; MLX schedules its own CPU threads (the threads option is not used){}",
+            "mlx-rs {} on MLX (mlx-sys {}); default device {:?}; f32 compute; MLX schedules its own CPU threads (the threads option is not used){}",
+            env!("MINERVA_MLX_RS_VERSION"),
+            env!("MINERVA_MLX_SYS_VERSION"),
             mlx_rs::Device::default(),
             if cfg!(target_os = "macos") {
                 ", Metal + Accelerate"

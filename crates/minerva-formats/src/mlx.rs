@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use crate::problem::{Problem, Summary};
+use crate::problem::{Problem, ProblemKind, Summary};
 use crate::safetensors::{self, SafeTensors, TensorEntry};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub struct Quantization {
 }
 
 fn bad_config(msg: String) -> Problem {
-    Problem::new("bad_config", msg).in_file("config.json")
+    Problem::new(ProblemKind::BadConfig, msg).in_file("config.json")
 }
 
 fn bits_and_group(v: &serde_json::Value, at: &str) -> Result<(u64, u64), Problem> {
@@ -101,7 +101,7 @@ pub fn check(set: &[SafeTensors], q: &Quantization) -> Result<(), Problem> {
         };
         let at = st.data_start.saturating_add(t.begin);
         let mismatch = |tensor: &str, msg: String, expected: String, found: String| {
-            Problem::new("mlx_mismatch", msg)
+            Problem::new(ProblemKind::MlxMismatch, msg)
                 .tensor(tensor)
                 .at(at)
                 .expected(expected)
@@ -183,7 +183,7 @@ pub fn check(set: &[SafeTensors], q: &Quantization) -> Result<(), Problem> {
         let s_at = s_st.data_start.saturating_add(scales.begin);
         if scales.shape != want {
             return Err(Problem::new(
-                "mlx_mismatch",
+                ProblemKind::MlxMismatch,
                 format!(
                     "{prefix}.scales has shape {:?}; weight {:?} at {bits} bits, group {gs} needs {want:?}",
                     scales.shape, t.shape
@@ -197,7 +197,7 @@ pub fn check(set: &[SafeTensors], q: &Quantization) -> Result<(), Problem> {
         }
         if !matches!(scales.dtype.as_str(), "F16" | "BF16" | "F32") && q.mode == "affine" {
             return Err(Problem::new(
-                "mlx_mismatch",
+                ProblemKind::MlxMismatch,
                 format!("{prefix}.scales is {}, expected a float type", scales.dtype),
             )
             .tensor(format!("{prefix}.scales"))
@@ -217,7 +217,7 @@ pub fn check(set: &[SafeTensors], q: &Quantization) -> Result<(), Problem> {
             };
             if biases.shape != scales.shape || biases.dtype != scales.dtype {
                 return Err(Problem::new(
-                    "mlx_mismatch",
+                    ProblemKind::MlxMismatch,
                     format!(
                         "{prefix}.biases is {} {:?} but {prefix}.scales is {} {:?}",
                         biases.dtype, biases.shape, scales.dtype, scales.shape
@@ -237,7 +237,7 @@ pub fn check(set: &[SafeTensors], q: &Quantization) -> Result<(), Problem> {
             if let Some(prefix) = t.name.strip_suffix(".scales") {
                 if !by_name.contains_key(format!("{prefix}.weight").as_str()) {
                     return Err(Problem::new(
-                        "mlx_mismatch",
+                        ProblemKind::MlxMismatch,
                         format!("{} has no {prefix}.weight", t.name),
                     )
                     .tensor(&t.name)

@@ -15,7 +15,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemKind};
 
 /// Deepest tuple nesting accepted (state dicts use 3 or 4).
 pub const MAX_DEPTH: usize = 100;
@@ -140,7 +140,7 @@ struct Scanner<'a> {
     out: PickleScan,
 }
 
-fn problem(kind: &str, at: usize, msg: String) -> Problem {
+fn problem(kind: ProblemKind, at: usize, msg: String) -> Problem {
     Problem::new(kind, msg).at(at as u64)
 }
 
@@ -149,7 +149,7 @@ impl<'a> Scanner<'a> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
         let Some(end) = end else {
             return Err(problem(
-                "truncated",
+                ProblemKind::Truncated,
                 self.pos,
                 format!(
                     "the pickle ends inside {what}: {n} bytes needed at byte {}, {} left",
@@ -179,7 +179,7 @@ impl<'a> Scanner<'a> {
         };
         let n = usize::try_from(n).map_err(|_| {
             problem(
-                "truncated",
+                ProblemKind::Truncated,
                 at,
                 format!("{what} length {n} is past the end"),
             )
@@ -191,7 +191,7 @@ impl<'a> Scanner<'a> {
         let rest = self.data.get(self.pos..).unwrap_or_default();
         let Some(n) = rest.iter().position(|&b| b == b'\n') else {
             return Err(problem(
-                "truncated",
+                ProblemKind::Truncated,
                 self.pos,
                 format!("the pickle ends inside {what} (no newline)"),
             ));
@@ -209,20 +209,20 @@ impl<'a> Scanner<'a> {
         let floor = self.marks.last().copied().unwrap_or(0);
         if self.stack.len() <= floor {
             return Err(problem(
-                "bad_pickle",
+                ProblemKind::BadPickle,
                 at,
                 format!("{op} at byte {at} pops an empty stack"),
             ));
         }
         self.stack
             .pop()
-            .ok_or_else(|| problem("bad_pickle", at, format!("{op}: empty stack")))
+            .ok_or_else(|| problem(ProblemKind::BadPickle, at, format!("{op}: empty stack")))
     }
 
     fn pop_mark(&mut self, at: usize, op: &str) -> Result<Vec<V>, Problem> {
         let Some(m) = self.marks.pop() else {
             return Err(problem(
-                "bad_pickle",
+                ProblemKind::BadPickle,
                 at,
                 format!("{op} at byte {at} has no MARK"),
             ));
@@ -234,7 +234,7 @@ impl<'a> Scanner<'a> {
         let d = items.iter().map(depth).max().unwrap_or(0) + 1;
         if d > MAX_DEPTH {
             return Err(problem(
-                "bad_pickle",
+                ProblemKind::BadPickle,
                 at,
                 format!("tuples nest deeper than {MAX_DEPTH} at byte {at}"),
             ));
@@ -246,7 +246,7 @@ impl<'a> Scanner<'a> {
     fn global(&mut self, module: &str, name: &str, at: usize) -> Result<(), Problem> {
         if !allowed_global(module, name) {
             return Err(problem(
-                "disallowed_import",
+                ProblemKind::DisallowedImport,
                 at,
                 format!("the pickle imports {module}.{name} at byte {at}, which a plain state dict never needs (only OrderedDict, torch storages and torch._utils rebuild functions are allowed)"),
             )
@@ -268,7 +268,9 @@ impl<'a> Scanner<'a> {
                 std::str::from_utf8(l)
                     .ok()
                     .and_then(|s| s.trim().parse().ok())
-                    .ok_or_else(|| problem("bad_pickle", at, "bad text memo index".into()))?
+                    .ok_or_else(|| {
+                        problem(ProblemKind::BadPickle, at, "bad text memo index".into())
+                    })?
             }
         })
     }
@@ -276,7 +278,7 @@ impl<'a> Scanner<'a> {
     fn persistent_load(&mut self, pid: &V, at: usize) -> Result<Val, Problem> {
         let bad = |why: &str| {
             problem(
-                "bad_pickle",
+                ProblemKind::BadPickle,
                 at,
                 format!("persistent id at byte {at} is not a torch storage reference: {why}"),
             )
@@ -334,7 +336,7 @@ impl<'a> Scanner<'a> {
             "_rebuild_tensor_v2" => {
                 let bad = |why: &str| {
                     problem(
-                        "bad_pickle",
+                        ProblemKind::BadPickle,
                         at,
                         format!("_rebuild_tensor_v2 at byte {at}: {why}"),
                     )
@@ -406,7 +408,7 @@ impl<'a> Scanner<'a> {
             let at = self.pos;
             let Some(&op) = self.data.get(at) else {
                 return Err(problem(
-                    "truncated",
+                    ProblemKind::Truncated,
                     at,
                     format!("the pickle ends at byte {at} without a STOP opcode"),
                 ));
@@ -562,7 +564,7 @@ impl<'a> Scanner<'a> {
                     let m = self.pop(at, "STACK_GLOBAL")?;
                     let (Val::Str(m), Val::Str(n)) = (&*m, &*n) else {
                         return Err(problem(
-                            "bad_pickle",
+                            ProblemKind::BadPickle,
                             at,
                             format!("STACK_GLOBAL at byte {at} needs two strings"),
                         ));
@@ -575,7 +577,7 @@ impl<'a> Scanner<'a> {
                     let func = self.pop(at, "REDUCE")?;
                     if !matches!(*func, Val::Global(..)) {
                         return Err(problem(
-                            "bad_pickle",
+                            ProblemKind::BadPickle,
                             at,
                             format!(
                                 "REDUCE at byte {at} calls something that is not an allowed import"
@@ -594,7 +596,7 @@ impl<'a> Scanner<'a> {
                     let k = self.memo_key(op)?;
                     let v = self.memo.get(&k).cloned().ok_or_else(|| {
                         problem(
-                            "bad_pickle",
+                            ProblemKind::BadPickle,
                             at,
                             format!("memo get of {k} at byte {at}, which was never put"),
                         )
@@ -605,7 +607,7 @@ impl<'a> Scanner<'a> {
                     let k = self.memo_key(op)?;
                     let v = self.stack.last().cloned().ok_or_else(|| {
                         problem(
-                            "bad_pickle",
+                            ProblemKind::BadPickle,
                             at,
                             format!("memo put at byte {at} of nothing"),
                         )
@@ -615,7 +617,11 @@ impl<'a> Scanner<'a> {
                 0x94 => {
                     let k = self.memo.len() as u64;
                     let v = self.stack.last().cloned().ok_or_else(|| {
-                        problem("bad_pickle", at, format!("MEMOIZE at byte {at} of nothing"))
+                        problem(
+                            ProblemKind::BadPickle,
+                            at,
+                            format!("MEMOIZE at byte {at} of nothing"),
+                        )
                     })?;
                     self.memo.insert(k, v);
                 }
@@ -623,7 +629,7 @@ impl<'a> Scanner<'a> {
                     let v = self.arr::<1>("PROTO")?[0];
                     if v > 5 {
                         return Err(problem(
-                            "bad_pickle",
+                            ProblemKind::BadPickle,
                             at,
                             format!("pickle protocol {v} is not known (0-5 are)"),
                         ));
@@ -642,7 +648,7 @@ impl<'a> Scanner<'a> {
                         _ => name.as_str(),
                     };
                     return Err(problem(
-                        "disallowed_opcode",
+                        ProblemKind::DisallowedOpcode,
                         at,
                         format!("{what} at byte {at} is not allowed in a state dict"),
                     )

@@ -29,11 +29,103 @@ pub struct Summary {
     pub estimated_for_context: u32,
 }
 
+/// What class of problem makes a model invalid; written in snake_case in JSON and on the wire
+/// (`VerifyModelResponse.error.kind`).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    /// The file's bytes do not make a header this reader accepts.
+    #[default]
+    Invalid,
+    BadCheckpoint,
+    BadConfig,
+    BadHeaderJson,
+    BadHeaderLength,
+    BadIndex,
+    BadMagic,
+    BadMetadata,
+    BadPickle,
+    BadTensorEntry,
+    BadZip,
+    DisallowedImport,
+    DisallowedOpcode,
+    DuplicateKey,
+    DuplicateTensor,
+    EntryOutOfBounds,
+    Gap,
+    Io,
+    MissingShard,
+    MissingStorage,
+    MissingTensor,
+    MlxMismatch,
+    Overlap,
+    SizeMismatch,
+    TensorOutOfBounds,
+    TrailingData,
+    Truncated,
+    UnindexedTensor,
+    UnknownFormat,
+    UnknownTensorType,
+    Unsupported,
+    UnsupportedVersion,
+}
+
+impl ProblemKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemKind::BadCheckpoint => "bad_checkpoint",
+            ProblemKind::BadConfig => "bad_config",
+            ProblemKind::BadHeaderJson => "bad_header_json",
+            ProblemKind::BadHeaderLength => "bad_header_length",
+            ProblemKind::BadIndex => "bad_index",
+            ProblemKind::BadMagic => "bad_magic",
+            ProblemKind::BadMetadata => "bad_metadata",
+            ProblemKind::BadPickle => "bad_pickle",
+            ProblemKind::BadTensorEntry => "bad_tensor_entry",
+            ProblemKind::BadZip => "bad_zip",
+            ProblemKind::DisallowedImport => "disallowed_import",
+            ProblemKind::DisallowedOpcode => "disallowed_opcode",
+            ProblemKind::DuplicateKey => "duplicate_key",
+            ProblemKind::DuplicateTensor => "duplicate_tensor",
+            ProblemKind::EntryOutOfBounds => "entry_out_of_bounds",
+            ProblemKind::Gap => "gap",
+            ProblemKind::Invalid => "invalid",
+            ProblemKind::Io => "io",
+            ProblemKind::MissingShard => "missing_shard",
+            ProblemKind::MissingStorage => "missing_storage",
+            ProblemKind::MissingTensor => "missing_tensor",
+            ProblemKind::MlxMismatch => "mlx_mismatch",
+            ProblemKind::Overlap => "overlap",
+            ProblemKind::SizeMismatch => "size_mismatch",
+            ProblemKind::TensorOutOfBounds => "tensor_out_of_bounds",
+            ProblemKind::TrailingData => "trailing_data",
+            ProblemKind::Truncated => "truncated",
+            ProblemKind::UnindexedTensor => "unindexed_tensor",
+            ProblemKind::UnknownFormat => "unknown_format",
+            ProblemKind::UnknownTensorType => "unknown_tensor_type",
+            ProblemKind::Unsupported => "unsupported",
+            ProblemKind::UnsupportedVersion => "unsupported_version",
+        }
+    }
+}
+
+impl std::fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for ProblemKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// A precise reason a model is invalid.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Problem {
     /// Machine-readable class, e.g. "truncated", "tensor_out_of_bounds", "overlap".
-    pub kind: String,
+    pub kind: ProblemKind,
     pub message: String,
     /// The file it is in (relative to the folder for folders).
     pub file: String,
@@ -45,9 +137,9 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(kind: &str, message: impl Into<String>) -> Self {
+    pub fn new(kind: ProblemKind, message: impl Into<String>) -> Self {
         Problem {
-            kind: kind.into(),
+            kind,
             message: message.into(),
             ..Default::default()
         }
@@ -88,7 +180,11 @@ impl std::fmt::Display for Problem {
 impl std::error::Error for Problem {}
 
 pub(crate) fn io_problem(path: &Path, e: &std::io::Error) -> Problem {
-    Problem::new("io", format!("cannot read {}: {e}", path.display())).in_file(file_name(path))
+    Problem::new(
+        ProblemKind::Io,
+        format!("cannot read {}: {e}", path.display()),
+    )
+    .in_file(file_name(path))
 }
 
 pub(crate) fn file_name(path: &Path) -> String {
@@ -108,13 +204,18 @@ pub(crate) fn read_config(dir: &Path) -> Result<Option<serde_json::Value>, Probl
     }
     let len = std::fs::metadata(&p).map_err(|e| io_problem(&p, &e))?.len();
     if len > MAX_CONFIG_BYTES {
-        return Err(Problem::new("bad_config", "config.json is over 16 MiB")
-            .found(len)
-            .in_file("config.json"));
+        return Err(
+            Problem::new(ProblemKind::BadConfig, "config.json is over 16 MiB")
+                .found(len)
+                .in_file("config.json"),
+        );
     }
     let text = std::fs::read(&p).map_err(|e| io_problem(&p, &e))?;
     serde_json::from_slice(&text).map(Some).map_err(|e| {
-        Problem::new("bad_config", format!("config.json is not valid JSON: {e}"))
-            .in_file("config.json")
+        Problem::new(
+            ProblemKind::BadConfig,
+            format!("config.json is not valid JSON: {e}"),
+        )
+        .in_file("config.json")
     })
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 
-use crate::problem::{io_problem, Problem, Summary};
+use crate::problem::{io_problem, Problem, ProblemKind, Summary};
 
 /// The SafeTensors format's own limit on the JSON header.
 pub const MAX_HEADER: u64 = 100_000_000;
@@ -111,7 +111,7 @@ pub fn read_file(path: &Path) -> Result<SafeTensors, Problem> {
 
 fn truncated_len(file_size: u64) -> Problem {
     Problem::new(
-        "truncated",
+        ProblemKind::Truncated,
         format!("the file is {file_size} bytes: too short for the 8-byte header length"),
     )
     .at(0)
@@ -122,7 +122,7 @@ fn truncated_len(file_size: u64) -> Problem {
 fn check_header_len(n: u64, file_size: u64) -> Result<u64, Problem> {
     if n > MAX_HEADER {
         return Err(Problem::new(
-            "bad_header_length",
+            ProblemKind::BadHeaderLength,
             format!("header length {n} is over SafeTensors' limit of {MAX_HEADER} bytes"),
         )
         .at(0)
@@ -131,7 +131,7 @@ fn check_header_len(n: u64, file_size: u64) -> Result<u64, Problem> {
     }
     if n.checked_add(8).is_none_or(|end| end > file_size) {
         return Err(Problem::new(
-            "truncated",
+            ProblemKind::Truncated,
             format!("the header claims {n} bytes but the file has {file_size} in all"),
         )
         .at(8)
@@ -152,7 +152,7 @@ pub fn parse(prefix: &[u8], file_size: u64, file: &str) -> Result<SafeTensors, P
         .ok()
         .and_then(|n| rest.get(..n))
         .ok_or_else(|| {
-            Problem::new("truncated", "the header was cut short")
+            Problem::new(ProblemKind::Truncated, "the header was cut short")
                 .at(8)
                 .expected(format!("{n} header bytes"))
                 .found(format!("{} bytes", rest.len()))
@@ -161,7 +161,7 @@ pub fn parse(prefix: &[u8], file_size: u64, file: &str) -> Result<SafeTensors, P
     let data_len = file_size - data_start;
     let entries: Entries = serde_json::from_slice(header).map_err(|e| {
         Problem::new(
-            "bad_header_json",
+            ProblemKind::BadHeaderJson,
             format!("the header is not a JSON object: {e}"),
         )
         .at(8)
@@ -172,12 +172,16 @@ pub fn parse(prefix: &[u8], file_size: u64, file: &str) -> Result<SafeTensors, P
     for (name, v) in entries.0 {
         if name == "__metadata__" {
             let obj = v.as_object().ok_or_else(|| {
-                Problem::new("bad_metadata", "__metadata__ is not an object of strings").at(8)
+                Problem::new(
+                    ProblemKind::BadMetadata,
+                    "__metadata__ is not an object of strings",
+                )
+                .at(8)
             })?;
             for (k, v) in obj {
                 let s = v.as_str().ok_or_else(|| {
                     Problem::new(
-                        "bad_metadata",
+                        ProblemKind::BadMetadata,
                         format!("__metadata__ value of {k:?} is not a string"),
                     )
                     .at(8)
@@ -190,7 +194,7 @@ pub fn parse(prefix: &[u8], file_size: u64, file: &str) -> Result<SafeTensors, P
         }
         if !seen.insert(name.clone()) {
             return Err(Problem::new(
-                "duplicate_tensor",
+                ProblemKind::DuplicateTensor,
                 format!("tensor {name:?} appears twice in the header"),
             )
             .tensor(name)
@@ -205,7 +209,7 @@ pub fn parse(prefix: &[u8], file_size: u64, file: &str) -> Result<SafeTensors, P
         let abs = |o: u64| data_start.saturating_add(o);
         if t.end > data_len {
             return Err(Problem::new(
-                "tensor_out_of_bounds",
+                ProblemKind::TensorOutOfBounds,
                 format!(
                     "tensor {:?} ({} {:?}) needs bytes {}..{} but the file ends at {}: the file is truncated or corrupt",
                     t.name, t.dtype, t.shape, abs(t.begin), abs(t.end), file_size
@@ -219,7 +223,7 @@ pub fn parse(prefix: &[u8], file_size: u64, file: &str) -> Result<SafeTensors, P
         if t.begin < expected {
             let other = prev.map(|p| p.name.as_str()).unwrap_or("");
             return Err(Problem::new(
-                "overlap",
+                ProblemKind::Overlap,
                 format!(
                     "tensor {:?} starts at byte {} inside tensor {other:?}, which ends at {}",
                     t.name,
@@ -234,7 +238,7 @@ pub fn parse(prefix: &[u8], file_size: u64, file: &str) -> Result<SafeTensors, P
         }
         if t.begin > expected {
             return Err(Problem::new(
-                "gap",
+                ProblemKind::Gap,
                 format!(
                     "{} unused bytes before tensor {:?}: it starts at byte {} but the previous data ends at {}",
                     t.begin - expected,
@@ -253,7 +257,7 @@ pub fn parse(prefix: &[u8], file_size: u64, file: &str) -> Result<SafeTensors, P
     }
     if expected != data_len {
         return Err(Problem::new(
-            "trailing_data",
+            ProblemKind::TrailingData,
             format!(
                 "the tensors end at byte {} but the file has {} bytes: {} bytes belong to no tensor",
                 data_start.saturating_add(expected),
@@ -277,7 +281,7 @@ pub fn parse(prefix: &[u8], file_size: u64, file: &str) -> Result<SafeTensors, P
 fn entry(name: &str, v: &serde_json::Value) -> Result<TensorEntry, Problem> {
     let bad = |what: &str, found: &dyn std::fmt::Display| {
         Problem::new(
-            "bad_tensor_entry",
+            ProblemKind::BadTensorEntry,
             format!("tensor {name:?}: {what}, found {found}"),
         )
         .tensor(name)
@@ -352,7 +356,7 @@ fn entry(name: &str, v: &serde_json::Value) -> Result<TensorEntry, Problem> {
     let bytes = bits_total / 8;
     if end - begin != bytes {
         return Err(Problem::new(
-            "size_mismatch",
+            ProblemKind::SizeMismatch,
             format!(
                 "tensor {name:?} ({dtype} {shape:?}) needs {bytes} bytes but data_offsets [{begin}, {end}] span {}",
                 end - begin
@@ -380,7 +384,7 @@ pub fn check_disjoint(set: &[SafeTensors]) -> Result<(), Problem> {
         for t in &st.tensors {
             if let Some(first) = owner.insert(&t.name, &st.file) {
                 return Err(Problem::new(
-                    "duplicate_tensor",
+                    ProblemKind::DuplicateTensor,
                     format!("tensor {:?} is in both {first} and {}", t.name, st.file),
                 )
                 .tensor(&t.name)
@@ -402,11 +406,12 @@ pub fn read_index(dir: &Path) -> Result<Vec<SafeTensors>, Problem> {
     let p = dir.join(INDEX_FILE);
     let len = std::fs::metadata(&p).map_err(|e| io_problem(&p, &e))?.len();
     if len > MAX_INDEX {
-        return Err(
-            Problem::new("bad_index", format!("the index is over {MAX_INDEX} bytes"))
-                .found(len)
-                .in_file(INDEX_FILE),
-        );
+        return Err(Problem::new(
+            ProblemKind::BadIndex,
+            format!("the index is over {MAX_INDEX} bytes"),
+        )
+        .found(len)
+        .in_file(INDEX_FILE));
     }
     let text = std::fs::read(&p).map_err(|e| io_problem(&p, &e))?;
     check_index(
@@ -422,7 +427,7 @@ pub fn check_index(
     mut load: impl FnMut(&str) -> Result<SafeTensors, Problem>,
     exists: impl Fn(&str) -> bool,
 ) -> Result<Vec<SafeTensors>, Problem> {
-    let bad = |msg: String| Problem::new("bad_index", msg).in_file(INDEX_FILE);
+    let bad = |msg: String| Problem::new(ProblemKind::BadIndex, msg).in_file(INDEX_FILE);
     let v: serde_json::Value =
         serde_json::from_slice(index_json).map_err(|e| bad(format!("not valid JSON: {e}")))?;
     let map = v
@@ -449,7 +454,7 @@ pub fn check_index(
     for (shard, tensors) in &wanted {
         if !exists(shard) {
             return Err(Problem::new(
-                "missing_shard",
+                ProblemKind::MissingShard,
                 format!(
                     "the index maps {} tensors (first {:?}) to {shard}, which does not exist",
                     tensors.len(),
@@ -465,7 +470,7 @@ pub fn check_index(
         for t in tensors {
             if st.get(t).is_none() {
                 return Err(Problem::new(
-                    "missing_tensor",
+                    ProblemKind::MissingTensor,
                     format!("the index says tensor {t:?} is in {shard}, but it is not"),
                 )
                 .tensor(*t)
@@ -477,7 +482,7 @@ pub fn check_index(
         for t in &st.tensors {
             if map.get(&t.name).and_then(|s| s.as_str()) != Some(*shard) {
                 return Err(Problem::new(
-                    "unindexed_tensor",
+                    ProblemKind::UnindexedTensor,
                     format!(
                         "{shard} holds tensor {:?}, which the index maps to {}",
                         t.name,

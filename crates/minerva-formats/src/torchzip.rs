@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::pickle;
-use crate::problem::{io_problem, read_config, Problem, Summary, DEFAULT_CONTEXT};
+use crate::problem::{io_problem, read_config, Problem, ProblemKind, Summary, DEFAULT_CONTEXT};
 
 /// Central directory larger than this is refused (a checkpoint has a few thousand entries).
 const MAX_CENTRAL_DIR: u64 = 64 << 20;
@@ -72,7 +72,7 @@ fn read(
     let end = offset.checked_add(len).filter(|&e| e <= src.size());
     if end.is_none() {
         return Err(Problem::new(
-            "truncated",
+            ProblemKind::Truncated,
             format!(
                 "{what} needs bytes {offset}..{} but the file has {}",
                 offset.saturating_add(len),
@@ -89,7 +89,7 @@ fn read(
     // len <= file size, checked above.
     let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
     src.read_at(offset, &mut buf)
-        .map_err(|e| Problem::new("io", format!("reading {what}: {e}")).at(offset))?;
+        .map_err(|e| Problem::new(ProblemKind::Io, format!("reading {what}: {e}")).at(offset))?;
     Ok(buf)
 }
 
@@ -110,7 +110,7 @@ fn u64_at(b: &[u8], i: usize) -> u64 {
 }
 
 fn bad_zip(msg: String, at: u64) -> Problem {
-    Problem::new("bad_zip", msg).at(at)
+    Problem::new(ProblemKind::BadZip, msg).at(at)
 }
 
 /// Reads and checks a zip's directory.
@@ -118,7 +118,7 @@ pub fn read_zip(src: &(impl ReadAt + ?Sized)) -> Result<Vec<ZipEntry>, Problem> 
     let size = src.size();
     if size < 22 {
         return Err(Problem::new(
-            "truncated",
+            ProblemKind::Truncated,
             format!("{size} bytes is too short for a zip (the end record alone is 22)"),
         )
         .at(0)
@@ -224,7 +224,7 @@ pub fn read_zip(src: &(impl ReadAt + ?Sized)) -> Result<Vec<ZipEntry>, Problem> 
         let data_end = data_start.checked_add(csize).filter(|&e| e <= size);
         if data_end.is_none() {
             return Err(Problem::new(
-                "entry_out_of_bounds",
+                ProblemKind::EntryOutOfBounds,
                 format!(
                     "entry {name:?} needs bytes {data_start}..{} but the file has {size}: truncated",
                     data_start.saturating_add(csize)
@@ -265,7 +265,7 @@ pub fn read_zip(src: &(impl ReadAt + ?Sized)) -> Result<Vec<ZipEntry>, Problem> 
         if let [(_, a_end, a), (b_start, _, b)] = w {
             if b_start < a_end {
                 return Err(Problem::new(
-                    "overlap",
+                    ProblemKind::Overlap,
                     format!("zip entry {b:?} starts at byte {b_start}, inside entry {a:?} (ends at {a_end})"),
                 )
                 .tensor(*b)
@@ -308,7 +308,7 @@ pub fn verify_file(path: &Path) -> Result<Checked, Problem> {
     }
     if first[0] == 0x80 {
         return Err(Problem::new(
-            "unsupported",
+            ProblemKind::Unsupported,
             "this is the legacy (torch < 1.6) pickle checkpoint format, which cannot be checked without running its pickles; re-save it with a current torch or convert it to SafeTensors",
         )
         .at(0));
@@ -339,7 +339,7 @@ pub fn verify(src: &(impl ReadAt + ?Sized)) -> Result<Checked, Problem> {
         [one] => *one,
         _ => {
             return Err(Problem::new(
-                "bad_checkpoint",
+                ProblemKind::BadCheckpoint,
                 format!(
                     "a torch checkpoint has exactly one <name>/data.pkl; this zip has {}",
                     pkls.len()
@@ -350,7 +350,7 @@ pub fn verify(src: &(impl ReadAt + ?Sized)) -> Result<Checked, Problem> {
     let prefix = pkl.name.strip_suffix("data.pkl").unwrap_or("");
     if pkl.method != 0 {
         return Err(Problem::new(
-            "unsupported",
+            ProblemKind::Unsupported,
             format!(
                 "{} is compressed (method {}); torch.save stores it uncompressed",
                 pkl.name, pkl.method
@@ -361,7 +361,7 @@ pub fn verify(src: &(impl ReadAt + ?Sized)) -> Result<Checked, Problem> {
     }
     if pkl.size > MAX_PICKLE {
         return Err(Problem::new(
-            "bad_checkpoint",
+            ProblemKind::BadCheckpoint,
             format!(
                 "{} is {} bytes, over the {MAX_PICKLE}-byte limit",
                 pkl.name, pkl.size
@@ -385,7 +385,7 @@ pub fn verify(src: &(impl ReadAt + ?Sized)) -> Result<Checked, Problem> {
         let file = format!("{prefix}data/{}", t.storage_key);
         let Some(e) = by_name.get(file.as_str()) else {
             return Err(Problem::new(
-                "missing_storage",
+                ProblemKind::MissingStorage,
                 format!(
                     "tensor {} uses storage {file}, which the zip does not have",
                     t.label()
@@ -398,7 +398,7 @@ pub fn verify(src: &(impl ReadAt + ?Sized)) -> Result<Checked, Problem> {
         let need = t.storage_numel.checked_mul(t.element_bytes);
         if need != Some(e.size) {
             return Err(Problem::new(
-                "size_mismatch",
+                ProblemKind::SizeMismatch,
                 format!(
                     "storage {file} of tensor {} should be {} x {} bytes ({}) but is {} bytes",
                     t.label(),
@@ -416,7 +416,7 @@ pub fn verify(src: &(impl ReadAt + ?Sized)) -> Result<Checked, Problem> {
         let extent = t.extent();
         if extent.is_none_or(|x| x > t.storage_numel) {
             return Err(Problem::new(
-                "tensor_out_of_bounds",
+                ProblemKind::TensorOutOfBounds,
                 format!(
                     "tensor {} ({} {:?}, stride {:?}, offset {}) reads past its storage of {} elements",
                     t.label(), t.dtype, t.shape, t.stride, t.offset, t.storage_numel
@@ -429,7 +429,7 @@ pub fn verify(src: &(impl ReadAt + ?Sized)) -> Result<Checked, Problem> {
         }
         if e.method != 0 {
             return Err(Problem::new(
-                "unsupported",
+                ProblemKind::Unsupported,
                 format!(
                     "storage {file} of tensor {} is compressed (method {}); torch.save stores storages uncompressed",
                     t.label(),

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::gguf::{self, GgufError};
 use crate::problem::{file_name, io_problem, read_config};
-pub use crate::problem::{Problem, Summary, DEFAULT_CONTEXT, MAX_CONFIG_BYTES};
+pub use crate::problem::{Problem, ProblemKind, Summary, DEFAULT_CONTEXT, MAX_CONFIG_BYTES};
 use crate::{mlx, safetensors, torchzip, ModelInfo};
 
 /// What `verify` found. `valid` is false exactly when `error` is set.
@@ -127,7 +127,7 @@ fn verify_file(path: &Path, context: u32, report: &mut Report) -> Result<(), Pro
         return Ok(());
     }
     Err(Problem::new(
-        "unknown_format",
+        ProblemKind::UnknownFormat,
         "not a GGUF, SafeTensors or PyTorch zip file (checked the first bytes and the extension)",
     )
     .at(0)
@@ -212,7 +212,7 @@ fn verify_dir_other(
         ([one], []) | ([], [one]) => *one,
         _ => {
             return Err(Problem::new(
-                "unknown_format",
+                ProblemKind::UnknownFormat,
                 "the folder holds no model this can check: expected *.safetensors (with \
                  model.safetensors.index.json when sharded), one .gguf, or one PyTorch .bin",
             )
@@ -301,28 +301,30 @@ fn verify_gguf(path: &Path, context: u32, report: &mut Report) -> Result<(), Pro
 pub fn gguf_problem(e: GgufError) -> Problem {
     let message = e.to_string();
     match e {
-        GgufError::BadMagic { found } => Problem::new("bad_magic", message)
+        GgufError::BadMagic { found } => Problem::new(ProblemKind::BadMagic, message)
             .at(0)
             .expected("GGUF")
             .found(found),
-        GgufError::UnsupportedVersion { version } => Problem::new("unsupported_version", message)
-            .at(4)
-            .expected("2 or 3")
-            .found(version),
+        GgufError::UnsupportedVersion { version } => {
+            Problem::new(ProblemKind::UnsupportedVersion, message)
+                .at(4)
+                .expected("2 or 3")
+                .found(version)
+        }
         GgufError::Truncated {
             offset,
             needed,
             file_size,
             ..
-        } => Problem::new("truncated", message)
+        } => Problem::new(ProblemKind::Truncated, message)
             .at(offset)
             .expected(format!("at least {} bytes", offset.saturating_add(needed)))
             .found(format!("{file_size} bytes")),
-        GgufError::Invalid { offset, detail, .. } => {
-            Problem::new("invalid", message).at(offset).found(detail)
-        }
+        GgufError::Invalid { offset, detail, .. } => Problem::new(ProblemKind::Invalid, message)
+            .at(offset)
+            .found(detail),
         GgufError::UnknownTensorType { name, type_id } => {
-            Problem::new("unknown_tensor_type", message)
+            Problem::new(ProblemKind::UnknownTensorType, message)
                 .tensor(name)
                 .expected("a ggml type id")
                 .found(type_id)
@@ -333,26 +335,30 @@ pub fn gguf_problem(e: GgufError) -> Problem {
             end,
             file_size,
             ..
-        } => Problem::new("tensor_out_of_bounds", message)
+        } => Problem::new(ProblemKind::TensorOutOfBounds, message)
             .tensor(name)
             .at(start)
             .expected(format!("file of at least {end} bytes"))
             .found(format!("{file_size} bytes")),
-        GgufError::DuplicateKey { offset, .. } => Problem::new("duplicate_key", message).at(offset),
-        GgufError::DuplicateTensor { name, offset } => Problem::new("duplicate_tensor", message)
-            .tensor(name)
-            .at(offset),
+        GgufError::DuplicateKey { offset, .. } => {
+            Problem::new(ProblemKind::DuplicateKey, message).at(offset)
+        }
+        GgufError::DuplicateTensor { name, offset } => {
+            Problem::new(ProblemKind::DuplicateTensor, message)
+                .tensor(name)
+                .at(offset)
+        }
         GgufError::TensorOverlap {
             name,
             start,
             other,
             other_end,
             ..
-        } => Problem::new("overlap", message)
+        } => Problem::new(ProblemKind::Overlap, message)
             .tensor(name)
             .at(start)
             .expected(format!("start at or after {other_end} (end of {other:?})"))
             .found(start),
-        GgufError::Io(_) => Problem::new("io", message),
+        GgufError::Io(_) => Problem::new(ProblemKind::Io, message),
     }
 }

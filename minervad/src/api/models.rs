@@ -394,7 +394,7 @@ async fn verify_model(
         format: report.format,
         valid: report.valid,
         error: report.error.map(|p| pb::VerifyProblem {
-            kind: p.kind,
+            kind: p.kind.as_str().into(),
             message: p.message,
             file: p.file,
             tensor: p.tensor,
