@@ -89,6 +89,16 @@ fn python_client(python: &Path, stubs: &Path, target: &str) -> serde_json::Value
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The token ids the Python client saw, in order.
+fn client_ids(r: &serde_json::Value) -> Vec<u64> {
+    r["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t.as_u64().expect("token id"))
+        .collect()
+}
+
 #[test]
 fn a_stock_python_grpcio_client_works_on_the_socket_and_on_tcp() {
     let python = python();
@@ -104,13 +114,7 @@ fn a_stock_python_grpcio_client_works_on_the_socket_and_on_tcp() {
     for target in [format!("unix://{socket}"), format!("unix:{socket}")] {
         let r = python_client(&python, dir.path(), &target);
         assert_eq!(r["version"], env!("CARGO_PKG_VERSION"), "{r}");
-        let ids: Vec<u64> = r["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_u64().unwrap())
-            .collect();
-        assert_eq!(ids, expected_ids, "{target}: {r}");
+        assert_eq!(client_ids(&r), expected_ids, "{target}: {r}");
         assert_eq!(r["text"], expected["text"], "{target}");
         assert_eq!(r["generated_tokens"], 8);
         assert_eq!(r["bad_model"], "NOT_FOUND", "{target}: {r}");
@@ -137,13 +141,7 @@ fn a_stock_python_grpcio_client_works_on_the_socket_and_on_tcp() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let r = python_client(&python, dir.path(), &addr);
-    let ids: Vec<u64> = r["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap())
-        .collect();
-    assert_eq!(ids, expected_ids, "tcp: {r}");
+    assert_eq!(client_ids(&r), expected_ids, "tcp: {r}");
     // SAFETY: stopping the daemon this test started.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     assert!(daemon.wait().unwrap().success());
