@@ -139,3 +139,45 @@ mod tests {
         assert_eq!(count(134_515_008), "134.5M");
     }
 }
+
+/// Generated (and prompt) tokens with their log-probabilities and likeliest alternatives, one
+/// row each: prompt positions as `p1, p2, ...` (the first prompt token has none).
+pub fn logprobs_table(
+    tokens: &[pb::GeneratedToken],
+    prompt: Option<&pb::PromptLogprobs>,
+) -> String {
+    fn text_of(id: u32, l: &pb::TokenLogprobs, fallback: &str) -> String {
+        let own = l.top.iter().find(|t| t.id == id).map(|t| t.text.as_str());
+        format!("{id} {:?}", own.unwrap_or(fallback))
+    }
+    fn alternatives(l: &pb::TokenLogprobs) -> String {
+        let alt: Vec<String> = l
+            .top
+            .iter()
+            .map(|t| format!("{:?} {:.3}", t.text, t.logprob))
+            .collect();
+        alt.join(", ")
+    }
+    let mut rows = Vec::new();
+    if let Some(p) = prompt {
+        for (i, (id, l)) in p.ids.iter().zip(&p.logprobs).enumerate() {
+            rows.push(vec![
+                format!("p{}", i + 1),
+                text_of(*id, l, ""),
+                format!("{:.3}", l.logprob),
+                alternatives(l),
+            ]);
+        }
+    }
+    for t in tokens {
+        if let Some(l) = &t.logprobs {
+            rows.push(vec![
+                t.index.to_string(),
+                text_of(t.id, l, &t.text),
+                format!("{:.3}", l.logprob),
+                alternatives(l),
+            ]);
+        }
+    }
+    table(&["#", "token", "logprob", "alternatives"], &rows)
+}

@@ -40,11 +40,34 @@ pub struct RunArgs {
     pub min_p: Option<f32>,
     #[arg(long)]
     pub repeat_penalty: Option<f32>,
+    /// Subtracted once from each recent token's logit; in [-2, 2].
+    #[arg(long, allow_hyphen_values = true)]
+    pub presence_penalty: Option<f32>,
+    /// Subtracted from a recent token's logit once per occurrence; in [-2, 2].
+    #[arg(long, allow_hyphen_values = true)]
+    pub frequency_penalty: Option<f32>,
+    /// ID=BIAS: add BIAS (in [-100, 100]) to token ID's logit (repeatable).
+    #[arg(long, value_name = "ID=BIAS", value_parser = parse_bias, allow_hyphen_values = true)]
+    pub logit_bias: Vec<(u32, f32)>,
     #[arg(long)]
     pub seed: Option<u64>,
     /// Stop before this string (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
+    /// Stop at this token id (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub stop_token: Vec<u32>,
+    /// Keep generating through end-of-sequence tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// The prompt as token ids, comma-separated, sent as they are (instead of PROMPT).
+    #[arg(
+        long,
+        value_name = "IDS",
+        value_delimiter = ',',
+        conflicts_with = "prompt"
+    )]
+    pub tokens: Option<Vec<u32>>,
     #[command(flatten)]
     pub load: LoadFlags,
     /// Keep the model loaded this many seconds when idle (negative = forever).
@@ -55,6 +78,13 @@ pub struct RunArgs {
     /// a long greedy answer may differ from a cold run's). The interactive chat always does.
     #[arg(long)]
     pub cache_prompt: bool,
+    /// Log-probabilities of the generated tokens with this many likeliest alternatives each
+    /// (0-20): a table on stderr after the answer, or per token with --json.
+    #[arg(long, value_name = "N")]
+    pub logprobs: Option<u32>,
+    /// The prompt tokens' log-probabilities too (the whole prompt is computed: no cache reuse).
+    #[arg(long)]
+    pub prompt_logprobs: bool,
     /// Print the stats line (load, TTFT, prompt and decode tokens/s) to stderr.
     #[arg(long, short)]
     pub verbose: bool,
@@ -65,18 +95,35 @@ pub struct RunArgs {
 struct RunOutput {
     text: String,
     tokens: Vec<pb::GeneratedToken>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_logprobs: Option<pb::PromptLogprobs>,
+    stats: pb::GenerationStats,
+}
+
+/// What one request streamed back.
+struct Streamed {
+    tokens: Vec<pb::GeneratedToken>,
+    prompt_logprobs: Option<pb::PromptLogprobs>,
     stats: pb::GenerationStats,
 }
 
 pub async fn run(global: &Global, args: RunArgs) -> CliResult {
     let channel = client::connect(global, true).await?;
     let mut client = GenerateServiceClient::new(channel);
+    if let Some(ids) = args.tokens.clone() {
+        let input = pb::generate_request::Input::Tokens(pb::TokenIds { ids });
+        return one_shot(global, &mut client, &args, input).await;
+    }
     match args.prompt.clone() {
-        Some(p) => one_shot(global, &mut client, &args, p).await,
+        Some(p) => {
+            let input = prompt_input(&args, p);
+            one_shot(global, &mut client, &args, input).await
+        }
         None if !std::io::stdin().is_terminal() => {
             let mut p = String::new();
             std::io::stdin().read_to_string(&mut p)?;
-            one_shot(global, &mut client, &args, p).await
+            let input = prompt_input(&args, p);
+            one_shot(global, &mut client, &args, input).await
         }
         None => chat_loop(&mut client, &args).await,
     }
@@ -94,12 +141,22 @@ fn request(args: &RunArgs, input: pb::generate_request::Input) -> pb::GenerateRe
             repetition_penalty: args.repeat_penalty,
             repetition_window: None,
             seed: args.seed,
+            presence_penalty: args.presence_penalty,
+            frequency_penalty: args.frequency_penalty,
+            logit_bias: args.logit_bias.iter().copied().collect(),
         }),
         max_tokens: args.max_tokens,
         stop: args.stop.clone(),
+        stop_token_ids: args.stop_token.clone(),
+        ignore_eos: args.ignore_eos.then_some(true),
         keep_alive_seconds: args.keep_alive,
         options: args.load.to_proto(),
         cache_prompt: Some(args.cache_prompt),
+        request_id: String::new(),
+        logprobs: (args.logprobs.is_some() || args.prompt_logprobs).then(|| pb::LogprobsOptions {
+            top: args.logprobs.unwrap_or(0),
+            prompt: args.prompt_logprobs,
+        }),
     }
 }
 
@@ -115,13 +172,9 @@ fn messages(args: &RunArgs, turns: &[pb::ChatMessage]) -> pb::generate_request::
     pb::generate_request::Input::Chat(pb::Chat { messages })
 }
 
-async fn one_shot(
-    global: &Global,
-    client: &mut GenerateServiceClient<Channel>,
-    args: &RunArgs,
-    prompt: String,
-) -> CliResult {
-    let input = if args.raw {
+/// The prompt as raw text (`--raw`) or as one user message for the chat template.
+fn prompt_input(args: &RunArgs, prompt: String) -> pb::generate_request::Input {
+    if args.raw {
         pb::generate_request::Input::Prompt(prompt)
     } else {
         messages(
@@ -131,15 +184,48 @@ async fn one_shot(
                 content: prompt,
             }],
         )
-    };
-    let (tokens, stats) = stream(client, request(args, input), !global.json).await?;
+    }
+}
+
+fn parse_bias(s: &str) -> Result<(u32, f32), String> {
+    let (id, bias) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ID=BIAS"))?;
+    let id = id
+        .trim()
+        .parse()
+        .map_err(|e| format!("token id {id:?}: {e}"))?;
+    let bias = bias
+        .trim()
+        .parse()
+        .map_err(|e| format!("bias {bias:?}: {e}"))?;
+    Ok((id, bias))
+}
+
+async fn one_shot(
+    global: &Global,
+    client: &mut GenerateServiceClient<Channel>,
+    args: &RunArgs,
+    input: pb::generate_request::Input,
+) -> CliResult {
+    let Streamed {
+        tokens,
+        prompt_logprobs,
+        stats,
+    } = stream(client, request(args, input), !global.json).await?;
     if global.json {
         let out = RunOutput {
             text: stats.text.clone(),
             tokens,
+            prompt_logprobs,
             stats: stats.clone(),
         };
         println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if args.logprobs.is_some() || args.prompt_logprobs {
+        eprint!(
+            "{}",
+            render::logprobs_table(&tokens, prompt_logprobs.as_ref())
+        );
     }
     if args.verbose {
         eprintln!("{}", render::stats_line(&stats));
@@ -147,17 +233,19 @@ async fn one_shot(
     Ok(())
 }
 
-/// Sends one request; prints text as it comes when `print`. Returns the tokens and stats.
+/// Sends one request; prints text as it comes when `print`.
 async fn stream(
     client: &mut GenerateServiceClient<Channel>,
     req: pb::GenerateRequest,
     print: bool,
-) -> CliResult<(Vec<pb::GeneratedToken>, pb::GenerationStats)> {
+) -> CliResult<Streamed> {
     let mut s = client.generate(req).await?.into_inner();
     let mut out = std::io::stdout().lock();
     let mut tokens = Vec::new();
+    let mut prompt_logprobs = None;
     while let Some(msg) = s.message().await? {
         match msg.event {
+            Some(pb::generate_response::Event::PromptLogprobs(p)) => prompt_logprobs = Some(p),
             Some(pb::generate_response::Event::Token(t)) => {
                 if print && !t.text.is_empty() {
                     out.write_all(t.text.as_bytes())?;
@@ -170,7 +258,11 @@ async fn stream(
                     out.write_all(b"\n")?;
                     out.flush()?;
                 }
-                return Ok((tokens, stats));
+                return Ok(Streamed {
+                    tokens,
+                    prompt_logprobs,
+                    stats,
+                });
             }
             None => {}
         }
@@ -208,7 +300,7 @@ async fn chat_loop(client: &mut GenerateServiceClient<Channel>, args: &RunArgs) 
             _ = tokio::signal::ctrl_c() => None,
         };
         match result {
-            Some(Ok((_, stats))) => {
+            Some(Ok(Streamed { stats, .. })) => {
                 if args.verbose {
                     eprintln!("{}", render::stats_line(&stats));
                 }

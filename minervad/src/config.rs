@@ -68,6 +68,11 @@ pub(crate) struct Args {
     /// (bench/results/README.md), at --parallel times the KV memory.
     #[arg(long, env = "MINERVA_KV_PER_SEQUENCE", value_parser = clap::builder::BoolishValueParser::new())]
     pub(crate) kv_per_sequence: bool,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9090 (loopback only;
+    /// port 0 picks a free one and logs it).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<SocketAddr>,
 }
 
 impl Args {
@@ -82,6 +87,16 @@ impl Args {
                     .clone()
                     .unwrap_or_else(minerva_proto::addr::default_socket_path),
             )),
+        }
+    }
+
+    /// Where to serve metrics, if anywhere: loopback only, like the API.
+    pub(crate) fn metrics(&self) -> Result<Option<SocketAddr>, String> {
+        match self.metrics {
+            Some(addr) if !addr.ip().is_loopback() => Err(format!(
+                "--metrics {addr}: only loopback addresses (127.0.0.0/8, ::1) are allowed"
+            )),
+            m => Ok(m),
         }
     }
 

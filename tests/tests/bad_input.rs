@@ -145,6 +145,20 @@ async fn each_bad_input_gets_a_clear_status_and_the_daemon_keeps_serving() {
     )
     .await;
 
+    // More logprob alternatives than the API allows.
+    let mut many = prompt_request(MODEL, "Hi");
+    many.logprobs = Some(pb::LogprobsOptions {
+        top: 21,
+        prompt: false,
+    });
+    expect_error(
+        &mut c,
+        many,
+        Code::InvalidArgument,
+        &["top_logprobs", "21", "20"],
+    )
+    .await;
+
     // max_tokens 0 and absurd.
     let mut zero = prompt_request(MODEL, "Hi");
     zero.max_tokens = Some(0);
@@ -202,6 +216,65 @@ async fn each_bad_input_gets_a_clear_status_and_the_daemon_keeps_serving() {
         }),
         Code::InvalidArgument,
         &["repetition_penalty"],
+    )
+    .await;
+    expect_error(
+        &mut c,
+        sampled(pb::SamplingParams {
+            presence_penalty: Some(3.0),
+            ..Default::default()
+        }),
+        Code::InvalidArgument,
+        &["presence_penalty", "[-2, 2]"],
+    )
+    .await;
+    expect_error(
+        &mut c,
+        sampled(pb::SamplingParams {
+            logit_bias: [(7, 250.0)].into(),
+            ..Default::default()
+        }),
+        Code::InvalidArgument,
+        &["logit_bias", "token 7"],
+    )
+    .await;
+
+    // Token ids outside the vocabulary (49152), wherever they are given; no ids at all.
+    let tokens = |ids: Vec<u32>| pb::GenerateRequest {
+        input: Some(pb::generate_request::Input::Tokens(pb::TokenIds { ids })),
+        ..prompt_request(MODEL, "Hi")
+    };
+    expect_error(
+        &mut c,
+        tokens(vec![1, 49152]),
+        Code::InvalidArgument,
+        &["tokens", "49152"],
+    )
+    .await;
+    expect_error(
+        &mut c,
+        tokens(vec![]),
+        Code::InvalidArgument,
+        &["tokens", "no token ids"],
+    )
+    .await;
+    let mut stop_token = prompt_request(MODEL, "Hi");
+    stop_token.stop_token_ids = vec![2, 1 << 20];
+    expect_error(
+        &mut c,
+        stop_token,
+        Code::InvalidArgument,
+        &["stop_token_ids", "1048576"],
+    )
+    .await;
+    expect_error(
+        &mut c,
+        sampled(pb::SamplingParams {
+            logit_bias: [(99_999, 1.0)].into(),
+            ..Default::default()
+        }),
+        Code::InvalidArgument,
+        &["logit_bias", "99999"],
     )
     .await;
 

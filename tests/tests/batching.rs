@@ -1,16 +1,17 @@
 //! Continuous batching in the daemon: concurrent requests decode together (each one's first
-//! token arrives before any of them finishes), give the tokens each would alone, and are
-//! admitted only while their KV reservations (prompt + max_tokens) fit the context.
+//! token arrives before any of them finishes), give the tokens each would alone (but for a near
+//! tie that the batch's kernels may round the other way), and are admitted only while their KV
+//! reservations (prompt + max_tokens) fit the context.
 
 use std::time::Instant;
 
-use minerva_e2e::{Daemon, MODEL};
+use minerva_e2e::{assert_agree_but_for_a_near_tie, Daemon, Scored, MODEL};
 use minerva_proto::v1 as pb;
 use pb::generate_service_client::GenerateServiceClient;
 
 /// A greedy request's tokens and when (client side) its first token and its end arrived.
 struct Timed {
-    ids: Vec<u32>,
+    ids: Vec<Scored>,
     first: Instant,
     done: Instant,
 }
@@ -22,6 +23,10 @@ async fn generate(d: &Daemon, prompt: &str, max_tokens: u32) -> Timed {
             model: MODEL.into(),
             input: Some(pb::generate_request::Input::Prompt(prompt.into())),
             max_tokens: Some(max_tokens),
+            logprobs: Some(pb::LogprobsOptions {
+                top: 2,
+                prompt: false,
+            }),
             ..Default::default()
         })
         .await
@@ -33,7 +38,7 @@ async fn generate(d: &Daemon, prompt: &str, max_tokens: u32) -> Timed {
         match m.event {
             Some(pb::generate_response::Event::Token(t)) => {
                 first.get_or_insert_with(Instant::now);
-                ids.push(t.id);
+                ids.push(Scored::from_proto(&t));
             }
             Some(pb::generate_response::Event::Done(stats)) => {
                 assert_eq!(stats.generated_tokens as usize, ids.len());
@@ -72,11 +77,7 @@ async fn concurrent_requests_decode_together_and_match_their_solo_runs() {
         "requests ran one after another, not batched"
     );
     for (i, t) in together.iter().enumerate() {
-        assert_eq!(
-            t.ids, solo[i],
-            "{:?}: batched tokens differ from solo",
-            PROMPTS[i]
-        );
+        assert_agree_but_for_a_near_tie(&solo[i], &t.ids, PROMPTS[i]);
     }
 }
 
@@ -130,11 +131,8 @@ async fn kv_per_sequence_run(flash_attn: &str) {
         "the second request waited for the first: the contexts were shared"
     );
     for (i, t) in runs.iter().enumerate() {
-        assert_eq!(
-            t.ids, solo[i],
-            "{:?}: batched tokens differ from solo (flash attention {flash_attn})",
-            prompts[i]
-        );
+        let what = format!("{:?}, flash attention {flash_attn}", prompts[i]);
+        assert_agree_but_for_a_near_tie(&solo[i], &t.ids, &what);
     }
 }
 

@@ -32,6 +32,65 @@ fn cancelled_after(d: &Daemon) -> Option<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_by_id_from_another_connection_ends_the_stream_within_two_tokens() {
+    model_path();
+    let d = Daemon::start(&[]);
+    let mut a = GenerateServiceClient::new(d.channel().await);
+    let named = pb::GenerateRequest {
+        request_id: "story-1".into(),
+        ..long_request()
+    };
+    let mut stream = a.generate(named.clone()).await.unwrap().into_inner();
+    let mut seen = 0u32;
+    while seen < 5 {
+        if let Some(pb::generate_response::Event::Token(t)) =
+            stream.message().await.unwrap().and_then(|m| m.event)
+        {
+            seen = t.index + 1;
+        }
+    }
+    // Another connection: the id is taken while the first runs; then abort it.
+    let mut b = GenerateServiceClient::new(d.channel().await);
+    let taken = b.generate(named.clone()).await.expect_err("a duplicate id");
+    assert_eq!(taken.code(), tonic::Code::AlreadyExists, "{taken:?}");
+    assert!(taken.message().contains("story-1"), "{taken:?}");
+    let abort = pb::AbortRequest {
+        request_ids: vec!["story-1".into(), "no-such-request".into()],
+    };
+    let r = b.abort(abort).await.unwrap().into_inner();
+    assert_eq!(r.aborted, ["story-1"]);
+    assert_eq!(r.unknown, ["no-such-request"]);
+    let mut after = 0;
+    let done = loop {
+        match stream.message().await.unwrap().and_then(|m| m.event) {
+            Some(pb::generate_response::Event::Token(_)) => after += 1,
+            Some(pb::generate_response::Event::Done(s)) => break s,
+            _ => panic!("the stream ended without its final event"),
+        }
+    };
+    eprintln!("{after} tokens arrived after the abort was answered");
+    assert_eq!(done.stop_reason, pb::StopReason::Aborted as i32);
+    assert_eq!(done.request_id, "story-1");
+    assert!(after <= 2, "{after} tokens after the abort");
+    assert!(done.generated_tokens < 2000);
+
+    // The id is free again, and the daemon serves it to the end; the log names it.
+    let mut short = named;
+    short.max_tokens = Some(3);
+    let mut s = b.generate(short).await.unwrap().into_inner();
+    let mut last = None;
+    while let Some(m) = s.message().await.unwrap() {
+        if let Some(pb::generate_response::Event::Done(st)) = m.event {
+            last = Some(st);
+        }
+    }
+    let last = last.expect("final event");
+    assert_eq!(last.generated_tokens, 3);
+    assert_eq!(last.request_id, "story-1");
+    assert!(d.log_text().contains("story-1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_goes_away_cancels_its_generation_and_the_worker_serves_the_next() {
     model_path();
     let d = Daemon::start(&[]);

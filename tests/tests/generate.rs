@@ -9,7 +9,7 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
-use minerva_e2e::{model_path, token_ids, Daemon, MODEL};
+use minerva_e2e::{assert_agree_but_for_a_near_tie, model_path, token_ids, Daemon, Scored, MODEL};
 use minerva_proto::v1 as pb;
 
 const RAW_PROMPT: &str = "The three primary colors are";
@@ -163,25 +163,92 @@ fn same_seed_same_text_and_another_seed_differs() {
 fn two_clients_at_once_both_get_complete_correct_answers() {
     let d = Daemon::start(&[]);
     let prompts = ["Name a fruit.", "What is two plus two?"];
-    let solo: Vec<_> = prompts
-        .iter()
-        .map(|p| run_json(&d, &[p, "--max-tokens", "24"]))
-        .collect();
+    let args = |p| [p, "--max-tokens", "24", "--logprobs", "2"];
+    let solo: Vec<_> = prompts.iter().map(|p| run_json(&d, &args(p))).collect();
     let together: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = prompts
             .iter()
             .map(|p| {
                 let d = &d;
-                s.spawn(move || run_json(d, &[p, "--max-tokens", "24"]))
+                s.spawn(move || run_json(d, &args(p)))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    for (a, b) in solo.iter().zip(&together) {
-        assert_eq!(token_ids(a), token_ids(b));
-        assert_eq!(a["text"], b["text"]);
+    for ((a, b), p) in solo.iter().zip(&together).zip(prompts) {
         assert!(!b["text"].as_str().unwrap().is_empty());
+        let parted =
+            assert_agree_but_for_a_near_tie(&Scored::from_json(a), &Scored::from_json(b), p);
+        if parted.is_none() {
+            assert_eq!(a["text"], b["text"]);
+        }
     }
+}
+
+#[test]
+fn token_input_stop_tokens_ignore_eos_and_logit_bias() {
+    let d = Daemon::start(&[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let prompt_ids: Vec<u32> = rt.block_on(async {
+        let mut c = pb::generate_service_client::GenerateServiceClient::new(d.channel().await);
+        let input = pb::tokenize_request::Input::Prompt(RAW_PROMPT.into());
+        let req = pb::TokenizeRequest {
+            model: MODEL.into(),
+            input: Some(input),
+            options: None,
+        };
+        c.tokenize(req).await.expect("tokenize").into_inner().tokens
+    });
+    // The prompt as token ids gives what the text gives.
+    let by_text = run_json(&d, &[RAW_PROMPT, "--raw", "--max-tokens", "12"]);
+    let csv: Vec<String> = prompt_ids.iter().map(u32::to_string).collect();
+    let by_ids = run_json(&d, &["--tokens", &csv.join(","), "--max-tokens", "12"]);
+    assert_eq!(token_ids(&by_text), token_ids(&by_ids));
+    assert_eq!(by_text["text"], by_ids["text"]);
+
+    // A stop token: the answer's first token not seen earlier in it ends generation there,
+    // streamed, and with no text of its own.
+    let ids = token_ids(&by_text);
+    let k = (1..ids.len())
+        .find(|&k| !ids[..k].contains(&ids[k]))
+        .expect("a token new to the answer");
+    let stop = ids[k].to_string();
+    let cut = |extra: &[&str]| {
+        let mut a = vec![RAW_PROMPT, "--raw", "--max-tokens", "12"];
+        a.extend_from_slice(extra);
+        run_json(&d, &a)
+    };
+    let stopped = cut(&["--stop-token", &stop]);
+    assert_eq!(token_ids(&stopped), ids[..=k]);
+    assert_eq!(stopped["stats"]["stop_reason"], "stop_token");
+    assert_eq!(stopped["stats"]["stop_token_id"].as_u64(), Some(ids[k]));
+    let before = run_json(&d, &[RAW_PROMPT, "--raw", "--max-tokens", &k.to_string()]);
+    assert_eq!(stopped["text"], before["text"]);
+
+    // Logit bias: -100 bans the greedy first token, +100 forces another every step.
+    let first = format!("{}=-100", ids[0]);
+    let banned = cut(&["--max-tokens", "1", "--logit-bias", &first]);
+    assert_ne!(token_ids(&banned)[0], ids[0]);
+    let forced = cut(&["--max-tokens", "3", "--logit-bias", "1000=100"]);
+    assert_eq!(token_ids(&forced), [1000, 1000, 1000]);
+
+    // ignore_eos: an answer that ends at end-of-sequence goes on through it.
+    let short = run_json(&d, &["What is two plus two?", "--max-tokens", "64"]);
+    assert_eq!(short["stats"]["stop_reason"], "eos", "{short}");
+    let n = token_ids(&short).len();
+    let more = (n + 5).to_string();
+    let long = run_json(
+        &d,
+        &[
+            "What is two plus two?",
+            "--max-tokens",
+            &more,
+            "--ignore-eos",
+        ],
+    );
+    assert_eq!(long["stats"]["stop_reason"], "max_tokens");
+    assert_eq!(token_ids(&long).len(), n + 5);
+    assert_eq!(token_ids(&long)[..n], token_ids(&short)[..]);
 }
 
 #[test]

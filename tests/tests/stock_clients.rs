@@ -9,45 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use minerva_e2e::{bin, cache_home, models_dir, token_ids, Daemon, MODEL};
+use minerva_e2e::{bin, client_python as python, models_dir, token_ids, Daemon, MODEL};
 
-/// The grpcio the clients are tested with, pinned.
-const GRPCIO: &str = "1.85.1";
 const PROMPT: &str = "The capital of France is";
-
-/// A virtual environment with grpcio and grpcio-tools, made once and kept with the test
-/// models (pip downloads from PyPI the first time).
-fn python() -> PathBuf {
-    let venv = cache_home().join(format!("grpcio-{GRPCIO}"));
-    let python = venv.join("bin/python");
-    if !python.is_file() {
-        let partial = venv.with_extension("partial");
-        let _ = std::fs::remove_dir_all(&partial);
-        let ok = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&partial)
-            .status()
-            .expect("python3 -m venv")
-            .success();
-        assert!(ok, "python3 -m venv failed");
-        let ok = Command::new(partial.join("bin/python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .arg(format!("grpcio=={GRPCIO}"))
-            .arg(format!("grpcio-tools=={GRPCIO}"))
-            .status()
-            .expect("pip install")
-            .success();
-        assert!(ok, "pip install grpcio=={GRPCIO} failed");
-        std::fs::rename(&partial, &venv).expect("venv into place");
-    }
-    python
-}
 
 /// Python stubs for proto/minerva/v1, made with grpcio-tools' protoc.
 fn stubs(python: &Path, dir: &Path) {
@@ -99,6 +63,28 @@ fn client_ids(r: &serde_json::Value) -> Vec<u64> {
         .collect()
 }
 
+/// The client's second request (the prompt as ids, logprobs, logit bias, stop token ids): the
+/// same greedy tokens, each the likeliest of its sorted alternatives, and the prompt's ids echoed.
+fn check_token_input_and_logprobs(r: &serde_json::Value, expected: &[u64]) {
+    let scored = r["by_ids"].as_array().expect("by_ids");
+    let ids: Vec<u64> = scored.iter().map(|t| t["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, expected, "{r}");
+    for t in scored {
+        let top = t["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3, "{r}");
+        assert_eq!(top[0][0], t["id"], "greedy takes the likeliest: {r}");
+        assert!(t["logprob"].as_f64().unwrap() <= 0.0);
+        let lps: Vec<f64> = top.iter().map(|a| a[1].as_f64().unwrap()).collect();
+        assert!(lps.windows(2).all(|w| w[0] >= w[1]), "sorted: {r}");
+    }
+    let prompt = r["prompt_ids"].as_array().unwrap();
+    assert_eq!(
+        r["prompt_logprob_ids"].as_array().unwrap()[..],
+        prompt[1..],
+        "{r}"
+    );
+}
+
 #[test]
 fn a_stock_python_grpcio_client_works_on_the_socket_and_on_tcp() {
     let python = python();
@@ -118,6 +104,7 @@ fn a_stock_python_grpcio_client_works_on_the_socket_and_on_tcp() {
         assert_eq!(r["text"], expected["text"], "{target}");
         assert_eq!(r["generated_tokens"], 8);
         assert_eq!(r["bad_model"], "NOT_FOUND", "{target}: {r}");
+        check_token_input_and_logprobs(&r, &expected_ids);
     }
     drop(d);
 

@@ -81,10 +81,9 @@ pub struct LlamaCppModel {
 /// llama.cpp's flash-attention setting for a context: llama.cpp's "auto" (on for these models),
 /// unless `MINERVA_FLASH_ATTN=on|off|auto` says otherwise. On the CPU its flash-attention kernel
 /// gets slower as the context grows (backends/llamacpp/README.md). It stays on by default
-/// because without it this
-/// llama.cpp no longer gives a sequence the same tokens alone as batched with another
-/// (tests/generate.rs `two_clients_at_once_...` fails), which continuous batching relies on.
-/// Returns the setting and its name.
+/// because without it attention sums a sequence's KV cells in cell order, which in a shared
+/// pool depends on what else runs, so batching moves tokens more often (ARCHITECTURE.md,
+/// "Continuous batching"). Returns the setting and its name.
 fn flash_attention() -> (llama_cpp_sys_2::llama_flash_attn_type, &'static str) {
     use llama_cpp_sys_2::{
         LLAMA_FLASH_ATTN_TYPE_AUTO as AUTO, LLAMA_FLASH_ATTN_TYPE_DISABLED as OFF,

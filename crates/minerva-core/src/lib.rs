@@ -10,6 +10,7 @@
 pub mod chat;
 pub mod engine;
 pub mod error;
+pub mod logprobs;
 pub mod sampling;
 pub mod sequences;
 pub mod text;

@@ -1,6 +1,6 @@
-//! The one sampler every backend uses: repetition penalty → top-k → top-p → min-p →
-//! temperature → a draw from a seeded ChaCha8 RNG (or argmax when the temperature is 0), the
-//! same order as llama.cpp's default chain. Same logits and seed, same tokens, on any backend.
+//! The one sampler every backend uses: logit bias → repetition, frequency and presence
+//! penalties → top-k → top-p → min-p → temperature → a draw from a seeded ChaCha8 RNG (or argmax
+//! when the temperature is 0), the same order as llama.cpp's default chain. Same logits and seed, same tokens, on any backend.
 
 use std::collections::VecDeque;
 
@@ -22,7 +22,15 @@ pub struct SamplingConfig {
     pub min_p: f32,
     /// 1 = off.
     pub repetition_penalty: f32,
+    /// Subtracted once from the logit of every token in the window (OpenAI's presence penalty);
+    /// 0 = off.
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per occurrence in the window; 0 = off.
+    pub frequency_penalty: f32,
+    /// The recent tokens (prompt included) the three penalties look at.
     pub repetition_window: u32,
+    /// Added to these tokens' logits before anything else, sorted by token id.
+    pub logit_bias: Vec<(TokenId, f32)>,
     pub seed: u64,
 }
 
@@ -34,7 +42,10 @@ impl Default for SamplingConfig {
             top_p: 1.0,
             min_p: 0.0,
             repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             repetition_window: 64,
+            logit_bias: Vec::new(),
             seed: 0,
         }
     }
@@ -64,6 +75,22 @@ impl SamplingConfig {
                 "repetition_penalty",
                 format!("{r} is not in (0, 10] (1 = off)"),
             );
+        }
+        for (parameter, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !v.is_finite() || !(-2.0..=2.0).contains(&v) {
+                return bad(parameter, format!("{v} is not in [-2, 2] (0 = off)"));
+            }
+        }
+        for &(token, b) in &self.logit_bias {
+            if !b.is_finite() || !(-100.0..=100.0).contains(&b) {
+                return bad(
+                    "logit_bias",
+                    format!("{b} for token {token} is not in [-100, 100]"),
+                );
+            }
         }
         if self.repetition_window > 1 << 20 {
             return bad(
@@ -116,27 +143,35 @@ impl Sampler {
 
     /// Picks the next token from `logits` (one value per vocabulary entry).
     pub fn sample(&mut self, logits: &[f32]) -> TokenId {
-        let penalty = self.config.repetition_penalty;
-        let penalized = penalty != 1.0 && !self.recent.is_empty();
-        if self.config.is_greedy() && !penalized {
+        let cfg = &self.config;
+        let repeat = cfg.repetition_penalty != 1.0;
+        let counted = cfg.presence_penalty != 0.0 || cfg.frequency_penalty != 0.0;
+        let penalized = (repeat || counted) && !self.recent.is_empty();
+        if cfg.is_greedy() && !penalized && cfg.logit_bias.is_empty() {
             return argmax_slice(logits);
         }
         self.candidates.clear();
         self.candidates
             .extend(logits.iter().enumerate().map(|(i, &l)| (i as TokenId, l)));
+        for &(t, b) in &cfg.logit_bias {
+            if let Some(c) = self.candidates.get_mut(t as usize) {
+                c.1 += b;
+            }
+        }
         if penalized {
-            // Like llama.cpp: each distinct recent token is penalized once.
+            // Like llama.cpp: each distinct recent token is penalized once by the repetition
+            // penalty, and by the frequency penalty once per occurrence.
             let mut seen: Vec<TokenId> = self.recent.iter().copied().collect();
             seen.sort_unstable();
-            seen.dedup();
-            for t in seen {
-                if let Some(c) = self.candidates.get_mut(t as usize) {
-                    c.1 = if c.1 > 0.0 {
-                        c.1 / penalty
-                    } else {
-                        c.1 * penalty
-                    };
+            for run in seen.chunk_by(|a, b| a == b) {
+                let Some(c) = self.candidates.get_mut(run[0] as usize) else {
+                    continue;
+                };
+                if repeat {
+                    let p = cfg.repetition_penalty;
+                    c.1 = if c.1 > 0.0 { c.1 / p } else { c.1 * p };
                 }
+                c.1 -= cfg.frequency_penalty * run.len() as f32 + cfg.presence_penalty;
             }
         }
         if self.config.is_greedy() {
@@ -297,6 +332,56 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn frequency_and_presence_penalties_count_occurrences() {
+        let cfg = |frequency_penalty, presence_penalty| SamplingConfig {
+            frequency_penalty,
+            presence_penalty,
+            ..SamplingConfig::default()
+        };
+        // 5 (3.0) seen twice, 6 (2.9) never: frequency 0.1 costs 5 0.2, enough to lose.
+        let mut s = Sampler::new(cfg(0.1, 0.0));
+        s.accept(5);
+        s.accept(5);
+        assert_eq!(s.sample(&logits()), 6);
+        // Seen once: 0.05 is not enough, 0.1 presence is.
+        let mut s = Sampler::new(cfg(0.05, 0.0));
+        s.accept(5);
+        assert_eq!(s.sample(&logits()), 5);
+        let mut s = Sampler::new(cfg(0.0, 0.15));
+        s.accept(5);
+        assert_eq!(s.sample(&logits()), 6);
+        // Negative values reward repeats.
+        let mut s = Sampler::new(cfg(-1.5, 0.0));
+        s.accept(1);
+        assert_eq!(s.sample(&logits()), 1);
+    }
+
+    #[test]
+    fn logit_bias_moves_the_choice_and_is_range_checked() {
+        let mut s = Sampler::new(SamplingConfig {
+            logit_bias: vec![(2, 4.5), (5, -100.0)],
+            ..SamplingConfig::default()
+        });
+        // 2: -1.0 + 4.5 = 3.5 beats 6's 2.9 once 5 is banned.
+        assert_eq!(s.sample(&logits()), 2);
+        let bad = SamplingConfig {
+            logit_bias: vec![(3, 101.0)],
+            ..SamplingConfig::default()
+        };
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("logit_bias") && e.contains("token 3"), "{e}");
+        let bad = SamplingConfig {
+            presence_penalty: 2.5,
+            ..SamplingConfig::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("presence_penalty"));
     }
 
     #[test]

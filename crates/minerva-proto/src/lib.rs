@@ -27,6 +27,8 @@ pub fn stop_reason_name(value: i32) -> &'static str {
         Ok(v1::StopReason::MaxTokens) => "max_tokens",
         Ok(v1::StopReason::StopString) => "stop_string",
         Ok(v1::StopReason::ContextFull) => "context_full",
+        Ok(v1::StopReason::StopToken) => "stop_token",
+        Ok(v1::StopReason::Aborted) => "aborted",
         Ok(v1::StopReason::Unspecified) | Err(_) => "unspecified",
     }
 }

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::keep_alive_of;
 use crate::convert::requested_options;
-use crate::engine::{Engine, Event, Job, Lease};
+use crate::engine::{Engine, Event, Job, Lease, Logprobs, LogprobsWanted, Registration};
 use crate::error::{DaemonError, Result};
 
 pub(crate) struct GenerateApi {
@@ -24,6 +24,7 @@ pub(crate) struct GenerateApi {
 enum Input {
     Prompt(String),
     Chat(Vec<ChatMessage>),
+    Tokens(Vec<u32>),
 }
 
 fn input_of(prompt: Option<String>, chat: Option<pb::Chat>) -> Result<Input> {
@@ -57,6 +58,13 @@ fn sampling_of(p: Option<&pb::SamplingParams>) -> Result<SamplingConfig> {
         repetition_penalty: p.repetition_penalty.unwrap_or(d.repetition_penalty),
         repetition_window: p.repetition_window.unwrap_or(d.repetition_window),
         seed: p.seed.unwrap_or(d.seed),
+        presence_penalty: p.presence_penalty.unwrap_or(d.presence_penalty),
+        frequency_penalty: p.frequency_penalty.unwrap_or(d.frequency_penalty),
+        logit_bias: {
+            let mut b: Vec<(u32, f32)> = p.logit_bias.iter().map(|(&t, &b)| (t, b)).collect();
+            b.sort_unstable_by_key(|&(t, _)| t);
+            b
+        },
     };
     cfg.validate()?;
     Ok(cfg)
@@ -67,6 +75,7 @@ async fn tokenize(lease: &Lease, input: Input) -> Result<(String, Vec<u32>)> {
     let model = Arc::clone(lease.model());
     tokio::task::spawn_blocking(move || {
         let (text, add_special) = match input {
+            Input::Tokens(ids) => return Ok((String::new(), ids)),
             Input::Prompt(p) => (p, true),
             Input::Chat(messages) => model.render_chat(&messages)?,
         };
@@ -75,6 +84,26 @@ async fn tokenize(lease: &Lease, input: Input) -> Result<(String, Vec<u32>)> {
     })
     .await
     .map_err(|e| DaemonError::Internal(format!("tokenizer task failed: {e}")))?
+}
+
+fn logprobs_of(o: Option<&pb::LogprobsOptions>) -> Result<Option<LogprobsWanted>> {
+    let Some(o) = o else { return Ok(None) };
+    minerva_core::logprobs::check_top(o.top)?;
+    Ok(Some(LogprobsWanted {
+        top: o.top,
+        prompt: o.prompt,
+    }))
+}
+
+fn logprobs_to_proto(l: Logprobs) -> pb::TokenLogprobs {
+    pb::TokenLogprobs {
+        logprob: l.logprob,
+        top: l
+            .top
+            .into_iter()
+            .map(|(id, logprob, text)| pb::TopLogprob { id, logprob, text })
+            .collect(),
+    }
 }
 
 fn to_proto(event: Event, model: &str) -> std::result::Result<pb::GenerateResponse, Status> {
@@ -86,12 +115,21 @@ fn to_proto(event: Event, model: &str) -> std::result::Result<pb::GenerateRespon
                 text,
                 elapsed_ms,
                 index,
+                logprobs,
             } => E::Token(pb::GeneratedToken {
                 id,
                 text,
                 elapsed_ms,
                 index,
+                logprobs: logprobs.map(logprobs_to_proto),
             }),
+            Event::PromptLogprobs(tokens) => {
+                let (ids, logprobs) = tokens
+                    .into_iter()
+                    .map(|(id, l)| (id, logprobs_to_proto(l)))
+                    .unzip();
+                E::PromptLogprobs(pb::PromptLogprobs { ids, logprobs })
+            }
             Event::Done(s) => E::Done(pb::GenerationStats {
                 load_ms: s.load_ms,
                 prompt_tokens: s.prompt_tokens,
@@ -105,6 +143,8 @@ fn to_proto(event: Event, model: &str) -> std::result::Result<pb::GenerateRespon
                 queue_ms: s.queue_ms,
                 stop_reason: s.stop_reason as i32,
                 stop_string: s.stop_string,
+                stop_token_id: s.stop_token_id,
+                request_id: s.request_id,
                 text: s.text,
                 model: model.to_string(),
             }),
@@ -121,16 +161,23 @@ impl GenerateApi {
         &self,
         req: pb::GenerateRequest,
         received: Instant,
-        id: u64,
+        request: Registration,
     ) -> Result<GenerateStream> {
         use pb::generate_request::Input as I;
-        let (prompt, chat) = match req.input {
-            Some(I::Prompt(p)) => (Some(p), None),
-            Some(I::Chat(c)) => (None, Some(c)),
-            None => (None, None),
+        let input = match req.input {
+            Some(I::Prompt(p)) => input_of(Some(p), None)?,
+            Some(I::Chat(c)) => input_of(None, Some(c))?,
+            Some(I::Tokens(t)) if t.ids.is_empty() => {
+                return Err(DaemonError::invalid(
+                    "tokens",
+                    "the prompt has no token ids",
+                ))
+            }
+            Some(I::Tokens(t)) => Input::Tokens(t.ids),
+            None => input_of(None, None)?,
         };
-        let input = input_of(prompt, chat)?;
         let sampling = sampling_of(req.sampling.as_ref())?;
+        let logprobs = logprobs_of(req.logprobs.as_ref())?;
         if req.max_tokens == Some(0) {
             return Err(DaemonError::invalid("max_tokens", "0 tokens asked for; ask for at least 1, or leave it unset to generate until the end of sequence"));
         }
@@ -144,6 +191,23 @@ impl GenerateApi {
             )
             .await?;
         let ready = Instant::now();
+        // Token ids from the client, wherever they appear, must be in the vocabulary.
+        let info = lease.model().info();
+        let given: &[u32] = match &input {
+            Input::Tokens(ids) => ids,
+            _ => &[],
+        };
+        let ids = [
+            ("tokens", given),
+            ("stop_token_ids", &req.stop_token_ids[..]),
+        ];
+        let biased: Vec<u32> = sampling.logit_bias.iter().map(|b| b.0).collect();
+        for (field, ids) in ids.into_iter().chain([("logit_bias", &biased[..])]) {
+            for &t in ids {
+                minerva_core::engine::check_token(info, t)
+                    .map_err(|e| DaemonError::invalid(field, e.to_string()))?;
+            }
+        }
         let (_, prompt) = tokenize(&lease, input).await?;
         let ctx = lease.model().context_options.context_length;
         let trained = lease.model().info().trained_context_length;
@@ -186,16 +250,18 @@ impl GenerateApi {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let model_name = lease.model().resolved.name.clone();
         lease.model().clone().submit(Job {
-            id,
+            request: Some(request),
             received,
             ready,
             prompt,
             sampling,
             max_tokens: req.max_tokens,
             stop: req.stop,
-            ignore_eos: false,
+            stop_token_ids: req.stop_token_ids,
+            ignore_eos: req.ignore_eos.unwrap_or(false),
             context_length: ctx,
             cache_prompt: req.cache_prompt.unwrap_or(false),
+            logprobs,
             load_ms,
             events: tx,
             lease,
@@ -215,16 +281,41 @@ impl pb::generate_service_server::GenerateService for GenerateApi {
         req: Request<pb::GenerateRequest>,
     ) -> std::result::Result<Response<GenerateStream>, Status> {
         let received = Instant::now();
-        let req = req.into_inner();
+        let mut req = req.into_inner();
         let id = self.engine.next_request_id();
-        let span = tracing::info_span!("generate", request = id, model = %req.model);
-        match self.start(req, received, id).instrument(span).await {
+        let name = match std::mem::take(&mut req.request_id) {
+            n if n.is_empty() => format!("req-{id}"),
+            n => n,
+        };
+        let span = tracing::info_span!("generate", request = %name, model = %req.model);
+        let registered = self.engine.requests().register(name.clone());
+        let started = match registered {
+            Ok(r) => self.start(req, received, r).instrument(span).await,
+            Err(e) => Err(e),
+        };
+        match started {
             Ok(s) => Ok(Response::new(s)),
             Err(e) => {
-                tracing::info!(request = id, error = %e, "generate refused");
+                tracing::info!(request = %name, error = %e, "generate refused");
                 Err(e.into())
             }
         }
+    }
+
+    async fn abort(
+        &self,
+        req: Request<pb::AbortRequest>,
+    ) -> std::result::Result<Response<pb::AbortResponse>, Status> {
+        let mut out = pb::AbortResponse::default();
+        for id in req.into_inner().request_ids {
+            if self.engine.requests().abort(&id) {
+                tracing::info!(request = %id, "abort asked for");
+                out.aborted.push(id);
+            } else {
+                out.unknown.push(id);
+            }
+        }
+        Ok(Response::new(out))
     }
 
     async fn tokenize(

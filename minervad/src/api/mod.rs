@@ -78,9 +78,27 @@ pub(crate) async fn serve(
     engine: Arc<Engine>,
     bench_dir: std::path::PathBuf,
     listen: Listen,
+    metrics: Option<std::net::SocketAddr>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let started = Instant::now();
+    // One shutdown signal, seen by the gRPC server and the metrics server alike.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let metrics_server = match metrics {
+        Some(addr) => Some(tokio::spawn(crate::metrics::serve(
+            Arc::clone(engine.metrics()),
+            crate::metrics::bind(addr).await?,
+            stopped(stop_rx.clone()),
+        ))),
+        None => None,
+    };
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     for name in [
         "minerva.v1.ModelService",
@@ -162,6 +180,13 @@ pub(crate) async fn serve(
         }
     };
     reaper.abort();
+    if let Some(m) = metrics_server {
+        match m.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "metrics server"),
+            Err(e) => tracing::error!(error = %e, "metrics server task"),
+            Ok(Ok(())) => {}
+        }
+    }
     engine.shutdown(std::time::Duration::from_secs(10));
     result.map_err(|e| DaemonError::Internal(format!("server error: {e}")))
 }

@@ -232,7 +232,6 @@ async fn one_request(
     let now = Instant::now();
     let prompt_tokens = prompt.len() as u32;
     model.submit(Job {
-        id: 0,
         received: now,
         ready: now,
         prompt,
@@ -242,9 +241,12 @@ async fn one_request(
         },
         max_tokens: Some(ask.new_tokens),
         stop: Vec::new(),
+        stop_token_ids: Vec::new(),
         ignore_eos: true,
+        request: None,
         context_length: model.context_options.context_length,
         cache_prompt: ask.cache_prompt,
+        logprobs: None,
         load_ms: None,
         events: tx,
         lease: model.lease(None),
@@ -288,6 +290,7 @@ async fn one_request(
                 };
                 return Ok((record, gaps));
             }
+            Some(Event::PromptLogprobs(_)) => {} // never asked for
             Some(Event::Error(e)) => return Err(e),
             None => {
                 return Err(DaemonError::Internal(

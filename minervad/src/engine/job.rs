@@ -8,7 +8,7 @@ use minerva_proto::v1::StopReason;
 use tokio::sync::mpsc;
 
 use super::perplexity;
-use super::Lease;
+use super::{Lease, Registration};
 use crate::error::DaemonError;
 
 /// A token event or the end of a generation, sent from the worker to the request's stream.
@@ -19,9 +19,28 @@ pub(crate) enum Event {
         text: String,
         elapsed_ms: f64,
         index: u32,
+        logprobs: Option<Logprobs>,
     },
+    /// Prompt tokens 1.. with their logprobs, once, before the first token.
+    PromptLogprobs(Vec<(TokenId, Logprobs)>),
     Done(Box<Stats>),
     Error(DaemonError),
+}
+
+/// What a request asked for of log-probabilities.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogprobsWanted {
+    /// Alternatives per token (at most `MAX_TOP_LOGPROBS`).
+    pub(crate) top: u32,
+    /// The prompt's too.
+    pub(crate) prompt: bool,
+}
+
+/// A token's log-probability and the most likely tokens at its position, with their text.
+#[derive(Debug, Clone)]
+pub(crate) struct Logprobs {
+    pub(crate) logprob: f32,
+    pub(crate) top: Vec<(TokenId, f32, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -39,12 +58,16 @@ pub(crate) struct Stats {
     pub(crate) queue_ms: f64,
     pub(crate) stop_reason: StopReason,
     pub(crate) stop_string: String,
+    pub(crate) stop_token_id: Option<TokenId>,
+    pub(crate) request_id: String,
     pub(crate) text: String,
 }
 
 /// A generation request as the worker sees it: already tokenized and checked.
 pub(crate) struct Job {
-    pub(crate) id: u64,
+    /// Its entry among the requests in flight, for `Abort`; `None` for the daemon's own
+    /// (benchmark) requests.
+    pub(crate) request: Option<Registration>,
     pub(crate) received: Instant,
     /// When the model was ready for this request (after loading it, if it had to).
     pub(crate) ready: Instant,
@@ -52,17 +75,33 @@ pub(crate) struct Job {
     pub(crate) sampling: SamplingConfig,
     pub(crate) max_tokens: Option<u32>,
     pub(crate) stop: Vec<String>,
+    /// Generation ends at any of these tokens too (checked against the vocabulary).
+    pub(crate) stop_token_ids: Vec<TokenId>,
     /// Keep generating through end-of-generation tokens (benchmarks need fixed token counts).
     pub(crate) ignore_eos: bool,
     pub(crate) context_length: u32,
     /// Prompt caching: may start from a prefix of its prompt still in the KV cache, and leaves
     /// its own tokens there when it ends (otherwise its cells are cleared).
     pub(crate) cache_prompt: bool,
+    pub(crate) logprobs: Option<LogprobsWanted>,
     pub(crate) load_ms: Option<f64>,
     pub(crate) events: mpsc::UnboundedSender<Event>,
     /// Keeps the model counted as busy until the job is dropped: held for its `Drop`.
     #[expect(dead_code, reason = "held for its Drop, never read")]
     pub(crate) lease: Lease,
+}
+
+impl Job {
+    /// Whether an `Abort` named this job.
+    pub(crate) fn aborted(&self) -> bool {
+        self.request.as_ref().is_some_and(Registration::aborted)
+    }
+
+    /// Whether this job may start from a cached prefix: it asked for prompt caching, and not
+    /// for the prompt's logprobs (cached positions have no logits to give).
+    pub(crate) fn reuses_cache(&self) -> bool {
+        self.cache_prompt && !self.logprobs.is_some_and(|l| l.prompt)
+    }
 }
 
 /// What a worker's queue carries.

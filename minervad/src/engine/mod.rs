@@ -9,6 +9,7 @@ mod job;
 mod loaded;
 pub(crate) mod perplexity;
 mod prompt_cache;
+mod requests;
 mod worker;
 
 use std::collections::HashMap;
@@ -21,11 +22,13 @@ use minerva_core::{Backend, ContextOptions, CoreError, LoadOptions, ModelFiles};
 use tokio::sync::mpsc;
 
 pub(crate) use backends::backend_id;
-pub(crate) use job::{Event, Job, Stats, Work};
+pub(crate) use job::{Event, Job, Logprobs, LogprobsWanted, Stats, Work};
 use loaded::IdleState;
 pub(crate) use loaded::{KeepAlive, Lease, LoadTiming, LoadedModel};
+pub(crate) use requests::{Registration, Requests};
 
 use crate::error::{DaemonError, Result};
+use crate::metrics::Metrics;
 use crate::store::{ModelStore, ResolvedModel};
 
 /// Options a request asks for; `None` = whatever is loaded, or the default.
@@ -59,6 +62,8 @@ pub(crate) struct Engine {
     loaded: Mutex<HashMap<PathBuf, Arc<LoadedModel>>>,
     load_lock: tokio::sync::Mutex<()>,
     next_id: std::sync::atomic::AtomicU64,
+    requests: Arc<Requests>,
+    metrics: Arc<Metrics>,
 }
 
 impl Engine {
@@ -75,6 +80,8 @@ impl Engine {
             loaded: Mutex::new(HashMap::new()),
             load_lock: tokio::sync::Mutex::new(()),
             next_id: std::sync::atomic::AtomicU64::new(1),
+            requests: Arc::default(),
+            metrics: Arc::new(Metrics::new()),
         })
     }
 
@@ -89,6 +96,16 @@ impl Engine {
     pub(crate) fn next_request_id(&self) -> u64 {
         self.next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Generation requests in flight, by id.
+    pub(crate) fn requests(&self) -> &Arc<Requests> {
+        &self.requests
+    }
+
+    /// The daemon's Prometheus series.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub(crate) fn loaded_models(&self) -> Vec<Arc<LoadedModel>> {
@@ -221,6 +238,7 @@ impl Engine {
         let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
         let (lo, co) = (load_options.clone(), context_options.clone());
         let name = resolved.name.clone();
+        let metrics = Arc::clone(&self.metrics);
         let worker = std::thread::Builder::new()
             .name(format!("worker {}", resolved.name))
             .spawn(move || {
@@ -244,8 +262,10 @@ impl Engine {
                             mmap_ms: mapped.duration_since(started).as_secs_f64() * 1e3,
                             context_ms: mapped.elapsed().as_secs_f64() * 1e3,
                         };
+                        let metrics = metrics.for_model(&name, model.backend());
+                        metrics.loaded(started.elapsed());
                         if loaded_tx.send(Ok((Arc::clone(&model), timing))).is_ok() {
-                            worker::run(name, model, ctx, rx);
+                            worker::run(name, model, ctx, rx, metrics);
                         }
                     }
                     Err(e) => {

@@ -49,7 +49,7 @@ impl PromptCache {
         job: &Job,
     ) -> Option<Placement> {
         let busy: Vec<usize> = busy.into_iter().map(|s| s.0 as usize).collect();
-        self.place_prompt(&busy, &job.prompt, job.cache_prompt)
+        self.place_prompt(&busy, &job.prompt, job.reuses_cache())
     }
 
     /// [`Self::place`] for a prompt, with the slots in `busy` taken.
@@ -84,6 +84,11 @@ impl PromptCache {
             slot: SeqId(slot as u32),
             reuse: reuse(slot),
         })
+    }
+
+    /// KV cells held by idle slots' caches.
+    pub(super) fn held(&self) -> usize {
+        self.slots.iter().flatten().map(|c| c.tokens.len()).sum()
     }
 
     /// KV cells held by idle slots' caches, except `slot`'s.

@@ -23,10 +23,12 @@ use minerva_core::{Context, ForwardChunk, Model, SeqId, TokenId};
 use minerva_proto::v1::StopReason;
 use tokio::sync::mpsc;
 
+use super::job::Logprobs;
 use super::perplexity::{self, PerplexityEvent};
 use super::prompt_cache::PromptCache;
 use super::{Event, Job, Stats, Work};
 use crate::error::DaemonError;
+use crate::metrics::ModelMetrics;
 
 /// KV cells a job may need: its prompt plus what it may generate, at most its context.
 fn reservation(job: &Job) -> usize {
@@ -64,6 +66,8 @@ struct Sequence {
     prompt_done: Option<Instant>,
     first_token: Option<Instant>,
     last_token: Option<Instant>,
+    /// Prompt tokens' logprobs gathered over the prefill chunks, when the job asked for them.
+    prompt_logprobs: Vec<(TokenId, Logprobs)>,
 }
 
 impl Sequence {
@@ -87,7 +91,22 @@ impl Sequence {
             prompt_done: None,
             first_token: None,
             last_token: None,
+            prompt_logprobs: Vec::new(),
             job,
+        }
+    }
+
+    fn wants_prompt_logprobs(&self) -> bool {
+        self.job.logprobs.is_some_and(|l| l.prompt)
+    }
+
+    /// Positions of the slot's KV cache this sequence fills now.
+    fn kv_len(&self) -> usize {
+        match self.phase {
+            Phase::Prefill { done } => done,
+            Phase::Decode { .. } | Phase::Finished => {
+                self.job.prompt.len() + self.output.len().saturating_sub(1)
+            }
         }
     }
 
@@ -154,6 +173,7 @@ pub(crate) fn run(
     model: Arc<dyn Model>,
     mut ctx: Box<dyn Context>,
     mut jobs: mpsc::Receiver<Work>,
+    metrics: ModelMetrics,
 ) {
     let mut active: Vec<Sequence> = Vec::new();
     let mut logits: Vec<Vec<f32>> = Vec::new();
@@ -169,6 +189,11 @@ pub(crate) fn run(
     let mut held: Option<Work> = None;
     let mut times = StepTimes::default();
     let mut cache = PromptCache::new(max_active);
+    metrics.kv_total.set(if ctx.options().kv_per_sequence {
+        i64::from(ctx.options().context_length) * max_active as i64
+    } else {
+        i64::from(ctx.options().context_length)
+    });
     let timing = tracing::enabled!(tracing::Level::DEBUG);
     let mut step_started = Instant::now();
     loop {
@@ -248,6 +273,7 @@ pub(crate) fn run(
                 }
                 0
             });
+            metrics.admitted(job.ready.elapsed(), reuse);
             active.push(Sequence::new(job, place.slot, reuse));
         }
 
@@ -259,6 +285,7 @@ pub(crate) fn run(
                 &mut logits,
                 batch,
                 &mut times,
+                &metrics,
             )
         }));
         let failure = match outcome {
@@ -298,7 +325,8 @@ pub(crate) fn run(
                 let seq = active.swap_remove(i);
                 // A finished sequence's client may have gone after its last event: not a cancel.
                 if !finished {
-                    tracing::info!(model = %model_name, request = seq.job.id, generated = seq.generated, "client went away; generation cancelled");
+                    let request = seq.job.request.as_ref().map_or("", |r| r.id());
+                    tracing::info!(model = %model_name, request, generated = seq.generated, "client went away; generation cancelled");
                 }
                 if seq.job.cache_prompt {
                     // Its KV cells stay as the slot's prompt cache.
@@ -310,6 +338,12 @@ pub(crate) fn run(
                 i += 1;
             }
         }
+        metrics.running.set(active.len() as i64);
+        metrics
+            .waiting
+            .set((jobs.len() + usize::from(held.is_some())) as i64);
+        let used: usize = active.iter().map(|s| s.kv_len()).sum();
+        metrics.kv_used.set((used + cache.held()) as i64);
     }
 }
 
@@ -331,6 +365,7 @@ fn step(
     logits: &mut Vec<Vec<f32>>,
     batch: usize,
     times: &mut StepTimes,
+    metrics: &ModelMetrics,
 ) -> minerva_core::Result<()> {
     let mut budget = batch;
     let mut owners: Vec<usize> = Vec::with_capacity(active.len());
@@ -340,6 +375,13 @@ fn step(
             Phase::Decode { last } => [last],
             Phase::Prefill { .. } | Phase::Finished => [0],
         });
+    }
+    // Aborted by id (from any connection): the final event says so, and the cells go when the
+    // sequence is retired after this step.
+    for seq in active.iter_mut() {
+        if seq.job.aborted() && !matches!(seq.phase, Phase::Finished) {
+            finish(seq, StopReason::Aborted, String::new(), metrics);
+        }
     }
     let mut chunks: Vec<ForwardChunk<'_>> = Vec::with_capacity(active.len());
     for (i, seq) in active.iter().enumerate() {
@@ -359,11 +401,12 @@ fn step(
             }
             Phase::Prefill { done } => {
                 let n = (seq.job.prompt.len() - done).min(budget);
-                chunks.push(ForwardChunk::last(
-                    seq.slot,
-                    done as u32,
-                    &seq.job.prompt[done..done + n],
-                ));
+                let tokens = &seq.job.prompt[done..done + n];
+                chunks.push(if seq.wants_prompt_logprobs() {
+                    ForwardChunk::all(seq.slot, done as u32, tokens)
+                } else {
+                    ForwardChunk::last(seq.slot, done as u32, tokens)
+                });
                 budget -= n;
                 owners.push(i);
             }
@@ -381,27 +424,92 @@ fn step(
     times.steps += 1;
     times.sequences += owners.len();
     times.forward += now - started;
+    let vocab = model.info().vocab_size as usize;
     for (k, &i) in owners.iter().enumerate() {
         let seq = &mut active[i];
+        // With every row returned, the chunk's last row is the one to sample from.
+        let rows = &logits[k];
+        let last = &rows[rows.len().saturating_sub(vocab)..];
         if let Phase::Prefill { done } = seq.phase {
+            if seq.wants_prompt_logprobs() {
+                gather_prompt_logprobs(model, seq, done, rows, vocab)?;
+            }
+            metrics.prompt_computed(sizes[k]);
             let done = done + sizes[k];
             if done < seq.job.prompt.len() {
                 seq.phase = Phase::Prefill { done };
                 continue; // logits of a partial prompt are not sampled
             }
             seq.prompt_done = Some(now);
+            if seq.wants_prompt_logprobs() {
+                let lp = std::mem::take(&mut seq.prompt_logprobs);
+                let _ = seq.job.events.send(Event::PromptLogprobs(lp));
+            }
         }
-        let token = seq.sampler.sample(&logits[k]);
+        let token = seq.sampler.sample(last);
         seq.sampler.accept(token);
-        emit(model, seq, token)?;
+        let lp = match seq.job.logprobs {
+            Some(want) => Some(logprobs_of(model, last, token, want.top)?),
+            None => None,
+        };
+        emit(model, seq, token, lp, metrics)?;
     }
     times.sample += now.elapsed();
     Ok(())
 }
 
+/// Logprobs of the prompt tokens a prefill chunk starting at `done` predicted: row `j` of
+/// `rows` (the logits after prompt token `done + j`) gives token `done + j + 1`'s.
+fn gather_prompt_logprobs(
+    model: &dyn Model,
+    seq: &mut Sequence,
+    done: usize,
+    rows: &[f32],
+    vocab: usize,
+) -> minerva_core::Result<()> {
+    let top = seq.job.logprobs.map_or(0, |l| l.top);
+    for (j, row) in rows.chunks_exact(vocab).enumerate() {
+        let Some(&next) = seq.job.prompt.get(done + j + 1) else {
+            break; // the last row predicts the first generated token
+        };
+        let lp = logprobs_of(model, row, next, top)?;
+        seq.prompt_logprobs.push((next, lp));
+    }
+    Ok(())
+}
+
+/// `token`'s logprob under `logits` and the `top` most likely tokens, with their text.
+fn logprobs_of(
+    model: &dyn Model,
+    logits: &[f32],
+    token: TokenId,
+    top: u32,
+) -> minerva_core::Result<Logprobs> {
+    let lp = minerva_core::logprobs::logprobs(logits, token, top as usize);
+    let mut alternatives = Vec::with_capacity(lp.top.len());
+    for (id, logprob) in lp.top {
+        let text = String::from_utf8_lossy(&model.token_bytes(id)?).into_owned();
+        alternatives.push((id, logprob, text));
+    }
+    Ok(Logprobs {
+        logprob: lp.logprob,
+        top: alternatives,
+    })
+}
+
 /// Streams `token` and decides whether the sequence goes on.
-fn emit(model: &dyn Model, seq: &mut Sequence, token: TokenId) -> minerva_core::Result<()> {
+fn emit(
+    model: &dyn Model,
+    seq: &mut Sequence,
+    token: TokenId,
+    logprobs: Option<Logprobs>,
+    metrics: &ModelMetrics,
+) -> minerva_core::Result<()> {
     let now = Instant::now();
+    metrics.token(
+        seq.first_token.is_none().then(|| now - seq.job.received),
+        seq.last_token.map(|t| now - t),
+    );
     seq.first_token.get_or_insert(now);
     seq.last_token = Some(now);
     let index = seq.generated;
@@ -412,6 +520,8 @@ fn emit(model: &dyn Model, seq: &mut Sequence, token: TokenId) -> minerva_core::
     let mut text = String::new();
     if !seq.job.ignore_eos && model.is_end_of_generation(token) {
         stop = Some((StopReason::Eos, String::new()));
+    } else if seq.job.stop_token_ids.contains(&token) {
+        stop = Some((StopReason::StopToken, String::new()));
     } else {
         let piece = seq.decoder.push(&model.token_bytes(token)?);
         let released = seq.stops.push(&piece);
@@ -437,21 +547,30 @@ fn emit(model: &dyn Model, seq: &mut Sequence, token: TokenId) -> minerva_core::
         text,
         elapsed_ms: seq.ms_since_received(now),
         index,
+        logprobs,
     });
     match stop {
         None => seq.phase = Phase::Decode { last: token },
-        Some((reason, stop_string)) => {
-            seq.phase = Phase::Finished;
-            let _ = seq
-                .job
-                .events
-                .send(Event::Done(Box::new(stats(seq, reason, stop_string))));
-        }
+        Some((reason, stop_string)) => finish(seq, reason, stop_string, metrics),
     }
     Ok(())
 }
 
+/// Ends `seq` for `reason`: its last event, and the request counted as finished.
+fn finish(seq: &mut Sequence, reason: StopReason, stop_string: String, metrics: &ModelMetrics) {
+    seq.phase = Phase::Finished;
+    metrics.finished(
+        minerva_proto::stop_reason_name(reason as i32),
+        seq.job.received.elapsed(),
+    );
+    let done = stats(seq, reason, stop_string);
+    let _ = seq.job.events.send(Event::Done(Box::new(done)));
+}
+
 fn stats(seq: &Sequence, reason: StopReason, stop_string: String) -> Stats {
+    let stop_token_id = (reason == StopReason::StopToken)
+        .then(|| seq.output.last().copied())
+        .flatten();
     let ms = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1e3;
     let first = seq.first_token.unwrap_or(seq.started);
     let last = seq.last_token.unwrap_or(first);
@@ -473,6 +592,13 @@ fn stats(seq: &Sequence, reason: StopReason, stop_string: String) -> Stats {
         queue_ms: ms(seq.job.ready, seq.started),
         stop_reason: reason,
         stop_string,
+        stop_token_id,
+        request_id: seq
+            .job
+            .request
+            .as_ref()
+            .map(|r| r.id().to_string())
+            .unwrap_or_default(),
         text: seq.text.clone(),
     }
 }
