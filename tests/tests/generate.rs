@@ -213,12 +213,12 @@ fn token_input_stop_tokens_ignore_eos_and_logit_bias() {
         .find(|&k| !ids[..k].contains(&ids[k]))
         .expect("a token new to the answer");
     let stop = ids[k].to_string();
-    let cut = |extra: &[&str]| {
-        let mut a = vec![RAW_PROMPT, "--raw", "--max-tokens", "12"];
+    let cut = |max_tokens: &str, extra: &[&str]| {
+        let mut a = vec![RAW_PROMPT, "--raw", "--max-tokens", max_tokens];
         a.extend_from_slice(extra);
         run_json(&d, &a)
     };
-    let stopped = cut(&["--stop-token", &stop]);
+    let stopped = cut("12", &["--stop-token", &stop]);
     assert_eq!(token_ids(&stopped), ids[..=k]);
     assert_eq!(stopped["stats"]["stop_reason"], "stop_token");
     assert_eq!(stopped["stats"]["stop_token_id"].as_u64(), Some(ids[k]));
@@ -227,25 +227,17 @@ fn token_input_stop_tokens_ignore_eos_and_logit_bias() {
 
     // Logit bias: -100 bans the greedy first token, +100 forces another every step.
     let first = format!("{}=-100", ids[0]);
-    let banned = cut(&["--max-tokens", "1", "--logit-bias", &first]);
+    let banned = cut("1", &["--logit-bias", &first]);
     assert_ne!(token_ids(&banned)[0], ids[0]);
-    let forced = cut(&["--max-tokens", "3", "--logit-bias", "1000=100"]);
+    let forced = cut("3", &["--logit-bias", "1000=100"]);
     assert_eq!(token_ids(&forced), [1000, 1000, 1000]);
 
     // ignore_eos: an answer that ends at end-of-sequence goes on through it.
-    let short = run_json(&d, &["What is two plus two?", "--max-tokens", "64"]);
+    let short = run_json(&d, &["Say hi.", "--max-tokens", "64"]);
     assert_eq!(short["stats"]["stop_reason"], "eos", "{short}");
     let n = token_ids(&short).len();
     let more = (n + 5).to_string();
-    let long = run_json(
-        &d,
-        &[
-            "What is two plus two?",
-            "--max-tokens",
-            &more,
-            "--ignore-eos",
-        ],
-    );
+    let long = run_json(&d, &["Say hi.", "--max-tokens", &more, "--ignore-eos"]);
     assert_eq!(long["stats"]["stop_reason"], "max_tokens");
     assert_eq!(token_ids(&long).len(), n + 5);
     assert_eq!(token_ids(&long)[..n], token_ids(&short)[..]);

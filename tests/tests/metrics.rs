@@ -138,7 +138,18 @@ async fn metrics_parse_and_move_by_exactly_the_requests_tokens() {
         prompt += f64::from(stats.prompt_tokens - stats.cached_prompt_tokens);
         gaps += f64::from(stats.generated_tokens - 1);
     }
-    let after = parse(&scrape(&addr));
+    // Counters move before each request's last event; the gauges settle once the worker has
+    // retired the sequences, a moment after.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let after = loop {
+        let after = parse(&scrape(&addr));
+        let settled = after.get("minerva:num_requests_running", &[]) == 0.0
+            && after.get("minerva:kv_cache_used_cells", &[]) == 0.0;
+        if settled || std::time::Instant::now() > deadline {
+            break after;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     let moved =
         |name: &str, extra: &[(&str, &str)]| after.get(name, extra) - before.get(name, extra);
     assert_eq!(moved("minerva:generation_tokens_total", &[]), generated);
