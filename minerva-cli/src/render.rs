@@ -120,26 +120,6 @@ pub fn spinner_style() -> indicatif::ProgressStyle {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tables_align_and_sizes_read_well() {
-        let t = table(
-            &["NAME", "SIZE"],
-            &[
-                vec!["a".into(), "1".into()],
-                vec!["long-name".into(), "22".into()],
-            ],
-        );
-        assert_eq!(t, "NAME       SIZE\na          1\nlong-name  22\n");
-        assert_eq!(bytes(98_362_432), "98.4 MB");
-        assert_eq!(bytes(12), "12 B");
-        assert_eq!(count(134_515_008), "134.5M");
-    }
-}
-
 /// Generated (and prompt) tokens with their log-probabilities and likeliest alternatives, one
 /// row each: prompt positions as `p1, p2, ...` (the first prompt token has none).
 pub fn logprobs_table(
@@ -180,4 +160,24 @@ pub fn logprobs_table(
         }
     }
     table(&["#", "token", "logprob", "alternatives"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_sizes_read_well() {
+        let t = table(
+            &["NAME", "SIZE"],
+            &[
+                vec!["a".into(), "1".into()],
+                vec!["long-name".into(), "22".into()],
+            ],
+        );
+        assert_eq!(t, "NAME       SIZE\na          1\nlong-name  22\n");
+        assert_eq!(bytes(98_362_432), "98.4 MB");
+        assert_eq!(bytes(12), "12 B");
+        assert_eq!(count(134_515_008), "134.5M");
+    }
 }

@@ -106,6 +106,7 @@ impl Job {
 
 /// What a worker's queue carries.
 pub(crate) enum Work {
-    Generate(Job),
+    /// Boxed: a job is several times the size of a perplexity request.
+    Generate(Box<Job>),
     Perplexity(perplexity::PerplexityJob),
 }

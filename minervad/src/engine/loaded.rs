@@ -138,7 +138,7 @@ impl LoadedModel {
 
     /// Queues a job; a full queue is an error, never a wait.
     pub(crate) fn submit(&self, job: Job) -> Result<()> {
-        self.submit_work(Work::Generate(job))
+        self.submit_work(Work::Generate(Box::new(job)))
     }
 
     /// Queues a perplexity evaluation; same queue, same limits as generations.

@@ -218,7 +218,7 @@ pub(crate) fn run(
                 }
             };
             let job = match work {
-                Work::Generate(job) => job,
+                Work::Generate(job) => *job,
                 Work::Perplexity(p) if !active.is_empty() => {
                     held = Some(Work::Perplexity(p));
                     break;
@@ -254,7 +254,7 @@ pub(crate) fn run(
             let place = match cache.place(active.iter().map(|a| a.slot), &job) {
                 Some(p) if active.is_empty() || needed <= cells => p,
                 _ => {
-                    held = Some(Work::Generate(job));
+                    held = Some(Work::Generate(Box::new(job)));
                     break;
                 }
             };
