@@ -235,6 +235,15 @@ impl Drop for Daemon {
     }
 }
 
+/// A loopback address with a port free now (the OS picks it), for a server a test starts.
+pub fn free_loopback_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 /// The grpcio and prometheus-client the Python clients are tested with, pinned.
 pub const GRPCIO: &str = "1.85.1";
 pub const PROMETHEUS_CLIENT: &str = "0.26.0";

@@ -361,12 +361,7 @@ fn minerva_run_starts_a_daemon_when_none_answers() {
 
 #[test]
 fn loopback_tcp_works_when_asked_and_other_addresses_are_refused() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = minerva_e2e::free_loopback_addr();
     let mut daemon = std::process::Command::new(bin("minervad"))
         .args(["--listen", &addr, "--models-dir"])
         .arg(models_dir())

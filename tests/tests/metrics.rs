@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
-use minerva_e2e::{client_python, generate_ids, Daemon, MODEL};
+use minerva_e2e::{client_python, free_loopback_addr, generate_ids, Daemon, MODEL};
 use minerva_proto::v1 as pb;
 
 /// `GET /metrics` over plain HTTP/1.1; the body.
@@ -111,12 +111,7 @@ fn request(prompt: &str, max_tokens: u32) -> pb::GenerateRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_move_by_exactly_the_requests_tokens() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_loopback_addr();
     let d = Daemon::start(&["--metrics", &addr]);
     // Load the model and make one request, so every series exists before the first scrape.
     generate_ids(&d, request("Hello", 2)).await;

@@ -109,12 +109,7 @@ fn a_stock_python_grpcio_client_works_on_the_socket_and_on_tcp() {
     drop(d);
 
     // Loopback TCP: the authority is host:port, as HTTP/2 expects.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = minerva_e2e::free_loopback_addr();
     let mut daemon = Command::new(bin("minervad"))
         .args(["--listen", &addr, "--threads", "2", "--models-dir"])
         .arg(models_dir())
