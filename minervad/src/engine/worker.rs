@@ -295,7 +295,8 @@ pub(crate) fn run(
         };
         if let Some(reason) = failure {
             tracing::error!(model = %model_name, %reason, "forward step failed; stopping this model's worker");
-            for seq in active.drain(..) {
+            for mut seq in active.drain(..) {
+                drop(seq.job.request.take()); // its id is free before the client hears
                 let _ = seq.job.events.send(Event::Error(DaemonError::WorkerGone {
                     model: model_name.clone(),
                     reason: reason.clone(),
@@ -564,10 +565,12 @@ fn finish(seq: &mut Sequence, reason: StopReason, stop_string: String, metrics: 
         seq.job.received.elapsed(),
     );
     let done = stats(seq, reason, stop_string);
+    // Its id is free before the client hears the end, so the client may reuse it at once.
+    drop(seq.job.request.take());
     let _ = seq.job.events.send(Event::Done(Box::new(done)));
 }
 
-fn stats(seq: &Sequence, reason: StopReason, stop_string: String) -> Stats {
+fn stats(seq: &mut Sequence, reason: StopReason, stop_string: String) -> Stats {
     let stop_token_id = (reason == StopReason::StopToken)
         .then(|| seq.output.last().copied())
         .flatten();
