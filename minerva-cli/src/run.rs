@@ -85,6 +85,21 @@ pub struct RunArgs {
     /// The prompt tokens' log-probabilities too (the whole prompt is computed: no cache reuse).
     #[arg(long)]
     pub prompt_logprobs: bool,
+    /// Structured output: the answer is JSON that this JSON Schema file validates.
+    #[arg(long, value_name = "FILE", value_parser = read_file, group = "constraint")]
+    pub json_schema: Option<String>,
+    /// Structured output: the answer is a JSON object.
+    #[arg(long, group = "constraint")]
+    pub json_object: bool,
+    /// Structured output: the whole answer matches this regular expression.
+    #[arg(long, value_name = "REGEX", group = "constraint")]
+    pub regex: Option<String>,
+    /// Structured output: the answer follows this Lark grammar file (llguidance's syntax).
+    #[arg(long, value_name = "FILE", value_parser = read_file, group = "constraint")]
+    pub grammar: Option<String>,
+    /// Structured output: the answer is one of these strings (repeatable).
+    #[arg(long, value_name = "TEXT", group = "constraint")]
+    pub choice: Vec<String>,
     /// Print the stats line (load, TTFT, prompt and decode tokens/s) to stderr.
     #[arg(long, short)]
     pub verbose: bool,
@@ -157,7 +172,32 @@ fn request(args: &RunArgs, input: pb::generate_request::Input) -> pb::GenerateRe
             top: args.logprobs.unwrap_or(0),
             prompt: args.prompt_logprobs,
         }),
+        constraint: constraint(args),
     }
+}
+
+fn constraint(args: &RunArgs) -> Option<pb::Constraint> {
+    use pb::constraint::Kind;
+    let kind = if let Some(s) = &args.json_schema {
+        Kind::JsonSchema(s.clone())
+    } else if args.json_object {
+        Kind::JsonObject(pb::JsonObject {})
+    } else if let Some(r) = &args.regex {
+        Kind::Regex(r.clone())
+    } else if let Some(g) = &args.grammar {
+        Kind::Grammar(g.clone())
+    } else if !args.choice.is_empty() {
+        Kind::Choice(pb::Choice {
+            options: args.choice.clone(),
+        })
+    } else {
+        return None;
+    };
+    Some(pb::Constraint { kind: Some(kind) })
+}
+
+fn read_file(path: &str) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))
 }
 
 fn messages(args: &RunArgs, turns: &[pb::ChatMessage]) -> pb::generate_request::Input {
@@ -229,6 +269,12 @@ async fn one_shot(
     }
     if args.verbose {
         eprintln!("{}", render::stats_line(&stats));
+    }
+    if stats.constraint_complete == Some(false) {
+        eprintln!(
+            "minerva: the answer stopped before the constraint was complete (stop: {}); it is a valid beginning, not a whole answer",
+            minerva_proto::stop_reason_name(stats.stop_reason)
+        );
     }
     Ok(())
 }

@@ -143,12 +143,45 @@ impl Sampler {
 
     /// Picks the next token from `logits` (one value per vocabulary entry).
     pub fn sample(&mut self, logits: &[f32]) -> TokenId {
+        self.sample_among(logits, None)
+    }
+
+    /// Picks the next token among those `allowed` admits (a structured-output constraint's
+    /// mask), as `sample` would if the others had no probability: the penalties, top-k, top-p
+    /// and min-p see only the allowed tokens. `None` when `allowed` admits no token.
+    pub fn sample_within(
+        &mut self,
+        logits: &[f32],
+        allowed: &dyn Fn(TokenId) -> bool,
+    ) -> Option<TokenId> {
+        let token = self.sample_among(logits, Some(allowed));
+        if allowed(token) {
+            return Some(token);
+        }
+        // Every allowed logit was -inf or NaN: the first allowed token, as argmax would.
+        (0..logits.len() as TokenId).find(|&t| allowed(t))
+    }
+
+    fn sample_among(
+        &mut self,
+        logits: &[f32],
+        allowed: Option<&dyn Fn(TokenId) -> bool>,
+    ) -> TokenId {
         let cfg = &self.config;
         let repeat = cfg.repetition_penalty != 1.0;
         let counted = cfg.presence_penalty != 0.0 || cfg.frequency_penalty != 0.0;
         let penalized = (repeat || counted) && !self.recent.is_empty();
         if cfg.is_greedy() && !penalized && cfg.logit_bias.is_empty() {
-            return argmax_slice(logits);
+            return match allowed {
+                None => argmax_slice(logits),
+                Some(allowed) => argmax(
+                    logits
+                        .iter()
+                        .enumerate()
+                        .filter(|&(i, _)| allowed(i as TokenId))
+                        .map(|(i, &l)| (i, l)),
+                ),
+            };
         }
         self.candidates.clear();
         self.candidates
@@ -173,6 +206,9 @@ impl Sampler {
                 }
                 c.1 -= cfg.frequency_penalty * run.len() as f32 + cfg.presence_penalty;
             }
+        }
+        if let Some(allowed) = allowed {
+            self.candidates.retain(|c| allowed(c.0));
         }
         if self.config.is_greedy() {
             return argmax(self.candidates.iter().map(|&(t, l)| (t as usize, l)));
@@ -302,6 +338,33 @@ mod tests {
 
     fn logits() -> Vec<f32> {
         vec![0.1, 2.0, -1.0, 1.9, 0.5, 3.0, 2.9, -4.0]
+    }
+
+    #[test]
+    fn a_mask_keeps_every_draw_among_the_allowed_tokens() {
+        let even = |t: TokenId| t.is_multiple_of(2);
+        let mut greedy = Sampler::new(SamplingConfig::default());
+        // 5 is the likeliest; among the even ids 6 is.
+        assert_eq!(greedy.sample(&logits()), 5);
+        assert_eq!(greedy.sample_within(&logits(), &even), Some(6));
+        let cfg = SamplingConfig {
+            temperature: 1.5,
+            seed: 7,
+            ..Default::default()
+        };
+        let mut s = Sampler::new(cfg.clone());
+        let mut unmasked = Sampler::new(cfg);
+        let draws: Vec<TokenId> = (0..200)
+            .map(|_| s.sample_within(&logits(), &even).unwrap())
+            .collect();
+        assert!(draws.iter().all(|&t| even(t)), "{draws:?}");
+        // More than one allowed token is drawn: the mask does not turn sampling greedy.
+        assert!(draws.iter().any(|&t| t != 6), "{draws:?}");
+        assert!((0..200).any(|_| !even(unmasked.sample(&logits()))));
+        // Nothing allowed, or only -inf: no token, or the first allowed one.
+        assert_eq!(greedy.sample_within(&logits(), &|_| false), None);
+        let flat = vec![f32::NEG_INFINITY; 8];
+        assert_eq!(greedy.sample_within(&flat, &|t| t == 3), Some(3));
     }
 
     #[test]

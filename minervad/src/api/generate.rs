@@ -14,7 +14,9 @@ use tracing::Instrument;
 
 use super::keep_alive_of;
 use crate::convert::requested_options;
-use crate::engine::{Engine, Event, Job, Lease, Logprobs, LogprobsWanted, Registration};
+use crate::engine::{
+    ConstraintSpec, Engine, Event, Job, Lease, Logprobs, LogprobsWanted, Registration,
+};
 use crate::error::{DaemonError, Result};
 
 pub(crate) struct GenerateApi {
@@ -95,6 +97,31 @@ fn logprobs_of(o: Option<&pb::LogprobsOptions>) -> Result<Option<LogprobsWanted>
     }))
 }
 
+fn constraint_of(c: Option<pb::Constraint>, ignore_eos: bool) -> Result<Option<ConstraintSpec>> {
+    use pb::constraint::Kind;
+    let Some(c) = c else { return Ok(None) };
+    let spec = match c.kind {
+        None => {
+            return Err(DaemonError::invalid(
+                "constraint",
+                "give one kind of constraint",
+            ))
+        }
+        Some(Kind::JsonSchema(s)) => ConstraintSpec::JsonSchema(s),
+        Some(Kind::JsonObject(_)) => ConstraintSpec::JsonObject,
+        Some(Kind::Regex(r)) => ConstraintSpec::Regex(r),
+        Some(Kind::Grammar(g)) => ConstraintSpec::Grammar(g),
+        Some(Kind::Choice(c)) => ConstraintSpec::Choice(c.options),
+    };
+    if ignore_eos {
+        return Err(DaemonError::invalid(
+            "ignore_eos",
+            "a constraint decides where the text ends; ask for one or the other",
+        ));
+    }
+    Ok(Some(spec))
+}
+
 fn logprobs_to_proto(l: Logprobs) -> pb::TokenLogprobs {
     pb::TokenLogprobs {
         logprob: l.logprob,
@@ -145,6 +172,7 @@ fn to_proto(event: Event, model: &str) -> std::result::Result<pb::GenerateRespon
                 stop_string: s.stop_string,
                 stop_token_id: s.stop_token_id,
                 request_id: s.request_id,
+                constraint_complete: s.constraint_complete,
                 text: s.text,
                 model: model.to_string(),
             }),
@@ -159,7 +187,7 @@ type GenerateStream =
 impl GenerateApi {
     async fn start(
         &self,
-        req: pb::GenerateRequest,
+        mut req: pb::GenerateRequest,
         received: Instant,
         request: Registration,
     ) -> Result<GenerateStream> {
@@ -178,6 +206,8 @@ impl GenerateApi {
         };
         let sampling = sampling_of(req.sampling.as_ref())?;
         let logprobs = logprobs_of(req.logprobs.as_ref())?;
+        let ignore_eos = req.ignore_eos.unwrap_or(false);
+        let constraint = constraint_of(req.constraint.take(), ignore_eos)?;
         if req.max_tokens == Some(0) {
             return Err(DaemonError::invalid("max_tokens", "0 tokens asked for; ask for at least 1, or leave it unset to generate until the end of sequence"));
         }
@@ -246,7 +276,18 @@ impl GenerateApi {
                 ));
             }
         }
-        tracing::info!(prompt_tokens = prompt.len(), max_tokens = ?req.max_tokens, "generate");
+        // Compiled before anything is queued: a bad schema is the client's error, now.
+        let constraint = match constraint {
+            None => None,
+            Some(spec) => {
+                let model = Arc::clone(lease.model());
+                let compiled = tokio::task::spawn_blocking(move || model.constraint(&spec))
+                    .await
+                    .map_err(|e| DaemonError::Internal(format!("constraint task failed: {e}")))?;
+                Some(compiled?)
+            }
+        };
+        tracing::info!(prompt_tokens = prompt.len(), max_tokens = ?req.max_tokens, constrained = constraint.is_some(), "generate");
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let model_name = lease.model().resolved.name.clone();
         lease.model().clone().submit(Job {
@@ -258,10 +299,11 @@ impl GenerateApi {
             max_tokens: req.max_tokens,
             stop: req.stop,
             stop_token_ids: req.stop_token_ids,
-            ignore_eos: req.ignore_eos.unwrap_or(false),
+            ignore_eos,
             context_length: ctx,
             cache_prompt: req.cache_prompt.unwrap_or(false),
             logprobs,
+            constraint,
             load_ms,
             events: tx,
             lease,

@@ -247,6 +247,7 @@ async fn one_request(
         context_length: model.context_options.context_length,
         cache_prompt: ask.cache_prompt,
         logprobs: None,
+        constraint: None,
         load_ms: None,
         events: tx,
         lease: model.lease(None),

@@ -8,7 +8,7 @@ use minerva_proto::v1::StopReason;
 use tokio::sync::mpsc;
 
 use super::perplexity;
-use super::{Lease, Registration};
+use super::{Constraint, Lease, Registration};
 use crate::error::DaemonError;
 
 /// A token event or the end of a generation, sent from the worker to the request's stream.
@@ -60,6 +60,8 @@ pub(crate) struct Stats {
     pub(crate) stop_string: String,
     pub(crate) stop_token_id: Option<TokenId>,
     pub(crate) request_id: String,
+    /// With a constraint: whether the text is complete under it.
+    pub(crate) constraint_complete: Option<bool>,
     pub(crate) text: String,
 }
 
@@ -84,6 +86,8 @@ pub(crate) struct Job {
     /// its own tokens there when it ends (otherwise its cells are cleared).
     pub(crate) cache_prompt: bool,
     pub(crate) logprobs: Option<LogprobsWanted>,
+    /// Structured output: the tokens it may sample are those the constraint allows.
+    pub(crate) constraint: Option<Constraint>,
     pub(crate) load_ms: Option<f64>,
     pub(crate) events: mpsc::UnboundedSender<Event>,
     /// Keeps the model counted as busy until the job is dropped: held for its `Drop`.

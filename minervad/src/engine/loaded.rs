@@ -8,6 +8,7 @@ use minerva_core::chat::{ChatMessage, ChatTemplate};
 use minerva_core::{ContextOptions, CoreError, LoadOptions, Model, ModelInfo, TokenId};
 use tokio::sync::mpsc;
 
+use super::constraint::{Constraint, ConstraintSpec, Vocabulary};
 use super::{perplexity, Job, Work};
 use crate::error::{DaemonError, Result};
 use crate::store::ResolvedModel;
@@ -65,6 +66,8 @@ pub(crate) struct LoadedModel {
     pub(super) idle: Mutex<IdleState>,
     /// The worker thread, joined at shutdown (`Engine::shutdown`).
     pub(super) worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The vocabulary as structured output sees it, built by the first constrained request.
+    pub(super) vocabulary: Mutex<Option<Arc<Vocabulary>>>,
 }
 
 #[derive(Debug)]
@@ -134,6 +137,19 @@ impl LoadedModel {
         let text = template.render(messages, &bos, &eos)?;
         let has_bos = !bos.is_empty() && text.starts_with(&bos);
         Ok((text, !has_bos))
+    }
+
+    /// Compiles a request's constraint against this model's vocabulary (built the first time).
+    /// Blocking: a vocabulary and a large schema take milliseconds to compile.
+    pub(crate) fn constraint(&self, spec: &ConstraintSpec) -> Result<Constraint> {
+        let vocabulary = {
+            let mut v = self.vocabulary.lock().unwrap_or_else(|e| e.into_inner());
+            match &*v {
+                Some(v) => Arc::clone(v),
+                None => Arc::clone(v.insert(Arc::new(Vocabulary::new(Arc::clone(&self.model))?))),
+            }
+        };
+        vocabulary.compile(spec)
     }
 
     /// Queues a job; a full queue is an error, never a wait.

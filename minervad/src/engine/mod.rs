@@ -5,6 +5,7 @@
 //! (RESOURCE_EXHAUSTED). A model idle for its keep-alive is unloaded by a reaper task.
 
 mod backends;
+mod constraint;
 mod job;
 mod loaded;
 pub(crate) mod perplexity;
@@ -22,6 +23,7 @@ use minerva_core::{Backend, ContextOptions, CoreError, LoadOptions, ModelFiles};
 use tokio::sync::mpsc;
 
 pub(crate) use backends::backend_id;
+pub(crate) use constraint::{Constraint, ConstraintSpec};
 pub(crate) use job::{Event, Job, Logprobs, LogprobsWanted, Stats, Work};
 use loaded::IdleState;
 pub(crate) use loaded::{KeepAlive, Lease, LoadTiming, LoadedModel};
@@ -300,6 +302,7 @@ impl Engine {
                 idle_since: Instant::now(),
             }),
             worker: Mutex::new(Some(worker)),
+            vocabulary: Mutex::new(None),
         }))
     }
 

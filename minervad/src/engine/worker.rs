@@ -447,7 +447,22 @@ fn step(
                 let _ = seq.job.events.send(Event::PromptLogprobs(lp));
             }
         }
-        let token = seq.sampler.sample(last);
+        let token = match sample(model, seq, last) {
+            Ok(t) => t,
+            Err(reason) => {
+                // This request's grammar failed, not the model: it alone ends.
+                tracing::error!(%reason, "structured output failed");
+                drop(seq.job.request.take());
+                let _ = seq
+                    .job
+                    .events
+                    .send(Event::Error(DaemonError::Internal(format!(
+                        "structured output: {reason}"
+                    ))));
+                seq.phase = Phase::Finished;
+                continue;
+            }
+        };
         seq.sampler.accept(token);
         let lp = match seq.job.logprobs {
             Some(want) => Some(logprobs_of(model, last, token, want.top)?),
@@ -457,6 +472,24 @@ fn step(
     }
     times.sample += now.elapsed();
     Ok(())
+}
+
+/// The next token of `seq` from its last logits: among those its constraint allows, if it has
+/// one, which then moves past it.
+fn sample(model: &dyn Model, seq: &mut Sequence, logits: &[f32]) -> Result<TokenId, String> {
+    let Some(constraint) = seq.job.constraint.as_mut() else {
+        return Ok(seq.sampler.sample(logits));
+    };
+    let mask = constraint.allowed()?;
+    let token = seq
+        .sampler
+        .sample_within(logits, &|t| mask.is_allowed(t))
+        .ok_or("the constraint allows no token here")?;
+    // An end-of-generation token ends the sequence; it is no text for the grammar to read.
+    if !model.is_end_of_generation(token) {
+        constraint.accept(token)?;
+    }
+    Ok(token)
 }
 
 /// Logprobs of the prompt tokens a prefill chunk starting at `done` predicted: row `j` of
@@ -602,6 +635,12 @@ fn stats(seq: &mut Sequence, reason: StopReason, stop_string: String) -> Stats {
             .as_ref()
             .map(|r| r.id().to_string())
             .unwrap_or_default(),
+        // A stop string is cut from the text the grammar read: that text is not the answer.
+        constraint_complete: seq
+            .job
+            .constraint
+            .as_mut()
+            .map(|c| reason != StopReason::StopString && c.is_complete()),
         text: seq.text.clone(),
     }
 }
