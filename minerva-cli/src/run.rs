@@ -97,6 +97,10 @@ pub struct RunArgs {
     /// Structured output: the answer follows this Lark grammar file (llguidance's syntax).
     #[arg(long, value_name = "FILE", value_parser = read_file, group = "constraint")]
     pub grammar: Option<String>,
+    /// Samples of the prompt (1-16): computed once, each sample with seed + its index; each
+    /// answer is printed after the others are done (all in `samples` with --json).
+    #[arg(long, value_name = "N")]
+    pub samples: Option<u32>,
     /// Structured output: the answer is one of these strings (repeatable).
     #[arg(long, value_name = "TEXT", group = "constraint")]
     pub choice: Vec<String>,
@@ -173,6 +177,7 @@ fn request(args: &RunArgs, input: pb::generate_request::Input) -> pb::GenerateRe
             prompt: args.prompt_logprobs,
         }),
         constraint: constraint(args),
+        n: args.samples,
     }
 }
 
@@ -248,6 +253,9 @@ async fn one_shot(
     args: &RunArgs,
     input: pb::generate_request::Input,
 ) -> CliResult {
+    if args.samples.is_some_and(|n| n != 1) {
+        return several(global, client, args, input).await;
+    }
     let Streamed {
         tokens,
         prompt_logprobs,
@@ -275,6 +283,51 @@ async fn one_shot(
             "minerva: the answer stopped before the constraint was complete (stop: {}); it is a valid beginning, not a whole answer",
             minerva_proto::stop_reason_name(stats.stop_reason)
         );
+    }
+    Ok(())
+}
+
+/// `--samples N`: every sample's answer once the stream ends, in sample order.
+async fn several(
+    global: &Global,
+    client: &mut GenerateServiceClient<Channel>,
+    args: &RunArgs,
+    input: pb::generate_request::Input,
+) -> CliResult {
+    let mut s = client.generate(request(args, input)).await?.into_inner();
+    let mut samples: Vec<RunOutput> = Vec::new();
+    let mut tokens: Vec<Vec<pb::GeneratedToken>> = Vec::new();
+    while let Some(msg) = s.message().await? {
+        match msg.event {
+            Some(pb::generate_response::Event::Token(t)) => {
+                let k = t.sample as usize;
+                tokens.resize_with(tokens.len().max(k + 1), Vec::new);
+                tokens[k].push(t);
+            }
+            Some(pb::generate_response::Event::Done(stats)) => {
+                let k = stats.sample as usize;
+                tokens.resize_with(tokens.len().max(k + 1), Vec::new);
+                samples.push(RunOutput {
+                    text: stats.text.clone(),
+                    tokens: std::mem::take(&mut tokens[k]),
+                    prompt_logprobs: None,
+                    stats,
+                });
+            }
+            Some(pb::generate_response::Event::PromptLogprobs(_)) | None => {}
+        }
+    }
+    samples.sort_by_key(|s| s.stats.sample);
+    if global.json {
+        let out = serde_json::json!({ "samples": samples });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    for s in &samples {
+        println!("[sample {}]\n{}", s.stats.sample, s.text);
+        if args.verbose {
+            eprintln!("{}", render::stats_line(&s.stats));
+        }
     }
     Ok(())
 }
@@ -317,6 +370,11 @@ async fn stream(
 }
 
 async fn chat_loop(client: &mut GenerateServiceClient<Channel>, args: &RunArgs) -> CliResult {
+    if args.samples.is_some_and(|n| n != 1) {
+        return Err(CliError(
+            "--samples works with a prompt, not in the interactive chat".into(),
+        ));
+    }
     eprintln!("Chatting with {} (its own chat template). /bye or Ctrl-D to leave; Ctrl-C stops an answer.", args.model);
     let mut turns: Vec<pb::ChatMessage> = Vec::new();
     let stdin = std::io::stdin();

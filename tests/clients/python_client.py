@@ -61,6 +61,33 @@ with grpc.insecure_channel(target) as channel:
     out["by_ids"] = scored
     out["prompt_ids"] = list(ids)
     out["prompt_logprob_ids"] = list(prompt_logprobs.ids) if prompt_logprobs else None
+    # Two samples under a JSON Schema, named for Abort, ended by an id from another channel's
+    # point of view: a schema as text, n, request_id, and each sample's own stats.
+    request = generate_pb2.GenerateRequest(model=model, max_tokens=40, n=2)
+    request.chat.messages.add(role="user", content="Is the sky blue? Answer in JSON.")
+    request.constraint.json_schema = json.dumps(
+        {
+            "type": "object",
+            "properties": {"answer": {"enum": ["yes", "no"]}},
+            "required": ["answer"],
+            "additionalProperties": False,
+        }
+    )
+    request.sampling.temperature = 0.7
+    request.sampling.seed = 3
+    request.request_id = "python-samples"
+    samples = {}
+    for event in stub.Generate(request, timeout=300):
+        if event.HasField("done"):
+            d = event.done
+            samples[d.sample] = {
+                "text": d.text,
+                "complete": d.constraint_complete,
+                "request_id": d.request_id,
+            }
+    out["samples"] = [samples[k] for k in sorted(samples)]
+    aborted = stub.Abort(generate_pb2.AbortRequest(request_ids=["python-samples"]), timeout=60)
+    out["abort_after_end"] = {"aborted": list(aborted.aborted), "unknown": list(aborted.unknown)}
     try:
         generate_pb2_grpc.GenerateServiceStub(channel).Tokenize(
             generate_pb2.TokenizeRequest(model="no-such-model", prompt="x"), timeout=60

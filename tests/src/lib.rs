@@ -388,6 +388,16 @@ pub fn client_node() -> PathBuf {
     modules
 }
 
+/// Each sample's token ids from a `minerva run --json --samples N` result, in sample order.
+pub fn sample_token_ids(run: &serde_json::Value) -> Vec<Vec<u64>> {
+    run["samples"]
+        .as_array()
+        .expect("samples array")
+        .iter()
+        .map(token_ids)
+        .collect()
+}
+
 /// Token ids from a `minerva run --json` result.
 pub fn token_ids(run: &serde_json::Value) -> Vec<u64> {
     run["tokens"]

@@ -8,7 +8,7 @@ use minerva_candle::CandleModel;
 use minerva_core::{ForwardChunk, Model, SeqId};
 use minerva_e2e::{
     argmax, copy_fixture, edit_config, fixture, generate_count, model_path, options, reference,
-    token_ids, Daemon, MODEL,
+    sample_token_ids, token_ids, Daemon, MODEL,
 };
 use minerva_llamacpp::LlamaCppModel;
 use minerva_proto::v1 as pb;
@@ -305,6 +305,24 @@ fn daemon_runs_hugging_face_folders_on_candle() {
             let want: Vec<u64> = r.greedy.iter().map(|&t| u64::from(t)).collect();
             assert_eq!(token_ids(&run), want, "{name}: {:?}", r.text);
         }
+        // Three samples of one prompt share its computed cache: each is the greedy answer.
+        let r = &reference(&fixture(name))[0];
+        let args = [
+            "run",
+            dir,
+            &r.text,
+            "--raw",
+            "--max-tokens",
+            "32",
+            "--samples",
+            "3",
+        ];
+        let want: Vec<u64> = r.greedy.iter().map(|&t| u64::from(t)).collect();
+        assert_eq!(
+            sample_token_ids(&d.cli_json(&args)),
+            vec![want.clone(), want.clone(), want],
+            "{name}"
+        );
         let show = d.cli_json(&["models", "show", dir]);
         assert_eq!(show["backend"], "candle", "{show}");
     }

@@ -9,8 +9,8 @@ use std::path::Path;
 use minerva_candle::CandleModel;
 use minerva_core::{ForwardChunk, Model, SeqId};
 use minerva_e2e::{
-    argmax, copy_fixture, edit_config, fixture, generate_count, options, reference, token_ids,
-    Daemon,
+    argmax, copy_fixture, edit_config, fixture, generate_count, options, reference,
+    sample_token_ids, token_ids, Daemon,
 };
 use minerva_mlx::MlxModel;
 use minerva_proto::v1 as pb;
@@ -167,6 +167,13 @@ fn daemon_runs_mlx_folders() {
         let run = d.cli_json(&args);
         let want: Vec<u64> = r.greedy.iter().map(|&t| u64::from(t)).collect();
         assert_eq!(token_ids(&run), want, "{name}");
+        // Two samples of one prompt share its computed cache: each is the greedy answer.
+        args.extend(["--samples", "2"]);
+        assert_eq!(
+            sample_token_ids(&d.cli_json(&args)),
+            vec![want.clone(), want],
+            "{name}"
+        );
         assert_eq!(run["stats"]["generated_tokens"], 32, "{run}");
         assert_eq!(run["stats"]["prompt_tokens"], r.input_ids.len(), "{run}");
         let show = d.cli_json(&["models", "show", path]);

@@ -106,6 +106,25 @@ fn check_token_input_and_logprobs(r: &serde_json::Value, expected: &[u64]) {
         prompt[1..],
         "{r}"
     );
+    // Its third request: two samples under a JSON Schema, named; each answer parses and is
+    // complete, and the id is free once both are done (Abort finds nothing).
+    let samples = r["samples"].as_array().expect("samples");
+    assert_eq!(samples.len(), 2, "{r}");
+    for s in samples {
+        let answer: serde_json::Value = serde_json::from_str(s["text"].as_str().unwrap())
+            .unwrap_or_else(|e| panic!("not JSON: {e}: {r}"));
+        assert!(
+            ["yes", "no"].contains(&answer["answer"].as_str().unwrap()),
+            "{r}"
+        );
+        assert_eq!(s["complete"], true, "{r}");
+        assert_eq!(s["request_id"], "python-samples", "{r}");
+    }
+    assert_eq!(
+        r["abort_after_end"],
+        serde_json::json!({"aborted": [], "unknown": ["python-samples"]}),
+        "{r}"
+    );
 }
 
 /// grpcurl with no stubs, on `address` (`-unix PATH` or `HOST:PORT`): reflection lists the

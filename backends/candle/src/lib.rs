@@ -361,6 +361,8 @@ pub trait Decode: Send + Sync + 'static {
     ) -> candle_core::Result<candle_core::Tensor>;
     fn cache_len(cache: &Self::Cache) -> usize;
     fn truncate(cache: &mut Self::Cache, pos: usize) -> candle_core::Result<()>;
+    /// A cache of its own with the same positions (several samples of one prompt).
+    fn copy_cache(cache: &Self::Cache) -> std::result::Result<Self::Cache, String>;
 }
 
 impl Decode for Transformer {
@@ -382,6 +384,9 @@ impl Decode for Transformer {
     }
     fn truncate(cache: &mut SeqCache, pos: usize) -> candle_core::Result<()> {
         cache.truncate(pos)
+    }
+    fn copy_cache(cache: &SeqCache) -> std::result::Result<SeqCache, String> {
+        Ok(cache.clone())
     }
 }
 
@@ -406,6 +411,10 @@ impl Decode for gpu::GpuTransformer {
     fn truncate(cache: &mut gpu::GpuCache, pos: usize) -> candle_core::Result<()> {
         cache.truncate(pos);
         Ok(())
+    }
+    fn copy_cache(_cache: &gpu::GpuCache) -> std::result::Result<gpu::GpuCache, String> {
+        // Its tensors are written in place; a copy needs new device buffers, not built yet.
+        Err("several samples of one prompt (n > 1) are not built for candle's CUDA path".into())
     }
 }
 
@@ -459,5 +468,9 @@ impl<D: Decode> SequenceModel for CandleSequences<D> {
 
     fn truncate(cache: &mut D::Cache, len: usize) -> std::result::Result<(), String> {
         D::truncate(cache, len).map_err(|e| e.to_string())
+    }
+
+    fn copy_cache(cache: &D::Cache) -> std::result::Result<D::Cache, String> {
+        D::copy_cache(cache)
     }
 }

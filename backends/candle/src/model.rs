@@ -210,7 +210,7 @@ fn attend(
 /// head, `kt[(head * head_dim + d) * cap + p]`, so a query's scores over consecutive positions
 /// are one vector multiply-add per dimension (no horizontal sums), and candle's path multiplies
 /// by them as they lie. Both grow by doubling: appending copies one token's worth (amortized).
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct LayerKv {
     kt: Vec<f32>,
     v: Vec<f32>,
@@ -269,7 +269,7 @@ struct Positions {
 }
 
 /// One sequence's cached keys and values, per layer.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct SeqCache {
     layers: Vec<LayerKv>,
     len: usize,

@@ -318,6 +318,18 @@ impl Context for LlamaCppContext {
             })
     }
 
+    fn copy_sequence(&mut self, from: SeqId, to: SeqId) -> Result<()> {
+        // In one KV pool the cells get `to` as a second owner (no data moves); across the
+        // streams of --kv-per-sequence, llama.cpp copies the whole stream at the next decode.
+        self.clear_sequence(to)?;
+        self.ctx
+            .copy_kv_cache_seq(from.0 as i32, to.0 as i32, None, None)
+            .map_err(|e| CoreError::Forward {
+                backend: NAME,
+                detail: format!("copying sequence {} to {}: {e}", from.0, to.0),
+            })
+    }
+
     fn forward(&mut self, chunks: &[ForwardChunk<'_>], logits: &mut Vec<Vec<f32>>) -> Result<()> {
         check_chunks(chunks, &self.options, self.vocab_size, NAME)?;
         logits.resize_with(chunks.len(), Vec::new);

@@ -241,4 +241,9 @@ impl SequenceModel for MlxSequences {
     fn truncate(cache: &mut SeqCache, len: usize) -> std::result::Result<(), String> {
         cache.truncate(len).map_err(|e| e.to_string())
     }
+
+    fn copy_cache(cache: &SeqCache) -> std::result::Result<SeqCache, String> {
+        // MLX arrays are values: each cache's next step makes new ones, never writes these.
+        Ok(cache.clone())
+    }
 }

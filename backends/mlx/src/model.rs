@@ -285,7 +285,7 @@ fn attention_mask(start: usize, n: usize, window: Option<usize>) -> Mask {
 }
 
 /// One sequence's keys and values, per layer: `[1, kv_heads, positions, head_dim]`.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct SeqCache {
     layers: Vec<Option<(Array, Array)>>,
     len: usize,

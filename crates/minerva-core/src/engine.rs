@@ -186,6 +186,9 @@ pub trait Context: Send {
         let _ = (seq, len);
         Ok(false)
     }
+    /// Makes `to` hold what `from` holds, replacing whatever `to` held, so that several samples
+    /// of one prompt continue from one computation of it. An error where the backend cannot.
+    fn copy_sequence(&mut self, from: SeqId, to: SeqId) -> Result<()>;
     /// Runs `chunks` through the model (as one batch where they fit) and writes, for each chunk
     /// in order, the logits it asks for into `logits[i]`: [`ForwardChunk::rows`] rows of the
     /// vocabulary's width, in token order. Inputs are checked with [`check_chunks`].

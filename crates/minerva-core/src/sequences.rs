@@ -28,6 +28,8 @@ pub trait SequenceModel: Send {
     fn cache_len(cache: &Self::Cache) -> usize;
     /// Keeps the first `len` positions.
     fn truncate(cache: &mut Self::Cache, len: usize) -> std::result::Result<(), String>;
+    /// A cache of its own with the same positions, which may then grow apart from `cache`.
+    fn copy_cache(cache: &Self::Cache) -> std::result::Result<Self::Cache, String>;
 }
 
 /// Up to `max_sequences` sequences, each with its own cache, over one model.
@@ -95,6 +97,27 @@ impl<M: SequenceModel> Context for PerSequenceContext<M> {
         }
     }
 
+    fn copy_sequence(&mut self, from: SeqId, to: SeqId) -> Result<()> {
+        let backend = self.model.backend();
+        let copy = match self.seqs.get(&from) {
+            Some(cache) => {
+                M::copy_cache(cache).map_err(|detail| CoreError::Forward { backend, detail })?
+            }
+            None => M::Cache::default(),
+        };
+        if !self.seqs.contains_key(&to) && self.seqs.len() >= self.options.max_sequences as usize {
+            return Err(CoreError::Forward {
+                backend,
+                detail: format!(
+                    "context holds {} sequences already",
+                    self.options.max_sequences
+                ),
+            });
+        }
+        self.seqs.insert(to, copy);
+        Ok(())
+    }
+
     fn forward(&mut self, chunks: &[ForwardChunk<'_>], logits: &mut Vec<Vec<f32>>) -> Result<()> {
         check_chunks(
             chunks,
@@ -149,6 +172,10 @@ mod tests {
         fn cache_len(cache: &Vec<TokenId>) -> usize {
             cache.len()
         }
+        fn copy_cache(cache: &Vec<TokenId>) -> std::result::Result<Vec<TokenId>, String> {
+            Ok(cache.clone())
+        }
+
         fn truncate(cache: &mut Vec<TokenId>, len: usize) -> std::result::Result<(), String> {
             cache.truncate(len);
             Ok(())

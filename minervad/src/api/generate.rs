@@ -19,6 +19,9 @@ use crate::engine::{
 };
 use crate::error::{DaemonError, Result};
 
+/// Most samples of one prompt (`n`) a request may ask for.
+const MAX_SAMPLES: u32 = 16;
+
 pub(crate) struct GenerateApi {
     pub(crate) engine: Arc<Engine>,
 }
@@ -142,12 +145,14 @@ fn to_proto(event: Event, model: &str) -> std::result::Result<pb::GenerateRespon
                 text,
                 elapsed_ms,
                 index,
+                sample,
                 logprobs,
             } => E::Token(pb::GeneratedToken {
                 id,
                 text,
                 elapsed_ms,
                 index,
+                sample,
                 logprobs: logprobs.map(logprobs_to_proto),
             }),
             Event::PromptLogprobs(tokens) => {
@@ -172,6 +177,7 @@ fn to_proto(event: Event, model: &str) -> std::result::Result<pb::GenerateRespon
                 stop_string: s.stop_string,
                 stop_token_id: s.stop_token_id,
                 request_id: s.request_id,
+                sample: s.sample,
                 constraint_complete: s.constraint_complete,
                 text: s.text,
                 model: model.to_string(),
@@ -207,6 +213,13 @@ impl GenerateApi {
         let sampling = sampling_of(req.sampling.as_ref())?;
         let logprobs = logprobs_of(req.logprobs.as_ref())?;
         let ignore_eos = req.ignore_eos.unwrap_or(false);
+        let samples = req.n.unwrap_or(1);
+        if samples == 0 || samples > MAX_SAMPLES {
+            return Err(DaemonError::invalid(
+                "n",
+                format!("{samples} samples asked for; ask for 1 to {MAX_SAMPLES}"),
+            ));
+        }
         let constraint = constraint_of(req.constraint.take(), ignore_eos)?;
         if req.max_tokens == Some(0) {
             return Err(DaemonError::invalid("max_tokens", "0 tokens asked for; ask for at least 1, or leave it unset to generate until the end of sequence"));
@@ -221,6 +234,13 @@ impl GenerateApi {
             )
             .await?;
         let ready = Instant::now();
+        let parallel = lease.model().context_options.max_sequences;
+        if samples > parallel {
+            return Err(DaemonError::invalid(
+                "n",
+                format!("{samples} samples run at once, and this model runs at most {parallel} sequences (minervad --parallel)"),
+            ));
+        }
         // Token ids from the client, wherever they appear, must be in the vocabulary.
         let info = lease.model().info();
         let given: &[u32] = match &input {
@@ -291,7 +311,9 @@ impl GenerateApi {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let model_name = lease.model().resolved.name.clone();
         lease.model().clone().submit(Job {
-            request: Some(request),
+            request: Some(Arc::new(request)),
+            samples,
+            sample: 0,
             received,
             ready,
             prompt,

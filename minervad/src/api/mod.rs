@@ -120,9 +120,8 @@ pub(crate) async fn serve(
             .register_encoded_file_descriptor_set(minerva_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_error = |e: tonic_reflection::server::Error| {
-        DaemonError::Internal(format!("reflection: {e}"))
-    };
+    let reflection_error =
+        |e: tonic_reflection::server::Error| DaemonError::Internal(format!("reflection: {e}"));
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 

@@ -244,6 +244,8 @@ async fn one_request(
         stop_token_ids: Vec::new(),
         ignore_eos: true,
         request: None,
+        samples: 1,
+        sample: 0,
         context_length: model.context_options.context_length,
         cache_prompt: ask.cache_prompt,
         logprobs: None,

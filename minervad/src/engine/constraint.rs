@@ -178,6 +178,7 @@ impl Vocabulary {
 }
 
 /// One request's constraint: where its text stands in the grammar.
+#[derive(Clone)]
 pub(crate) struct Constraint {
     matcher: Matcher,
 }

@@ -1,5 +1,6 @@
 //! What travels between a request and its model's worker: the job, its events and its stats.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use minerva_core::sampling::SamplingConfig;
@@ -19,6 +20,8 @@ pub(crate) enum Event {
         text: String,
         elapsed_ms: f64,
         index: u32,
+        /// Which of the request's samples it belongs to.
+        sample: u32,
         logprobs: Option<Logprobs>,
     },
     /// Prompt tokens 1.. with their logprobs, once, before the first token.
@@ -60,6 +63,7 @@ pub(crate) struct Stats {
     pub(crate) stop_string: String,
     pub(crate) stop_token_id: Option<TokenId>,
     pub(crate) request_id: String,
+    pub(crate) sample: u32,
     /// With a constraint: whether the text is complete under it.
     pub(crate) constraint_complete: Option<bool>,
     pub(crate) text: String,
@@ -67,9 +71,13 @@ pub(crate) struct Stats {
 
 /// A generation request as the worker sees it: already tokenized and checked.
 pub(crate) struct Job {
-    /// Its entry among the requests in flight, for `Abort`; `None` for the daemon's own
-    /// (benchmark) requests.
-    pub(crate) request: Option<Registration>,
+    /// Its entry among the requests in flight, for `Abort`, shared by its samples (the id is
+    /// free once the last one is done); `None` for the daemon's own (benchmark) requests.
+    pub(crate) request: Option<Arc<Registration>>,
+    /// Samples of the prompt wanted (n); the worker makes samples 1.. with [`Job::sibling`].
+    pub(crate) samples: u32,
+    /// Which sample this job is: 0, or a sibling's index.
+    pub(crate) sample: u32,
     pub(crate) received: Instant,
     /// When the model was ready for this request (after loading it, if it had to).
     pub(crate) ready: Instant,
@@ -90,15 +98,41 @@ pub(crate) struct Job {
     pub(crate) constraint: Option<Constraint>,
     pub(crate) load_ms: Option<f64>,
     pub(crate) events: mpsc::UnboundedSender<Event>,
-    /// Keeps the model counted as busy until the job is dropped: held for its `Drop`.
-    #[expect(dead_code, reason = "held for its Drop, never read")]
+    /// Keeps the model counted as busy until the job is dropped (its samples take their own).
     pub(crate) lease: Lease,
 }
 
 impl Job {
     /// Whether an `Abort` named this job.
     pub(crate) fn aborted(&self) -> bool {
-        self.request.as_ref().is_some_and(Registration::aborted)
+        self.request.as_ref().is_some_and(|r| r.aborted())
+    }
+
+    /// Sample `k` of this job's prompt: the same prompt, settings and stream, its own seed
+    /// (seed + k), constraint state and lease. It shares the request's id and abort.
+    pub(crate) fn sibling(&self, k: u32) -> Job {
+        let mut sampling = self.sampling.clone();
+        sampling.seed = sampling.seed.wrapping_add(u64::from(k));
+        Job {
+            request: self.request.clone(),
+            samples: 1,
+            sample: k,
+            received: self.received,
+            ready: self.ready,
+            prompt: self.prompt.clone(),
+            sampling,
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+            stop_token_ids: self.stop_token_ids.clone(),
+            ignore_eos: self.ignore_eos,
+            context_length: self.context_length,
+            cache_prompt: self.cache_prompt,
+            logprobs: self.logprobs,
+            constraint: self.constraint.clone(),
+            load_ms: self.load_ms,
+            events: self.events.clone(),
+            lease: self.lease.model().lease(None),
+        }
     }
 
     /// Whether this job may start from a cached prefix: it asked for prompt caching, and not

@@ -86,6 +86,21 @@ impl PromptCache {
         })
     }
 
+    /// A free slot, emptied, for a sequence that brings its own cells (another sample of a
+    /// prompt): an empty one if any, else the least recently used cache is forgotten.
+    pub(super) fn free_slot(
+        &mut self,
+        ctx: &mut dyn Context,
+        busy: impl IntoIterator<Item = SeqId>,
+    ) -> Option<SeqId> {
+        let busy: Vec<usize> = busy.into_iter().map(|s| s.0 as usize).collect();
+        let place = self.place_prompt(&busy, &[], false)?;
+        if let Err(e) = self.take(ctx, &place) {
+            tracing::error!(error = %e, "could not clear a cached sequence");
+        }
+        Some(place.slot)
+    }
+
     /// KV cells held by idle slots' caches.
     pub(super) fn held(&self) -> usize {
         self.slots.iter().flatten().map(|c| c.tokens.len()).sum()

@@ -30,18 +30,28 @@ use super::{Event, Job, Stats, Work};
 use crate::error::DaemonError;
 use crate::metrics::ModelMetrics;
 
-/// KV cells a job may need: its prompt plus what it may generate, at most its context.
-fn reservation(job: &Job) -> usize {
+/// KV cells a job may need: its prompt plus what it may generate, at most its context. A
+/// sample that shares another's prompt (`shared`) needs only what it generates.
+fn reservation(job: &Job, shared: bool) -> usize {
     let ctx = job.context_length as usize;
+    let prompt = if shared { 0 } else { job.prompt.len() };
     match job.max_tokens {
-        Some(m) => (job.prompt.len() + m as usize).min(ctx),
+        Some(m) => (prompt + m as usize).min(ctx),
         None => ctx,
     }
+}
+
+/// KV cells a new job and its samples need together: one prompt, each sample's generation.
+fn reservation_of_samples(job: &Job) -> usize {
+    reservation(job, false) + (job.samples as usize - 1) * reservation(job, true)
 }
 
 enum Phase {
     /// `done` prompt tokens are in the KV cache.
     Prefill { done: usize },
+    /// Another sample of the same prompt (in slot `from`) computes it; its cells are copied to
+    /// this one's slot when that prefill ends, and it samples from the same logits.
+    Shared { from: SeqId },
     /// `last` was sampled and is not in the KV cache yet.
     Decode { last: TokenId },
     /// Its last event is sent; it waits to be retired. Its last sampled token is not in the
@@ -73,6 +83,15 @@ struct Sequence {
 impl Sequence {
     /// A sequence in `slot`, whose KV cache holds the first `cached` prompt tokens already.
     fn new(job: Job, slot: SeqId, cached: usize) -> Self {
+        Self::starting(job, slot, cached, Phase::Prefill { done: cached })
+    }
+
+    /// Sample `job.sample` of the prompt that the sequence in slot `from` computes.
+    fn sharing(job: Job, slot: SeqId, from: SeqId) -> Self {
+        Self::starting(job, slot, 0, Phase::Shared { from })
+    }
+
+    fn starting(job: Job, slot: SeqId, cached: usize, phase: Phase) -> Self {
         let mut sampler = Sampler::new(job.sampling.clone());
         for &t in &job.prompt {
             sampler.accept(t);
@@ -82,7 +101,7 @@ impl Sequence {
             slot,
             cached,
             output: Vec::new(),
-            phase: Phase::Prefill { done: cached },
+            phase,
             sampler,
             decoder: Utf8Decoder::default(),
             generated: 0,
@@ -96,6 +115,11 @@ impl Sequence {
         }
     }
 
+    /// KV cells it may need: a sample sharing another's prompt needs only its own tokens.
+    fn reservation(&self) -> usize {
+        reservation(&self.job, self.job.sample > 0)
+    }
+
     fn wants_prompt_logprobs(&self) -> bool {
         self.job.logprobs.is_some_and(|l| l.prompt)
     }
@@ -104,6 +128,7 @@ impl Sequence {
     fn kv_len(&self) -> usize {
         match self.phase {
             Phase::Prefill { done } => done,
+            Phase::Shared { .. } => 0,
             Phase::Decode { .. } | Phase::Finished => {
                 self.job.prompt.len() + self.output.len().saturating_sub(1)
             }
@@ -122,6 +147,7 @@ impl Sequence {
     fn kv_tokens(&self) -> Vec<TokenId> {
         match self.phase {
             Phase::Prefill { done } => self.job.prompt[..done].to_vec(),
+            Phase::Shared { .. } => Vec::new(),
             // Every sampled token but the last has been fed back.
             Phase::Decode { .. } | Phase::Finished => {
                 let fed = self.output.len().saturating_sub(1);
@@ -249,10 +275,11 @@ pub(crate) fn run(
             if job.events.is_closed() {
                 continue; // the client left while queued
             }
-            let reserved: usize = active.iter().map(|s| reservation(&s.job)).sum();
-            let needed = reserved.saturating_add(reservation(&job));
+            let reserved: usize = active.iter().map(Sequence::reservation).sum();
+            let needed = reserved.saturating_add(reservation_of_samples(&job));
+            let fits = active.len() + job.samples as usize <= max_active;
             let place = match cache.place(active.iter().map(|a| a.slot), &job) {
-                Some(p) if active.is_empty() || needed <= cells => p,
+                Some(p) if fits && (active.is_empty() || needed <= cells) => p,
                 _ => {
                     held = Some(Work::Generate(Box::new(job)));
                     break;
@@ -274,7 +301,21 @@ pub(crate) fn run(
                 0
             });
             metrics.admitted(job.ready.elapsed(), reuse);
-            active.push(Sequence::new(job, place.slot, reuse));
+            let siblings: Vec<Job> = (1..job.samples).map(|k| job.sibling(k)).collect();
+            let from = place.slot;
+            active.push(Sequence::new(job, from, reuse));
+            // Samples 1..: their own slots, filled from the first sample's when its prompt is in.
+            for sibling in siblings {
+                let busy: Vec<SeqId> = active.iter().map(|a| a.slot).collect();
+                let Some(slot) = cache.free_slot(&mut *ctx, busy) else {
+                    // Unreachable: admission counted the slots.
+                    let _ = sibling.events.send(Event::Error(DaemonError::Internal(
+                        "no free slot for a sample".into(),
+                    )));
+                    continue;
+                };
+                active.push(Sequence::sharing(sibling, slot, from));
+            }
         }
 
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -374,7 +415,7 @@ fn step(
     for seq in active.iter() {
         decode_tokens.push(match seq.phase {
             Phase::Decode { last } => [last],
-            Phase::Prefill { .. } | Phase::Finished => [0],
+            Phase::Prefill { .. } | Phase::Shared { .. } | Phase::Finished => [0],
         });
     }
     // Aborted by id (from any connection): the final event says so, and the cells go when the
@@ -390,7 +431,7 @@ fn step(
             continue;
         }
         match seq.phase {
-            Phase::Finished => {}
+            Phase::Finished | Phase::Shared { .. } => {}
             Phase::Decode { .. } => {
                 chunks.push(ForwardChunk::last(
                     seq.slot,
@@ -426,6 +467,8 @@ fn step(
     times.sequences += owners.len();
     times.forward += now - started;
     let vocab = model.info().vocab_size as usize;
+    // Prompts whose other samples wait for them: the prompt's slot and its logits' row.
+    let mut forks: Vec<(SeqId, usize)> = Vec::new();
     for (k, &i) in owners.iter().enumerate() {
         let seq = &mut active[i];
         // With every row returned, the chunk's last row is the one to sample from.
@@ -446,32 +489,65 @@ fn step(
                 let lp = std::mem::take(&mut seq.prompt_logprobs);
                 let _ = seq.job.events.send(Event::PromptLogprobs(lp));
             }
+            if seq.job.samples > 1 {
+                forks.push((seq.slot, k));
+            }
         }
-        let token = match sample(model, seq, last) {
-            Ok(t) => t,
-            Err(reason) => {
-                // This request's grammar failed, not the model: it alone ends.
-                tracing::error!(%reason, "structured output failed");
-                drop(seq.job.request.take());
-                let _ = seq
-                    .job
-                    .events
-                    .send(Event::Error(DaemonError::Internal(format!(
-                        "structured output: {reason}"
-                    ))));
-                seq.phase = Phase::Finished;
+        sample_next(model, seq, last, metrics)?;
+    }
+    // The other samples of a prompt just computed: its cells copied to their slots, and each
+    // draws its first token from the same logits with its own seed.
+    for (from, k) in forks {
+        let rows = &logits[k];
+        let last = &rows[rows.len().saturating_sub(vocab)..];
+        for seq in active.iter_mut() {
+            if !matches!(seq.phase, Phase::Shared { from: f } if f == from) {
                 continue;
             }
-        };
-        seq.sampler.accept(token);
-        let lp = match seq.job.logprobs {
-            Some(want) => Some(logprobs_of(model, last, token, want.top)?),
-            None => None,
-        };
-        emit(model, seq, token, lp, metrics)?;
+            if let Err(e) = ctx.copy_sequence(from, seq.slot) {
+                fail(seq, DaemonError::Core(e));
+                continue;
+            }
+            seq.cached = seq.job.prompt.len();
+            seq.phase = Phase::Prefill { done: seq.cached };
+            seq.prompt_done = Some(now);
+            sample_next(model, seq, last, metrics)?;
+        }
     }
     times.sample += now.elapsed();
     Ok(())
+}
+
+/// Samples `seq`'s next token from `last` and streams it.
+fn sample_next(
+    model: &dyn Model,
+    seq: &mut Sequence,
+    last: &[f32],
+    metrics: &ModelMetrics,
+) -> minerva_core::Result<()> {
+    let token = match sample(model, seq, last) {
+        Ok(t) => t,
+        Err(reason) => {
+            // This request's grammar failed, not the model: it alone ends.
+            tracing::error!(%reason, "structured output failed");
+            let e = DaemonError::Internal(format!("structured output: {reason}"));
+            fail(seq, e);
+            return Ok(());
+        }
+    };
+    seq.sampler.accept(token);
+    let lp = match seq.job.logprobs {
+        Some(want) => Some(logprobs_of(model, last, token, want.top)?),
+        None => None,
+    };
+    emit(model, seq, token, lp, metrics)
+}
+
+/// Ends `seq` alone with `error` as its last event (its id freed first).
+fn fail(seq: &mut Sequence, error: DaemonError) {
+    drop(seq.job.request.take());
+    let _ = seq.job.events.send(Event::Error(error));
+    seq.phase = Phase::Finished;
 }
 
 /// The next token of `seq` from its last logits: among those its constraint allows, if it has
@@ -581,6 +657,7 @@ fn emit(
         text,
         elapsed_ms: seq.ms_since_received(now),
         index,
+        sample: seq.job.sample,
         logprobs,
     });
     match stop {
@@ -635,6 +712,7 @@ fn stats(seq: &mut Sequence, reason: StopReason, stop_string: String) -> Stats {
             .as_ref()
             .map(|r| r.id().to_string())
             .unwrap_or_default(),
+        sample: seq.job.sample,
         // A stop string is cut from the text the grammar read: that text is not the answer.
         constraint_complete: seq
             .job
