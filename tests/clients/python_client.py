@@ -86,6 +86,21 @@ with grpc.insecure_channel(target) as channel:
                 "request_id": d.request_id,
             }
     out["samples"] = [samples[k] for k in sorted(samples)]
+    # The remaining knobs: penalties, a stop string, ignore_eos, a regex and a choice.
+    request = generate_pb2.GenerateRequest(model=model, prompt="Hi", max_tokens=3, ignore_eos=True)
+    request.sampling.presence_penalty = 0.5
+    request.sampling.frequency_penalty = 0.5
+    request.stop.append("never-in-the-answer")
+    done = [e.done for e in stub.Generate(request, timeout=300) if e.HasField("done")][0]
+    out["ignore_eos_tokens"] = done.generated_tokens
+    request = generate_pb2.GenerateRequest(model=model, prompt="A year:", max_tokens=8)
+    request.constraint.regex = "(19|20)[0-9]{2}"
+    done = [e.done for e in stub.Generate(request, timeout=300) if e.HasField("done")][0]
+    out["regex_text"] = done.text
+    request = generate_pb2.GenerateRequest(model=model, prompt="Red or blue?", max_tokens=8)
+    request.constraint.choice.options.extend(["red", "blue"])
+    done = [e.done for e in stub.Generate(request, timeout=300) if e.HasField("done")][0]
+    out["choice_text"] = done.text
     aborted = stub.Abort(generate_pb2.AbortRequest(request_ids=["python-samples"]), timeout=60)
     out["abort_after_end"] = {"aborted": list(aborted.aborted), "unknown": list(aborted.unknown)}
     try:

@@ -392,3 +392,59 @@ fn the_cli_reports_errors_on_stderr_with_a_failing_exit_code() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("temperature"));
 }
+
+/// A model file whose chat template loops within minijinja's per-range limits (two nested
+/// `range(50000)`, 2.5 billion steps) renders on a budget: the request fails with
+/// INVALID_ARGUMENT naming the template, the daemon keeps serving the same model, and SIGTERM
+/// ends it cleanly. Without the budget this request rendered for minutes, past 16 GB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_chat_template_in_a_model_file_fails_fast_and_the_daemon_serves_on() {
+    let original = model_path();
+    let header = minerva_formats::gguf::read_header(&original).unwrap();
+    let template = header
+        .get_str("tokenizer.chat_template")
+        .unwrap()
+        .to_string();
+    let looping = "{% for i in range(50000) %}{% for j in range(50000) %}{% endfor %}{% endfor %}x";
+    // The same length, so every offset in the file stays where it was: a comment pads it.
+    let pad = template.len() - looping.len() - "{##}".len();
+    let hostile = format!("{looping}{{#{}#}}", " ".repeat(pad));
+    assert_eq!(hostile.len(), template.len());
+    let mut bytes = std::fs::read(&original).unwrap();
+    let at = bytes
+        .windows(template.len())
+        .position(|w| w == template.as_bytes())
+        .unwrap();
+    bytes[at..at + template.len()].copy_from_slice(hostile.as_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("looping-template.gguf");
+    std::fs::write(&file, bytes).unwrap();
+    let path = file.to_str().unwrap();
+
+    let mut d = Daemon::start(&[]);
+    let mut c = GenerateServiceClient::new(d.channel().await);
+    let started = std::time::Instant::now();
+    let chat = pb::GenerateRequest {
+        model: path.into(),
+        input: Some(pb::generate_request::Input::Chat(pb::Chat {
+            messages: vec![pb::ChatMessage {
+                role: "user".into(),
+                content: "Hi".into(),
+            }],
+        })),
+        max_tokens: Some(4),
+        ..Default::default()
+    };
+    let e = c.generate(chat).await.expect_err("a looping template");
+    eprintln!("refused after {:?}: {}", started.elapsed(), e.message());
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("chat template"), "{}", e.message());
+    // The same model, loaded, still serves a raw prompt.
+    let stats = generate(&mut c, prompt_request(path, "Hello"))
+        .await
+        .unwrap();
+    assert!(stats.generated_tokens > 0);
+    let stopping = std::time::Instant::now();
+    assert!(d.stop(), "minervad did not shut down cleanly");
+    eprintln!("stopped in {:?}", stopping.elapsed());
+}

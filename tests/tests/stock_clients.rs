@@ -120,6 +120,16 @@ fn check_token_input_and_logprobs(r: &serde_json::Value, expected: &[u64]) {
         assert_eq!(s["complete"], true, "{r}");
         assert_eq!(s["request_id"], "python-samples", "{r}");
     }
+    assert_eq!(r["ignore_eos_tokens"], 3, "{r}");
+    let year = r["regex_text"].as_str().unwrap();
+    assert!(
+        year.len() == 4 && (year.starts_with("19") || year.starts_with("20")),
+        "{r}"
+    );
+    assert!(
+        ["red", "blue"].contains(&r["choice_text"].as_str().unwrap()),
+        "{r}"
+    );
     assert_eq!(
         r["abort_after_end"],
         serde_json::json!({"aborted": [], "unknown": ["python-samples"]}),

@@ -323,6 +323,18 @@ async fn bad_constraints_are_refused_before_queueing_and_cut_answers_say_so() {
     assert_eq!(s.stop_reason, pb::StopReason::MaxTokens as i32);
     assert_eq!(s.constraint_complete, Some(false), "{}", s.text);
     assert!(s.text.starts_with('{'), "{}", s.text);
+    // A stop string cuts the text the grammar read: not complete either.
+    let mut req = constrained("Describe Ada.", Kind::JsonObject(pb::JsonObject {}), None);
+    req.stop = vec!["\"".into()];
+    let (_, s) = generate_ids(&d, req).await;
+    assert_eq!(
+        s.stop_reason,
+        pb::StopReason::StopString as i32,
+        "{}",
+        s.text
+    );
+    assert_eq!(s.constraint_complete, Some(false), "{}", s.text);
+    assert_eq!(s.text, "{", "{}", s.text);
 
     // The CLI: a schema file, and the answer validates; then the daemon serves a plain request.
     let dir = tempfile::tempdir().unwrap();
