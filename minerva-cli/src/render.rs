@@ -96,6 +96,14 @@ pub fn stats_line(s: &pb::GenerationStats) -> String {
         "decode {} tokens at {:.1} tok/s",
         s.generated_tokens, s.decode_tokens_per_s
     ));
+    if s.drafted_tokens > 0 {
+        parts.push(format!(
+            "drafts {}/{} accepted ({:.0}%)",
+            s.accepted_tokens,
+            s.drafted_tokens,
+            100.0 * f64::from(s.accepted_tokens) / f64::from(s.drafted_tokens)
+        ));
+    }
     parts.push(format!("total {:.0} ms", s.total_ms));
     let mut stop = minerva_proto::stop_reason_name(s.stop_reason).to_string();
     if !s.stop_string.is_empty() {

@@ -125,6 +125,41 @@ fn constraint_of(c: Option<pb::Constraint>, ignore_eos: bool) -> Result<Option<C
     Ok(Some(spec))
 }
 
+/// A request's speculation: at most how many tokens to draft a step, once checked against what
+/// it combines with so far. Refused rather than run without it: nothing is turned off silently.
+fn speculation_of(
+    s: Option<&pb::Speculation>,
+    sampling: &SamplingConfig,
+    constrained: bool,
+    samples: u32,
+) -> Result<Option<u32>> {
+    use crate::engine::speculative::{DEFAULT_DRAFT, MAX_DRAFT};
+    let Some(s) = s else { return Ok(None) };
+    let max = s.max_draft.unwrap_or(DEFAULT_DRAFT);
+    if max == 0 || max > MAX_DRAFT {
+        return Err(DaemonError::invalid(
+            "speculation.max_draft",
+            format!("{max} drafted tokens a step; ask for 1 to {MAX_DRAFT}"),
+        ));
+    }
+    let unsupported = if !sampling.is_greedy() {
+        Some("temperature > 0 (speculative sampling is not built yet): use temperature 0")
+    } else if constrained {
+        Some("a constraint")
+    } else if samples > 1 {
+        Some("n > 1")
+    } else {
+        None
+    };
+    match unsupported {
+        Some(what) => Err(DaemonError::invalid(
+            "speculation",
+            format!("speculative decoding does not combine with {what} yet"),
+        )),
+        None => Ok(Some(max)),
+    }
+}
+
 fn logprobs_to_proto(l: Logprobs) -> pb::TokenLogprobs {
     pb::TokenLogprobs {
         logprob: l.logprob,
@@ -178,6 +213,8 @@ fn to_proto(event: Event, model: &str) -> std::result::Result<pb::GenerateRespon
                 stop_token_id: s.stop_token_id,
                 request_id: s.request_id,
                 sample: s.sample,
+                drafted_tokens: s.drafted_tokens,
+                accepted_tokens: s.accepted_tokens,
                 constraint_complete: s.constraint_complete,
                 text: s.text,
                 model: model.to_string(),
@@ -221,6 +258,12 @@ impl GenerateApi {
             ));
         }
         let constraint = constraint_of(req.constraint.take(), ignore_eos)?;
+        let max_draft = speculation_of(
+            req.speculation.as_ref(),
+            &sampling,
+            constraint.is_some(),
+            samples,
+        )?;
         if req.max_tokens == Some(0) {
             return Err(DaemonError::invalid("max_tokens", "0 tokens asked for; ask for at least 1, or leave it unset to generate until the end of sequence"));
         }
@@ -326,6 +369,7 @@ impl GenerateApi {
             cache_prompt: req.cache_prompt.unwrap_or(false),
             logprobs,
             constraint,
+            max_draft,
             load_ms,
             events: tx,
             lease,

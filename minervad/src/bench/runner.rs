@@ -250,6 +250,7 @@ async fn one_request(
         cache_prompt: ask.cache_prompt,
         logprobs: None,
         constraint: None,
+        max_draft: None,
         load_ms: None,
         events: tx,
         lease: model.lease(None),

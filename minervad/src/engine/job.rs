@@ -64,6 +64,8 @@ pub(crate) struct Stats {
     pub(crate) stop_token_id: Option<TokenId>,
     pub(crate) request_id: String,
     pub(crate) sample: u32,
+    pub(crate) drafted_tokens: u32,
+    pub(crate) accepted_tokens: u32,
     /// With a constraint: whether the text is complete under it.
     pub(crate) constraint_complete: Option<bool>,
     pub(crate) text: String,
@@ -96,6 +98,8 @@ pub(crate) struct Job {
     pub(crate) logprobs: Option<LogprobsWanted>,
     /// Structured output: the tokens it may sample are those the constraint allows.
     pub(crate) constraint: Option<Constraint>,
+    /// Speculative decoding by prompt lookup, drafting at most this many tokens a step.
+    pub(crate) max_draft: Option<u32>,
     pub(crate) load_ms: Option<f64>,
     pub(crate) events: mpsc::UnboundedSender<Event>,
     /// Keeps the model counted as busy until the job is dropped (its samples take their own).
@@ -129,6 +133,7 @@ impl Job {
             cache_prompt: self.cache_prompt,
             logprobs: self.logprobs,
             constraint: self.constraint.clone(),
+            max_draft: self.max_draft,
             load_ms: self.load_ms,
             events: self.events.clone(),
             lease: self.lease.model().lease(None),

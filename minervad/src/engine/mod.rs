@@ -11,6 +11,7 @@ mod loaded;
 pub(crate) mod perplexity;
 mod prompt_cache;
 mod requests;
+pub(crate) mod speculative;
 mod worker;
 
 use std::collections::HashMap;

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use super::job::Logprobs;
 use super::perplexity::{self, PerplexityEvent};
 use super::prompt_cache::PromptCache;
+use super::speculative::{DraftCost, Drafter};
 use super::{Event, Job, Stats, Work};
 use crate::error::DaemonError;
 use crate::metrics::ModelMetrics;
@@ -78,6 +79,8 @@ struct Sequence {
     last_token: Option<Instant>,
     /// Prompt tokens' logprobs gathered over the prefill chunks, when the job asked for them.
     prompt_logprobs: Vec<(TokenId, Logprobs)>,
+    /// Speculative decoding, when the job asked for it.
+    drafter: Option<Drafter>,
 }
 
 impl Sequence {
@@ -111,7 +114,29 @@ impl Sequence {
             first_token: None,
             last_token: None,
             prompt_logprobs: Vec::new(),
+            drafter: job.max_draft.map(Drafter::new),
             job,
+        }
+    }
+
+    /// Tokens to check after its last one this step (none without speculation), at most
+    /// `room`, and never past its max_tokens or its context.
+    fn draft(&mut self, room: usize, cost: f64) -> Vec<TokenId> {
+        if self.drafter.is_none() {
+            return Vec::new();
+        }
+        // The pass yields at most drafts + 1 tokens; the drafts sit at the positions after
+        // the last token's.
+        let left = self
+            .job
+            .max_tokens
+            .map_or(usize::MAX, |m| (m - self.generated) as usize)
+            .saturating_sub(1);
+        let context = (self.job.context_length as usize).saturating_sub(self.position());
+        let limit = room.min(left).min(context);
+        match self.drafter.as_mut() {
+            Some(d) => d.draft(&self.job.prompt, &self.output, limit, cost),
+            None => Vec::new(),
         }
     }
 
@@ -203,7 +228,6 @@ pub(crate) fn run(
 ) {
     let mut active: Vec<Sequence> = Vec::new();
     let mut logits: Vec<Vec<f32>> = Vec::new();
-    let batch = ctx.options().batch_size as usize;
     let max_active = ctx.options().max_sequences.max(1) as usize;
     // The shared pool's size; with a context per sequence there is nothing to share.
     let cells = if ctx.options().kv_per_sequence {
@@ -214,6 +238,7 @@ pub(crate) fn run(
     // Taken from the queue but not admitted yet (no room): it goes first next time.
     let mut held: Option<Work> = None;
     let mut times = StepTimes::default();
+    let mut cost = DraftCost::new();
     let mut cache = PromptCache::new(max_active);
     metrics.kv_total.set(if ctx.options().kv_per_sequence {
         i64::from(ctx.options().context_length) * max_active as i64
@@ -324,8 +349,8 @@ pub(crate) fn run(
                 &mut *ctx,
                 &mut active,
                 &mut logits,
-                batch,
                 &mut times,
+                &mut cost,
                 &metrics,
             )
         }));
@@ -405,25 +430,36 @@ fn step(
     ctx: &mut dyn Context,
     active: &mut [Sequence],
     logits: &mut Vec<Vec<f32>>,
-    batch: usize,
     times: &mut StepTimes,
+    cost: &mut DraftCost,
     metrics: &ModelMetrics,
 ) -> minerva_core::Result<()> {
+    let batch = ctx.options().batch_size as usize;
     let mut budget = batch;
     let mut owners: Vec<usize> = Vec::with_capacity(active.len());
-    let mut decode_tokens: Vec<[TokenId; 1]> = Vec::with_capacity(active.len());
-    for seq in active.iter() {
-        decode_tokens.push(match seq.phase {
-            Phase::Decode { last } => [last],
-            Phase::Prefill { .. } | Phase::Shared { .. } | Phase::Finished => [0],
-        });
-    }
     // Aborted by id (from any connection): the final event says so, and the cells go when the
     // sequence is retired after this step.
     for seq in active.iter_mut() {
         if seq.job.aborted() && !matches!(seq.phase, Phase::Finished) {
             finish(seq, StopReason::Aborted, String::new(), metrics);
         }
+    }
+    // Each decoding sequence's last token, and the tokens drafted after it when it speculates.
+    let decoding = active
+        .iter()
+        .filter(|s| matches!(s.phase, Phase::Decode { .. }))
+        .count();
+    let room = batch.saturating_sub(decoding);
+    let mut decode_tokens: Vec<Vec<TokenId>> = Vec::with_capacity(active.len());
+    for seq in active.iter_mut() {
+        decode_tokens.push(match seq.phase {
+            Phase::Decode { last } => {
+                let mut tokens = vec![last];
+                tokens.extend(seq.draft(room, cost.relative()));
+                tokens
+            }
+            Phase::Prefill { .. } | Phase::Shared { .. } | Phase::Finished => Vec::new(),
+        });
     }
     let mut chunks: Vec<ForwardChunk<'_>> = Vec::with_capacity(active.len());
     for (i, seq) in active.iter().enumerate() {
@@ -433,12 +469,15 @@ fn step(
         match seq.phase {
             Phase::Finished | Phase::Shared { .. } => {}
             Phase::Decode { .. } => {
-                chunks.push(ForwardChunk::last(
-                    seq.slot,
-                    seq.position() as u32 - 1,
-                    &decode_tokens[i],
-                ));
-                budget -= 1;
+                let tokens = &decode_tokens[i][..decode_tokens[i].len().min(budget)];
+                let at = seq.position() as u32 - 1;
+                chunks.push(if tokens.len() > 1 {
+                    // Drafted tokens: every position's logits, to check each guess.
+                    ForwardChunk::all(seq.slot, at, tokens)
+                } else {
+                    ForwardChunk::last(seq.slot, at, tokens)
+                });
+                budget -= tokens.len();
                 owners.push(i);
             }
             Phase::Prefill { done } => {
@@ -463,6 +502,15 @@ fn step(
     drop(chunks);
 
     let now = Instant::now();
+    // Steps of decoding sequences alone tell what a drafted token costs to check.
+    if owners
+        .iter()
+        .all(|&i| matches!(active[i].phase, Phase::Decode { .. }))
+    {
+        let fed: usize = sizes.iter().sum();
+        let ms = (now - started).as_secs_f64() * 1e3;
+        cost.observe(fed, fed - owners.len(), ms);
+    }
     times.steps += 1;
     times.sequences += owners.len();
     times.forward += now - started;
@@ -474,6 +522,17 @@ fn step(
         // With every row returned, the chunk's last row is the one to sample from.
         let rows = &logits[k];
         let last = &rows[rows.len().saturating_sub(vocab)..];
+        if matches!(seq.phase, Phase::Decode { .. }) && sizes[k] > 1 {
+            verify(
+                model,
+                ctx,
+                seq,
+                rows,
+                &decode_tokens[i][1..sizes[k]],
+                metrics,
+            )?;
+            continue;
+        }
         if let Phase::Prefill { done } = seq.phase {
             if seq.wants_prompt_logprobs() {
                 gather_prompt_logprobs(model, seq, done, rows, vocab)?;
@@ -515,6 +574,45 @@ fn step(
         }
     }
     times.sample += now.elapsed();
+    Ok(())
+}
+
+/// Checks the tokens `draft` proposed after `seq`'s last one: row j of `rows` gives the model's
+/// own token after the first j drafts, streamed as usual; while it equals draft j the next row
+/// counts too, so an agreeing draft yields several tokens from one pass, and the first
+/// disagreement is the model's correction. The rejected drafts' KV cells are removed.
+fn verify(
+    model: &dyn Model,
+    ctx: &mut dyn Context,
+    seq: &mut Sequence,
+    rows: &[f32],
+    draft: &[TokenId],
+    metrics: &ModelMetrics,
+) -> minerva_core::Result<()> {
+    let vocab = model.info().vocab_size as usize;
+    let mut accepted = 0;
+    for (j, row) in rows.chunks_exact(vocab).enumerate() {
+        sample_next(model, seq, row, metrics)?;
+        if matches!(seq.phase, Phase::Finished) {
+            break;
+        }
+        if j < draft.len() && seq.output.last() == Some(&draft[j]) {
+            accepted += 1;
+        } else {
+            break;
+        }
+    }
+    if let Some(d) = seq.drafter.as_mut() {
+        d.record(draft.len(), accepted);
+    }
+    // Every token but the newest is in the cache; the cells after it held rejected drafts.
+    let keep = seq.job.prompt.len() + seq.output.len().saturating_sub(1);
+    if !ctx.keep_prefix(seq.slot, keep as u32)? {
+        let e = DaemonError::Internal(
+            "this backend cannot remove rejected drafts from a sequence's KV cache".into(),
+        );
+        fail(seq, e);
+    }
     Ok(())
 }
 
@@ -713,6 +811,8 @@ fn stats(seq: &mut Sequence, reason: StopReason, stop_string: String) -> Stats {
             .map(|r| r.id().to_string())
             .unwrap_or_default(),
         sample: seq.job.sample,
+        drafted_tokens: seq.drafter.as_ref().map_or(0, |d| d.drafted),
+        accepted_tokens: seq.drafter.as_ref().map_or(0, |d| d.accepted),
         // A stop string is cut from the text the grammar read: that text is not the answer.
         constraint_complete: seq
             .job

@@ -1,0 +1,238 @@
+//! Speculative decoding by prompt lookup. Decode at batch 1 is bound by reading the weights, so
+//! checking several proposed tokens in one forward pass costs little more than producing one.
+//! The proposal is free: where the sequence's last few tokens occurred before (in its prompt or
+//! its own output), the tokens that followed them then are a likely continuation now, as when
+//! a model copies, edits or quotes its input. The model's own choice at each position decides;
+//! drafts only save steps where it agrees.
+
+use minerva_core::TokenId;
+
+/// Most tokens a request may let the worker draft per step.
+pub(crate) const MAX_DRAFT: u32 = 16;
+/// Drafted per step when a request does not say.
+pub(crate) const DEFAULT_DRAFT: u32 = 8;
+
+/// The longest and shortest run of last tokens looked up: one token alone matches too often by
+/// chance to be worth a verification.
+const LONGEST_MATCH: usize = 4;
+const SHORTEST_MATCH: usize = 2;
+
+/// A sequence's drafting: how many tokens to propose, chosen from how often its drafts were
+/// accepted and from what checking a token costs, and the counts its stats report.
+#[derive(Debug)]
+pub(crate) struct Drafter {
+    max: usize,
+    /// The chance that a drafted token is the model's own, estimated from the sequence's
+    /// verifications so far (a moving average).
+    rate: f64,
+    /// Steps since it last drafted: when drafting does not pay it still checks one token now
+    /// and then, so a sequence that starts to repeat itself is noticed.
+    idle: u32,
+    pub(crate) drafted: u32,
+    pub(crate) accepted: u32,
+}
+
+/// Steps without drafting after which a sequence checks one token again.
+const PROBE_EVERY: u32 = 16;
+
+impl Drafter {
+    pub(crate) fn new(max: u32) -> Self {
+        Self {
+            max: max.clamp(1, MAX_DRAFT) as usize,
+            // Hopeful at first: a sequence that repeats its input shows it within a few steps,
+            // one that does not costs a few rejected tokens.
+            rate: 0.8,
+            idle: 0,
+            drafted: 0,
+            accepted: 0,
+        }
+    }
+
+    /// Up to `limit` tokens that may follow `prompt` + `output`, as many as pay off at
+    /// `cost` (what checking one more token costs, relative to a plain decode step); none
+    /// when the last tokens occurred nowhere before.
+    pub(crate) fn draft(
+        &mut self,
+        prompt: &[TokenId],
+        output: &[TokenId],
+        limit: usize,
+        cost: f64,
+    ) -> Vec<TokenId> {
+        let mut want = best_length(self.rate, cost, self.max).min(limit);
+        if want == 0 {
+            self.idle += 1;
+            if self.idle < PROBE_EVERY || limit == 0 {
+                return Vec::new();
+            }
+            want = 1;
+        }
+        let mut history = Vec::with_capacity(prompt.len() + output.len());
+        history.extend_from_slice(prompt);
+        history.extend_from_slice(output);
+        let draft = lookup(&history, want).to_vec();
+        if !draft.is_empty() {
+            self.idle = 0;
+        }
+        draft
+    }
+
+    /// After verifying `drafted` tokens of which the first `accepted` were the model's own.
+    pub(crate) fn record(&mut self, drafted: usize, accepted: usize) {
+        if drafted == 0 {
+            return;
+        }
+        self.drafted += drafted as u32;
+        self.accepted += accepted as u32;
+        // Accepted tokens are successes, the first rejected one (if any) a failure; the rest
+        // were never tried.
+        let tried = accepted + usize::from(accepted < drafted);
+        let seen = accepted as f64 / tried as f64;
+        self.rate = 0.5 * self.rate + 0.5 * seen;
+    }
+}
+
+/// The draft length, 0 to `max`, that gives the most tokens per unit of time when each drafted
+/// token is accepted with chance `rate` (given the ones before it were) and checking one costs
+/// `cost` plain steps: (1 + rate + ... + rate^k) / (1 + cost * k).
+fn best_length(rate: f64, cost: f64, max: usize) -> usize {
+    let (mut best, mut best_value) = (0, 1.0);
+    let (mut tokens, mut p) = (1.0, 1.0);
+    for k in 1..=max {
+        p *= rate;
+        tokens += p;
+        let value = tokens / (1.0 + cost * k as f64);
+        if value > best_value {
+            (best, best_value) = (k, value);
+        }
+    }
+    best
+}
+
+/// What checking one more token costs relative to a plain decode step, measured on this
+/// worker's own forward passes: a moving average of plain steps (their tokens and time) and
+/// one of steps with drafts, the difference being the drafts' cost.
+#[derive(Debug)]
+pub(crate) struct DraftCost {
+    plain: Option<(f64, f64)>,
+    drafted: Option<(f64, f64)>,
+}
+
+impl DraftCost {
+    pub(crate) fn new() -> Self {
+        Self {
+            plain: None,
+            drafted: None,
+        }
+    }
+
+    /// One step of only decoding sequences: `tokens` fed (sequences plus drafts), `drafts`
+    /// of them drafted, `ms` the forward pass.
+    pub(crate) fn observe(&mut self, tokens: usize, drafts: usize, ms: f64) {
+        let slot = if drafts == 0 {
+            &mut self.plain
+        } else {
+            &mut self.drafted
+        };
+        let (t, m) = slot.get_or_insert((tokens as f64, ms));
+        *t = 0.9 * *t + 0.1 * tokens as f64;
+        *m = 0.9 * *m + 0.1 * ms;
+    }
+
+    /// The relative cost of one more checked token; a middling guess until both kinds of step
+    /// were seen.
+    pub(crate) fn relative(&self) -> f64 {
+        let (Some((t1, m1)), Some((t2, m2))) = (self.plain, self.drafted) else {
+            return 0.3;
+        };
+        if t2 <= t1 + 0.5 || m1 <= 0.0 {
+            return 0.3;
+        }
+        let per_token = ((m2 - m1) / (t2 - t1)).max(0.0);
+        // A plain step of one sequence: the fixed part plus one token.
+        let base = (m1 - per_token * t1).max(0.0);
+        (per_token / (base + per_token).max(1e-9)).clamp(0.0, 2.0)
+    }
+}
+
+/// What followed the latest earlier occurrence of `history`'s last tokens (the longest run of
+/// them that occurred before), at most `want` tokens; empty if there is none.
+fn lookup(history: &[TokenId], want: usize) -> &[TokenId] {
+    let len = history.len();
+    for n in (SHORTEST_MATCH..=LONGEST_MATCH.min(len.saturating_sub(1))).rev() {
+        let tail = &history[len - n..];
+        // Latest first: recent text is the likelier to be repeated next; but an occurrence
+        // right before the end has little after it, so the latest with `want` tokens after it
+        // wins, else the one with the most.
+        let mut best: &[TokenId] = &[];
+        for start in (0..len - n).rev() {
+            if &history[start..start + n] == tail {
+                let from = start + n;
+                let after = &history[from..(from + want).min(len)];
+                if after.len() == want {
+                    return after;
+                }
+                if after.len() > best.len() {
+                    best = after;
+                }
+            }
+        }
+        if !best.is_empty() {
+            return best;
+        }
+    }
+    &[]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_longest_match_gives_what_followed_it() {
+        //            0  1  2  3  4  5  6  7  8  9
+        let h = [1, 2, 3, 9, 1, 2, 3, 7, 8, 1, 2, 3];
+        // "1 2 3" last occurred at 4..7, followed by 7 8 1 ...
+        assert_eq!(lookup(&h, 3), [7, 8, 1]);
+        // Nothing has ten tokens after it: the occurrence with the most after it.
+        assert_eq!(lookup(&h, 10), [9, 1, 2, 3, 7, 8, 1, 2, 3]);
+        // A repeating run: the latest occurrence with enough after it.
+        assert_eq!(lookup(&[5, 6, 5, 6, 5, 6, 5, 6], 4), [5, 6, 5, 6]);
+        // Only a one-token match: nothing.
+        assert!(lookup(&[5, 6, 7, 5], 4).is_empty());
+        assert!(lookup(&[1, 2], 4).is_empty());
+        // Two tokens match where three do not.
+        assert_eq!(lookup(&[4, 1, 2, 6, 0, 1, 2], 2), [6, 0]);
+    }
+
+    #[test]
+    fn drafts_are_as_long_as_they_pay_off() {
+        // Cheap checks and likely drafts: draft the most; dear checks or unlikely drafts: none.
+        assert_eq!(best_length(0.9, 0.05, 8), 8);
+        assert_eq!(best_length(0.2, 0.5, 8), 0);
+        assert!(best_length(0.7, 0.3, 8) > 0 && best_length(0.7, 0.3, 8) < 8);
+        let mut d = Drafter::new(8);
+        let h = [1, 2, 3, 4, 5, 1, 2];
+        assert!(!d.draft(&h, &[], 8, 0.05).is_empty());
+        for _ in 0..10 {
+            d.record(4, 0);
+        }
+        // Rejected again and again: no drafts, but one token every PROBE_EVERY steps.
+        let drafts: Vec<usize> = (0..PROBE_EVERY)
+            .map(|_| d.draft(&h, &[], 8, 0.3).len())
+            .collect();
+        assert_eq!(drafts.iter().sum::<usize>(), 1, "{drafts:?}");
+        assert_eq!((d.drafted, d.accepted), (40, 0));
+    }
+
+    #[test]
+    fn the_cost_of_a_checked_token_comes_from_the_two_kinds_of_step() {
+        let mut c = DraftCost::new();
+        assert_eq!(c.relative(), 0.3);
+        // 10 ms for one token, 16 ms for five: 1.5 ms a token over an 8.5 ms fixed part.
+        for _ in 0..50 {
+            c.observe(1, 0, 10.0);
+            c.observe(5, 4, 16.0);
+        }
+        assert!((c.relative() - 0.15).abs() < 0.01, "{}", c.relative());
+    }
+}
