@@ -12,16 +12,8 @@ TOKENS=${2:-128}
 THREADS=${3:-2}
 PROMPT="List the people in a small company with their names, ages and roles, as JSON."
 
-make build >&2
-BIN=target/release
-HOME_DIR=$(mktemp -d)
-trap 'kill "$DAEMON" 2>/dev/null || true; rm -rf "$HOME_DIR"' EXIT
-export MINERVA_HOME="$HOME_DIR"
-MODELS=${MINERVA_MODELS:-$HOME/.minerva/models}
-$BIN/minervad --socket "$HOME_DIR/d.sock" --models-dir "$MODELS" --threads "$THREADS" 2>"$HOME_DIR/log" &
-DAEMON=$!
-export MINERVA_ADDR="$HOME_DIR/d.sock"
-$BIN/minerva pull smollm2-135m >&2
+# shellcheck source=bench/warm-daemon.sh
+source bench/warm-daemon.sh
 cat >"$HOME_DIR/schema.json" <<'JSON'
 {"type": "array", "items": {"type": "object", "properties": {
   "name": {"type": "string", "maxLength": 24},
