@@ -44,6 +44,8 @@ pub(crate) struct Metrics {
     cached_prompt_tokens: IntCounterVec,
     prompt_cache_hits: IntCounterVec,
     generation_tokens: IntCounterVec,
+    draft_tokens: IntCounterVec,
+    accepted_tokens: IntCounterVec,
     finished: IntCounterVec,
     ttft: HistogramVec,
     inter_token: HistogramVec,
@@ -91,6 +93,14 @@ impl Metrics {
                     "Requests that started from a cached prefix of their prompt.",
                 )?,
                 generation_tokens: counter("generation_tokens_total", "Tokens generated.")?,
+                draft_tokens: counter(
+                    "spec_decode_num_draft_tokens_total",
+                    "Tokens drafted by speculative decoding and checked by the model.",
+                )?,
+                accepted_tokens: counter(
+                    "spec_decode_num_accepted_tokens_total",
+                    "Drafted tokens the model agreed with.",
+                )?,
                 finished: IntCounterVec::new(
                     opts(
                         "request_success_total",
@@ -148,6 +158,8 @@ impl Metrics {
             Box::new(self.cached_prompt_tokens.clone()),
             Box::new(self.prompt_cache_hits.clone()),
             Box::new(self.generation_tokens.clone()),
+            Box::new(self.draft_tokens.clone()),
+            Box::new(self.accepted_tokens.clone()),
             Box::new(self.finished.clone()),
             Box::new(self.ttft.clone()),
             Box::new(self.inter_token.clone()),
@@ -172,6 +184,8 @@ impl Metrics {
             cached_prompt_tokens: self.cached_prompt_tokens.with_label_values(&l),
             prompt_cache_hits: self.prompt_cache_hits.with_label_values(&l),
             generation_tokens: self.generation_tokens.with_label_values(&l),
+            draft_tokens: self.draft_tokens.with_label_values(&l),
+            accepted_tokens: self.accepted_tokens.with_label_values(&l),
             ttft: self.ttft.with_label_values(&l),
             inter_token: self.inter_token.with_label_values(&l),
             e2e: self.e2e.with_label_values(&l),
@@ -201,6 +215,8 @@ pub(crate) struct ModelMetrics {
     cached_prompt_tokens: IntCounter,
     prompt_cache_hits: IntCounter,
     generation_tokens: IntCounter,
+    draft_tokens: IntCounter,
+    accepted_tokens: IntCounter,
     ttft: Histogram,
     inter_token: Histogram,
     e2e: Histogram,
@@ -226,6 +242,12 @@ impl ModelMetrics {
 
     pub(crate) fn prompt_computed(&self, tokens: usize) {
         self.prompt_tokens.inc_by(tokens as u64);
+    }
+
+    /// A speculative verification: `drafted` tokens checked, `accepted` of them taken.
+    pub(crate) fn verified(&self, drafted: usize, accepted: usize) {
+        self.draft_tokens.inc_by(drafted as u64);
+        self.accepted_tokens.inc_by(accepted as u64);
     }
 
     /// A token generated: `since_request` for the first one, `since_last` after that.

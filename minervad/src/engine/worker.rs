@@ -590,20 +590,41 @@ fn verify(
     metrics: &ModelMetrics,
 ) -> minerva_core::Result<()> {
     let vocab = model.info().vocab_size as usize;
-    let mut accepted = 0;
+    // The model's own tokens first, so the counts are in the stats of a sequence that ends
+    // while they are streamed.
+    let mut chosen: Vec<(TokenId, &[f32])> = Vec::with_capacity(draft.len() + 1);
     for (j, row) in rows.chunks_exact(vocab).enumerate() {
-        sample_next(model, seq, row, metrics)?;
-        if matches!(seq.phase, Phase::Finished) {
-            break;
-        }
-        if j < draft.len() && seq.output.last() == Some(&draft[j]) {
-            accepted += 1;
-        } else {
+        let token = match sample(model, seq, row) {
+            Ok(t) => t,
+            Err(reason) => {
+                fail(seq, DaemonError::Internal(reason));
+                return Ok(());
+            }
+        };
+        seq.sampler.accept(token);
+        chosen.push((token, row));
+        if j == draft.len() || token != draft[j] || model.is_end_of_generation(token) {
             break;
         }
     }
+    let accepted = chosen
+        .iter()
+        .zip(draft)
+        .take_while(|((t, _), d)| t == *d)
+        .count();
     if let Some(d) = seq.drafter.as_mut() {
         d.record(draft.len(), accepted);
+    }
+    metrics.verified(draft.len(), accepted);
+    for (token, row) in chosen {
+        let lp = match seq.job.logprobs {
+            Some(want) => Some(logprobs_of(model, row, token, want.top)?),
+            None => None,
+        };
+        emit(model, seq, token, lp, metrics)?;
+        if matches!(seq.phase, Phase::Finished) {
+            break;
+        }
     }
     // Every token but the newest is in the cache; the cells after it held rejected drafts.
     let keep = seq.job.prompt.len() + seq.output.len().saturating_sub(1);
