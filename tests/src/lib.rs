@@ -244,6 +244,24 @@ pub fn free_loopback_addr() -> String {
     format!("127.0.0.1:{port}")
 }
 
+/// A counter or gauge of the daemon's `--metrics` endpoint at `addr`, summed over its labels
+/// (0 when it has no series yet). A plain HTTP/1.1 GET: the full parse is in tests/metrics.rs.
+pub fn metric_total(addr: &str, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics port");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
 /// The grpcio and prometheus-client the Python clients are tested with, pinned.
 pub const GRPCIO: &str = "1.85.1";
 pub const PROMETHEUS_CLIENT: &str = "0.26.0";

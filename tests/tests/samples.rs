@@ -2,9 +2,9 @@
 //! greedy samples are the greedy answer, sampled ones differ, and sample k is what a single
 //! request with seed + k gives.
 
-use std::io::{Read, Write};
-
-use minerva_e2e::{assert_agree_but_for_a_near_tie, free_loopback_addr, Daemon, Scored, MODEL};
+use minerva_e2e::{
+    assert_agree_but_for_a_near_tie, free_loopback_addr, metric_total, Daemon, Scored, MODEL,
+};
 use minerva_proto::v1 as pb;
 
 const PROMPT: &str = "Write a short poem about the sea.";
@@ -63,30 +63,14 @@ async fn samples(d: &Daemon, req: pb::GenerateRequest) -> Vec<(Vec<Scored>, pb::
         .collect()
 }
 
-/// The daemon's prompt-token counter, summed over its labels.
-fn prompt_tokens_counted(addr: &str) -> f64 {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("minerva:prompt_tokens_total"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greedy_samples_are_the_greedy_answer_and_the_prompt_is_computed_once() {
     let addr = free_loopback_addr();
     let d = Daemon::start(&["--parallel", "4", "--metrics", &addr]);
     let (one, _) = samples(&d, request(None, None)).await.remove(0);
-    let before = prompt_tokens_counted(&addr);
+    let before = metric_total(&addr, "minerva:prompt_tokens_total");
     let four = samples(&d, request(Some(4), None)).await;
-    let computed = prompt_tokens_counted(&addr) - before;
+    let computed = metric_total(&addr, "minerva:prompt_tokens_total") - before;
     assert_eq!(four.len(), 4);
     let prompt = four[0].1.prompt_tokens;
     assert_eq!(

@@ -3,10 +3,9 @@
 //! candle; input-grounded prompts get drafts accepted; what it does not combine with yet is
 //! refused, not ignored.
 
-use std::io::{Read, Write};
-
 use minerva_e2e::{
-    assert_agree_but_for_a_near_tie, free_loopback_addr, generate_ids, Daemon, Scored, MODEL,
+    assert_agree_but_for_a_near_tie, free_loopback_addr, generate_ids, metric_total, Daemon,
+    Scored, MODEL,
 };
 use minerva_proto::v1 as pb;
 
@@ -68,22 +67,6 @@ async fn scored(d: &Daemon, req: pb::GenerateRequest) -> (Vec<Scored>, pb::Gener
     panic!("the stream ended without stats")
 }
 
-/// A counter of the daemon's metrics, summed over its labels.
-fn counted(addr: &str, name: &str) -> f64 {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greedy_answers_with_speculation_are_the_answers_without_it() {
     let addr = free_loopback_addr();
@@ -115,7 +98,7 @@ async fn greedy_answers_with_speculation_are_the_answers_without_it() {
         );
     }
     // The metrics count exactly what the requests' stats said.
-    let metric = |name| counted(&addr, name);
+    let metric = |name| metric_total(&addr, name);
     assert_eq!(
         metric("minerva:spec_decode_num_draft_tokens_total"),
         f64::from(all_drafted)
