@@ -244,9 +244,9 @@ pub fn free_loopback_addr() -> String {
     format!("127.0.0.1:{port}")
 }
 
-/// A counter or gauge of the daemon's `--metrics` endpoint at `addr`, summed over its labels
-/// (0 when it has no series yet). A plain HTTP/1.1 GET: the full parse is in tests/metrics.rs.
-pub fn metric_total(addr: &str, name: &str) -> f64 {
+/// `GET /metrics` from the daemon's `--metrics` endpoint at `addr` over plain HTTP/1.1: the
+/// body, once the status is 200 and the type Prometheus text 0.0.4.
+pub fn scrape_metrics(addr: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics port");
     write!(
@@ -254,9 +254,23 @@ pub fn metric_total(addr: &str, name: &str) -> f64 {
         "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.lines()
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// A counter or gauge of the daemon's metrics, summed over its labels (0 when it has no series
+/// yet); the full parse with Prometheus's own parser is in tests/metrics.rs.
+pub fn metric_total(addr: &str, name: &str) -> f64 {
+    scrape_metrics(addr)
+        .lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum()

@@ -3,31 +3,11 @@
 //! requests made between two scrapes.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 
-use minerva_e2e::{client_python, free_loopback_addr, generate_ids, Daemon, MODEL};
+use minerva_e2e::{client_python, free_loopback_addr, generate_ids, scrape_metrics, Daemon, MODEL};
 use minerva_proto::v1 as pb;
-
-/// `GET /metrics` over plain HTTP/1.1; the body.
-fn scrape(addr: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics port");
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: text/plain; version=0.0.4"),
-        "{head}"
-    );
-    body.to_string()
-}
 
 /// Samples by name and sorted labels, as the Prometheus parser read them.
 struct Parsed {
@@ -115,7 +95,7 @@ async fn metrics_parse_and_move_by_exactly_the_requests_tokens() {
     let d = Daemon::start(&["--metrics", &addr]);
     // Load the model and make one request, so every series exists before the first scrape.
     generate_ids(&d, request("Hello", 2)).await;
-    let before = parse(&scrape(&addr));
+    let before = parse(&scrape_metrics(&addr));
     assert_eq!(
         before.types["minerva:time_to_first_token_seconds"],
         "histogram"
@@ -137,7 +117,7 @@ async fn metrics_parse_and_move_by_exactly_the_requests_tokens() {
     // retired the sequences, a moment after.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let after = loop {
-        let after = parse(&scrape(&addr));
+        let after = parse(&scrape_metrics(&addr));
         let settled = after.get("minerva:num_requests_running", &[]) == 0.0
             && after.get("minerva:kv_cache_used_cells", &[]) == 0.0;
         if settled || std::time::Instant::now() > deadline {
