@@ -101,8 +101,8 @@ pub struct RunArgs {
     /// answer is printed after the others are done (all in `samples` with --json).
     #[arg(long, value_name = "N")]
     pub samples: Option<u32>,
-    /// Speculative decoding by prompt lookup, drafting at most N tokens a step (1-16; greedy
-    /// only): faster where the answer repeats its input (edits, quotes, code).
+    /// Speculative decoding by prompt lookup, drafting at most N tokens a step (1-16): faster
+    /// where the answer repeats its input (edits, quotes, code), with the same tokens.
     #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "8")]
     pub speculate: Option<u32>,
     /// Structured output: the answer is one of these strings (repeatable).

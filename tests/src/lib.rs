@@ -642,6 +642,42 @@ pub async fn generate_count(
     Err(tonic::Status::internal("stream ended without stats"))
 }
 
+/// Every sample's tokens (with their two likeliest alternatives: the request must ask for
+/// logprobs) and stats, by sample index, checking that each sample ends once and streams
+/// nothing after its end.
+pub async fn generate_samples(
+    d: &Daemon,
+    req: minerva_proto::v1::GenerateRequest,
+) -> Vec<(Vec<Scored>, minerva_proto::v1::GenerationStats)> {
+    use minerva_proto::v1 as pb;
+    let n = req.n.unwrap_or(1) as usize;
+    let mut c = pb::generate_service_client::GenerateServiceClient::new(d.channel().await);
+    let mut s = c.generate(req).await.expect("generate").into_inner();
+    let mut tokens: Vec<Vec<Scored>> = (0..n).map(|_| Vec::new()).collect();
+    let mut stats: Vec<Option<pb::GenerationStats>> = vec![None; n];
+    while let Some(m) = s.message().await.expect("stream") {
+        match m.event {
+            Some(pb::generate_response::Event::Token(t)) => {
+                assert!(
+                    stats[t.sample as usize].is_none(),
+                    "a token after its sample's end"
+                );
+                tokens[t.sample as usize].push(Scored::from_proto(&t));
+            }
+            Some(pb::generate_response::Event::Done(st)) => {
+                let k = st.sample as usize;
+                assert!(stats[k].replace(st).is_none(), "two ends for sample {k}");
+            }
+            _ => {}
+        }
+    }
+    tokens
+        .into_iter()
+        .zip(stats)
+        .map(|(t, s)| (t, s.expect("every sample ends with its stats")))
+        .collect()
+}
+
 /// Runs one Generate request on the daemon: the streamed token ids and the final stats.
 pub async fn generate_ids(
     d: &Daemon,

@@ -3,7 +3,8 @@
 //! request with seed + k gives.
 
 use minerva_e2e::{
-    assert_agree_but_for_a_near_tie, free_loopback_addr, metric_total, Daemon, Scored, MODEL,
+    assert_agree_but_for_a_near_tie, free_loopback_addr, generate_samples as samples, metric_total,
+    Daemon, Scored, MODEL,
 };
 use minerva_proto::v1 as pb;
 
@@ -31,36 +32,6 @@ fn request(n: Option<u32>, seed: Option<u64>) -> pb::GenerateRequest {
         }),
         ..Default::default()
     }
-}
-
-/// Every sample's tokens (with their two likeliest alternatives) and stats, by sample index.
-async fn samples(d: &Daemon, req: pb::GenerateRequest) -> Vec<(Vec<Scored>, pb::GenerationStats)> {
-    let n = req.n.unwrap_or(1) as usize;
-    let mut c = pb::generate_service_client::GenerateServiceClient::new(d.channel().await);
-    let mut s = c.generate(req).await.expect("generate").into_inner();
-    let mut tokens: Vec<Vec<Scored>> = (0..n).map(|_| Vec::new()).collect();
-    let mut stats: Vec<Option<pb::GenerationStats>> = vec![None; n];
-    while let Some(m) = s.message().await.expect("stream") {
-        match m.event {
-            Some(pb::generate_response::Event::Token(t)) => {
-                assert!(
-                    stats[t.sample as usize].is_none(),
-                    "a token after its sample's end"
-                );
-                tokens[t.sample as usize].push(Scored::from_proto(&t));
-            }
-            Some(pb::generate_response::Event::Done(st)) => {
-                let k = st.sample as usize;
-                assert!(stats[k].replace(st).is_none(), "two ends for sample {k}");
-            }
-            _ => {}
-        }
-    }
-    tokens
-        .into_iter()
-        .zip(stats)
-        .map(|(t, s)| (t, s.expect("every sample ends with its stats")))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

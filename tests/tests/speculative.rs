@@ -1,11 +1,11 @@
-//! Speculative decoding by prompt lookup: greedy answers with speculation are the answers
-//! without it (but for near ties, which batch shapes may round the other way), on llama.cpp and
-//! candle; input-grounded prompts get drafts accepted; what it does not combine with yet is
-//! refused, not ignored.
+//! Speculative decoding by prompt lookup: answers with speculation are the answers without it
+//! (but for near ties, which batch shapes may round the other way), on llama.cpp and candle,
+//! greedy and sampled seed for seed, with n > 1 and under a constraint; input-grounded prompts
+//! get drafts accepted; a draft length out of range is refused.
 
 use minerva_e2e::{
-    assert_agree_but_for_a_near_tie, free_loopback_addr, generate_ids, metric_total, Daemon,
-    Scored, MODEL,
+    assert_agree_but_for_a_near_tie, free_loopback_addr, generate_ids, generate_samples,
+    metric_total, Daemon, Scored, MODEL, NEAR_TIE,
 };
 use minerva_proto::v1 as pb;
 
@@ -54,17 +54,36 @@ fn request(prompt: &str, backend: &str, speculate: bool) -> pb::GenerateRequest 
 
 /// The tokens (with their two likeliest alternatives) and the stats of one request.
 async fn scored(d: &Daemon, req: pb::GenerateRequest) -> (Vec<Scored>, pb::GenerationStats) {
-    let mut c = pb::generate_service_client::GenerateServiceClient::new(d.channel().await);
-    let mut s = c.generate(req).await.expect("generate").into_inner();
-    let mut tokens = Vec::new();
-    while let Some(m) = s.message().await.expect("stream") {
-        match m.event {
-            Some(pb::generate_response::Event::Token(t)) => tokens.push(Scored::from_proto(&t)),
-            Some(pb::generate_response::Event::Done(stats)) => return (tokens, stats),
-            _ => {}
-        }
-    }
-    panic!("the stream ended without stats")
+    generate_samples(d, req).await.remove(0)
+}
+
+/// Asserts that two sampled answers with one seed drew the same tokens, or parted only where
+/// the two runs' logits differed (a larger batch rounds differently): with equal logits, the
+/// same draw of the same generator must give the same token. Returns where they parted.
+/// (Rounding moves the edges between tokens' shares of the draw a little, so a draw that
+/// falls near one parts now and then: the distribution test below is the one that decides.)
+fn assert_same_draws(plain: &[Scored], spec: &[Scored], what: &str) -> Option<usize> {
+    let ids = |s: &[Scored]| s.iter().map(|t| t.id).collect::<Vec<_>>();
+    let Some(i) = plain.iter().zip(spec).position(|(a, b)| a.id != b.id) else {
+        assert_eq!(ids(plain), ids(spec), "{what}: one answer stopped early");
+        return None;
+    };
+    // The likeliest token's logprob in each run: it differs, and only by rounding (a wrong
+    // cache or position moves it by nats). Adaptive drafts make batch shapes differ from run
+    // to run, and llama.cpp's and candle's kernels round by shape.
+    let (a, b) = (plain[i].top[0].1, spec[i].top[0].1);
+    assert!(
+        a != b && (a - b).abs() <= 5.0 * NEAR_TIE,
+        "{what}: token {i} differs, the logits by {} nats\nplain: {:?}\nspec:  {:?}",
+        (a - b).abs(),
+        ids(plain),
+        ids(spec)
+    );
+    eprintln!(
+        "{what}: parted at token {i}, logits rounded {:.5} nats apart",
+        (a - b).abs()
+    );
+    Some(i)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +129,7 @@ async fn greedy_answers_with_speculation_are_the_answers_without_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_speculation_does_not_combine_with_is_refused() {
+async fn a_draft_length_out_of_range_is_refused() {
     let d = Daemon::start(&[]);
     let mut c = pb::generate_service_client::GenerateServiceClient::new(d.channel().await);
     let with = |f: &dyn Fn(&mut pb::GenerateRequest)| {
@@ -118,7 +137,7 @@ async fn what_speculation_does_not_combine_with_is_refused() {
         f(&mut r);
         r
     };
-    let cases: [(pb::GenerateRequest, &str); 5] = [
+    let cases: [(pb::GenerateRequest, &str); 2] = [
         (
             with(&|r| r.speculation = Some(pb::Speculation { max_draft: Some(0) })),
             "1 to 16",
@@ -131,24 +150,6 @@ async fn what_speculation_does_not_combine_with_is_refused() {
             }),
             "1 to 16",
         ),
-        (
-            with(&|r| {
-                r.sampling = Some(pb::SamplingParams {
-                    temperature: Some(0.7),
-                    ..Default::default()
-                })
-            }),
-            "temperature",
-        ),
-        (
-            with(&|r| {
-                r.constraint = Some(pb::Constraint {
-                    kind: Some(pb::constraint::Kind::Regex("[a-z]+".into())),
-                })
-            }),
-            "constraint",
-        ),
-        (with(&|r| r.n = Some(2)), "n > 1"),
     ];
     for (req, words) in cases {
         let e = c.generate(req).await.expect_err("refused");
@@ -158,4 +159,171 @@ async fn what_speculation_does_not_combine_with_is_refused() {
     // The daemon serves on, with speculation.
     let (ids, stats) = generate_ids(&d, with(&|_| {})).await;
     assert_eq!(ids.len() as u32, stats.generated_tokens);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampled_samples_with_speculation_are_the_seeds_samples_without_it() {
+    let d = Daemon::start(&["--parallel", "2"]);
+    for backend in ["llama.cpp", "candle"] {
+        let (mut drafted, mut accepted, mut parted) = (0, 0, 0);
+        // Tokens of the answers without speculation, and how many of them the answers with it
+        // drew alike before they parted.
+        let (mut tokens, mut alike) = (0, 0);
+        for prompt in GROUNDED.into_iter().chain([REPEATED]) {
+            for seed in [7] {
+                let sampled = |speculate| {
+                    let mut r = request(prompt, backend, speculate);
+                    r.n = Some(2);
+                    r.sampling = Some(pb::SamplingParams {
+                        temperature: Some(0.7),
+                        seed: Some(seed),
+                        ..Default::default()
+                    });
+                    r
+                };
+                let plain = generate_samples(&d, sampled(false)).await;
+                let spec = generate_samples(&d, sampled(true)).await;
+                for (k, ((p, _), (s, stats))) in plain.iter().zip(&spec).enumerate() {
+                    let what = format!("{backend}, seed {seed}, sample {k}: {prompt}");
+                    let at = assert_same_draws(p, s, &what);
+                    parted += usize::from(at.is_some());
+                    tokens += p.len();
+                    alike += at.unwrap_or(p.len());
+                    drafted += stats.drafted_tokens;
+                    accepted += stats.accepted_tokens;
+                }
+            }
+        }
+        eprintln!(
+            "{backend}: {accepted} of {drafted} drafted tokens accepted; {parted} of 8 answers \
+             parted; {alike} of {tokens} tokens drawn alike before that"
+        );
+        assert!(accepted > 0, "{backend}: no sampled draft was taken");
+        // Rounding parts some answers (a draw near the edge between two tokens' shares), late
+        // on the whole: most tokens are drawn alike.
+        assert!(
+            2 * alike > tokens,
+            "{backend}: {alike} of {tokens} drawn alike"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_constrained_answer_with_speculation_is_the_answer_without_it() {
+    let d = Daemon::start(&[]);
+    let schema = r#"{"type": "array", "items": {"type": "object",
+        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+        "required": ["city", "country"], "additionalProperties": false}}"#;
+    let prompt = "Write this list as a JSON array, with one more city at the end:\n\
+        {\"city\": \"Paris\", \"country\": \"France\"},\n\
+        {\"city\": \"Berlin\", \"country\": \"Germany\"},\n\
+        {\"city\": \"Madrid\", \"country\": \"Spain\"},";
+    let constrained = |speculate| {
+        let mut r = request(prompt, "llama.cpp", speculate);
+        r.max_tokens = Some(96);
+        r.constraint = Some(pb::Constraint {
+            kind: Some(pb::constraint::Kind::JsonSchema(schema.into())),
+        });
+        r
+    };
+    let (plain, p) = scored(&d, constrained(false)).await;
+    let (spec, s) = scored(&d, constrained(true)).await;
+    if assert_agree_but_for_a_near_tie(&plain, &spec, "constrained").is_none() {
+        assert_eq!(p.text, s.text);
+        assert_eq!(p.constraint_complete, s.constraint_complete);
+    }
+    let list: serde_json::Value =
+        serde_json::from_str(&s.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", s.text));
+    assert!(list.as_array().is_some_and(|a| a.len() >= 3), "{list}");
+    assert_eq!(s.constraint_complete, Some(true));
+    eprintln!(
+        "constrained: {} of {} drafted tokens accepted",
+        s.accepted_tokens, s.drafted_tokens
+    );
+    assert!(
+        s.accepted_tokens > 0,
+        "the copied list drafted nothing taken"
+    );
+}
+
+/// Sampled with speculation, the tokens have the distribution they have without it: the
+/// first six tokens after a repeated line, at temperature 1, over 150 seeds each way (other
+/// seeds for each arm, so the samples are independent), compared by a chi-square test of
+/// homogeneity at significance 0.001 over the five commonest continuations and the rest.
+/// Accepting drafts the model would not draw (the repeated line) fails it by far.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampled_tokens_with_speculation_have_the_distribution_without_it() {
+    const SEEDS: u64 = 150;
+    // Chi-square critical values at 0.001, by degrees of freedom (1 to 5).
+    const CRITICAL: [f64; 5] = [10.83, 13.82, 16.27, 18.47, 20.52];
+    let d = Daemon::start(&[]);
+    let mut arms: [std::collections::HashMap<Vec<u32>, u64>; 2] = Default::default();
+    let (mut drafted, mut accepted) = (0, 0);
+    for (arm, speculate) in [false, true].into_iter().enumerate() {
+        for seed in 0..SEEDS {
+            let mut r = request(REPEATED, "llama.cpp", speculate);
+            r.max_tokens = Some(6);
+            r.sampling = Some(pb::SamplingParams {
+                temperature: Some(1.0),
+                seed: Some(seed + arm as u64 * SEEDS),
+                ..Default::default()
+            });
+            let (ids, stats) = generate_ids(&d, r).await;
+            *arms[arm].entry(ids).or_default() += 1;
+            drafted += stats.drafted_tokens;
+            accepted += stats.accepted_tokens;
+        }
+    }
+    let mut all: Vec<(Vec<u32>, u64)> = arms[0].clone().into_iter().collect();
+    for (k, n) in &arms[1] {
+        match all.iter_mut().find(|(a, _)| a == k) {
+            Some((_, m)) => *m += n,
+            None => all.push((k.clone(), *n)),
+        }
+    }
+    all.sort_by(|a, b| b.1.cmp(&a.1));
+    // The commonest continuations, each seen at least 10 times in all; the rest pooled.
+    let top: Vec<Vec<u32>> = all
+        .iter()
+        .take(5)
+        .filter(|(_, n)| *n >= 10)
+        .map(|(k, _)| k.clone())
+        .collect();
+    let cell = |arm: usize, c: usize| -> f64 {
+        match top.get(c) {
+            Some(k) => arms[arm].get(k).copied().unwrap_or(0) as f64,
+            None => arms[arm]
+                .iter()
+                .filter(|(k, _)| !top.contains(k))
+                .map(|(_, n)| *n as f64)
+                .sum(),
+        }
+    };
+    let cells = top.len() + 1;
+    let mut chi2 = 0.0;
+    for c in 0..cells {
+        let total = cell(0, c) + cell(1, c);
+        for arm in 0..2 {
+            let expected = total / 2.0; // both arms have SEEDS samples
+            if expected > 0.0 {
+                chi2 += (cell(arm, c) - expected).powi(2) / expected;
+            }
+        }
+    }
+    let counts: Vec<(f64, f64)> = (0..cells).map(|c| (cell(0, c), cell(1, c))).collect();
+    eprintln!(
+        "{accepted} of {drafted} drafted tokens accepted; continuations (without, with): \
+         {counts:?}; chi-square {chi2:.2} over {} degrees of freedom",
+        cells - 1
+    );
+    assert!(
+        cells >= 2,
+        "the sampled continuations hardly vary: {counts:?}"
+    );
+    assert!(accepted > 0, "no draft was taken");
+    assert!(
+        chi2 < CRITICAL[cells - 2],
+        "the distributions differ: chi-square {chi2:.2} >= {} ({counts:?})",
+        CRITICAL[cells - 2]
+    );
 }

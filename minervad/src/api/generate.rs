@@ -125,14 +125,11 @@ fn constraint_of(c: Option<pb::Constraint>, ignore_eos: bool) -> Result<Option<C
     Ok(Some(spec))
 }
 
-/// A request's speculation: at most how many tokens to draft a step, once checked against what
-/// it combines with so far. Refused rather than run without it: nothing is turned off silently.
-fn speculation_of(
-    s: Option<&pb::Speculation>,
-    sampling: &SamplingConfig,
-    constrained: bool,
-    samples: u32,
-) -> Result<Option<u32>> {
+/// A request's speculation: at most how many tokens to draft a step. It combines with
+/// everything else a request may ask for: each drafted token is checked by the sampler's own
+/// draw at its position (under the request's temperature, penalties and constraint), so the
+/// tokens are those the request would get without it, seed for seed.
+fn speculation_of(s: Option<&pb::Speculation>) -> Result<Option<u32>> {
     use crate::engine::speculative::{DEFAULT_DRAFT, MAX_DRAFT};
     let Some(s) = s else { return Ok(None) };
     let max = s.max_draft.unwrap_or(DEFAULT_DRAFT);
@@ -142,22 +139,7 @@ fn speculation_of(
             format!("{max} drafted tokens a step; ask for 1 to {MAX_DRAFT}"),
         ));
     }
-    let unsupported = if !sampling.is_greedy() {
-        Some("temperature > 0 (speculative sampling is not built yet): use temperature 0")
-    } else if constrained {
-        Some("a constraint")
-    } else if samples > 1 {
-        Some("n > 1")
-    } else {
-        None
-    };
-    match unsupported {
-        Some(what) => Err(DaemonError::invalid(
-            "speculation",
-            format!("speculative decoding does not combine with {what} yet"),
-        )),
-        None => Ok(Some(max)),
-    }
+    Ok(Some(max))
 }
 
 fn logprobs_to_proto(l: Logprobs) -> pb::TokenLogprobs {
@@ -258,12 +240,7 @@ impl GenerateApi {
             ));
         }
         let constraint = constraint_of(req.constraint.take(), ignore_eos)?;
-        let max_draft = speculation_of(
-            req.speculation.as_ref(),
-            &sampling,
-            constraint.is_some(),
-            samples,
-        )?;
+        let max_draft = speculation_of(req.speculation.as_ref())?;
         if req.max_tokens == Some(0) {
             return Err(DaemonError::invalid("max_tokens", "0 tokens asked for; ask for at least 1, or leave it unset to generate until the end of sequence"));
         }

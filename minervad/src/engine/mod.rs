@@ -250,8 +250,8 @@ impl Engine {
                     let model = backend.load(&files, &lo)?;
                     let mapped = Instant::now();
                     let mut ctx = model.new_context(&co)?;
-                    worker::warm_up(&*model, &mut *ctx)?;
-                    Ok::<_, DaemonError>((model, ctx, mapped))
+                    let cost = worker::warm_up(&*model, &mut *ctx)?;
+                    Ok::<_, DaemonError>((model, ctx, mapped, cost))
                 }))
                 .unwrap_or_else(|_| {
                     Err(DaemonError::Internal(
@@ -259,7 +259,7 @@ impl Engine {
                     ))
                 });
                 match loaded {
-                    Ok((model, ctx, mapped)) => {
+                    Ok((model, ctx, mapped, cost)) => {
                         let timing = LoadTiming {
                             total_ms: started.elapsed().as_secs_f64() * 1e3,
                             mmap_ms: mapped.duration_since(started).as_secs_f64() * 1e3,
@@ -268,7 +268,7 @@ impl Engine {
                         let metrics = metrics.for_model(&name, model.backend());
                         metrics.loaded(started.elapsed());
                         if loaded_tx.send(Ok((Arc::clone(&model), timing))).is_ok() {
-                            worker::run(name, model, ctx, rx, metrics);
+                            worker::run(name, model, ctx, rx, metrics, cost);
                         }
                     }
                     Err(e) => {

@@ -110,7 +110,11 @@ fn best_length(rate: f64, cost: f64, max: usize) -> usize {
 
 /// What checking one more token costs relative to a plain decode step, measured on this
 /// worker's own forward passes: a moving average of plain steps (their tokens and time) and
-/// one of steps with drafts, the difference being the drafts' cost.
+/// one of steps with drafts, the difference being the drafts' cost. Both start from a timed
+/// pass of each kind when the model is loaded ([`DraftCost::calibrated`]), and a step slower
+/// than twice the average counts as twice the average: a pass that another process slowed
+/// would otherwise make drafts look dear, and with no drafts made the estimate would never
+/// be corrected.
 #[derive(Debug)]
 pub(crate) struct DraftCost {
     plain: Option<(f64, f64)>,
@@ -118,11 +122,20 @@ pub(crate) struct DraftCost {
 }
 
 impl DraftCost {
-    pub(crate) fn new() -> Self {
+    fn new() -> Self {
         Self {
             plain: None,
             drafted: None,
         }
+    }
+
+    /// Seeded with one timed pass of a lone token (`one_ms`) and one of a token with
+    /// `drafts` more (`more_ms`).
+    pub(crate) fn calibrated(one_ms: f64, drafts: usize, more_ms: f64) -> Self {
+        let mut c = Self::new();
+        c.observe(1, 0, one_ms);
+        c.observe(1 + drafts, drafts, more_ms);
+        c
     }
 
     /// One step of only decoding sequences: `tokens` fed (sequences plus drafts), `drafts`
@@ -133,14 +146,22 @@ impl DraftCost {
         } else {
             &mut self.drafted
         };
-        let (t, m) = slot.get_or_insert((tokens as f64, ms));
-        *t = 0.9 * *t + 0.1 * tokens as f64;
-        *m = 0.9 * *m + 0.1 * ms;
+        let tokens = tokens as f64;
+        let Some((t, m)) = slot else {
+            *slot = Some((tokens, ms));
+            return;
+        };
+        let ceiling = 2.0 * *m * (tokens / *t).max(1.0);
+        *t = 0.9 * *t + 0.1 * tokens;
+        *m = 0.9 * *m + 0.1 * ms.min(ceiling);
     }
 
-    /// The relative cost of one more checked token; a middling guess until both kinds of step
-    /// were seen.
-    pub(crate) fn relative(&self) -> f64 {
+    /// The cost of one more checked token relative to what a plain step spends on each of
+    /// its `decoding` sequences' tokens; a middling guess until both kinds of step were seen.
+    /// A step of many sequences already keeps the cores busy, so a draft costs nearly a whole
+    /// token there and pays only when it is very likely taken: drafting fades as the batch
+    /// fills, and a full batch is not slowed by it.
+    pub(crate) fn relative(&self, decoding: usize) -> f64 {
         let (Some((t1, m1)), Some((t2, m2))) = (self.plain, self.drafted) else {
             return 0.3;
         };
@@ -148,9 +169,11 @@ impl DraftCost {
             return 0.3;
         }
         let per_token = ((m2 - m1) / (t2 - t1)).max(0.0);
-        // A plain step of one sequence: the fixed part plus one token.
+        // A plain step: a fixed part plus one token a sequence.
         let base = (m1 - per_token * t1).max(0.0);
-        (per_token / (base + per_token).max(1e-9)).clamp(0.0, 2.0)
+        let n = decoding.max(1) as f64;
+        let plain_per_token = (base + per_token * n) / n;
+        (per_token / plain_per_token.max(1e-9)).clamp(0.0, 2.0)
     }
 }
 
@@ -227,12 +250,25 @@ mod tests {
     #[test]
     fn the_cost_of_a_checked_token_comes_from_the_two_kinds_of_step() {
         let mut c = DraftCost::new();
-        assert_eq!(c.relative(), 0.3);
+        assert_eq!(c.relative(1), 0.3);
         // 10 ms for one token, 16 ms for five: 1.5 ms a token over an 8.5 ms fixed part.
         for _ in 0..50 {
             c.observe(1, 0, 10.0);
             c.observe(5, 4, 16.0);
         }
-        assert!((c.relative() - 0.15).abs() < 0.01, "{}", c.relative());
+        assert!((c.relative(1) - 0.15).abs() < 0.01, "{}", c.relative(1));
+        // Eight sequences: a plain step spends (8.5 + 12) / 8 ms a token, so a draft costs
+        // more than half a token, and even likely drafts are kept short.
+        // A pass slowed by something else counts as twice the average, not three hundred times.
+        let mut slowed = DraftCost::calibrated(10.0, 4, 16.0);
+        slowed.observe(1, 0, 3000.0);
+        assert!(
+            (slowed.relative(1) - 0.15).abs() < 0.05,
+            "{}",
+            slowed.relative(1)
+        );
+        let eight = c.relative(8);
+        assert!((eight - 1.5 * 8.0 / 20.5).abs() < 0.01, "{eight}");
+        assert!(best_length(0.7, eight, 8) < best_length(0.7, c.relative(1), 8));
     }
 }

@@ -225,6 +225,7 @@ pub(crate) fn run(
     mut ctx: Box<dyn Context>,
     mut jobs: mpsc::Receiver<Work>,
     metrics: ModelMetrics,
+    mut cost: DraftCost,
 ) {
     let mut active: Vec<Sequence> = Vec::new();
     let mut logits: Vec<Vec<f32>> = Vec::new();
@@ -238,7 +239,6 @@ pub(crate) fn run(
     // Taken from the queue but not admitted yet (no room): it goes first next time.
     let mut held: Option<Work> = None;
     let mut times = StepTimes::default();
-    let mut cost = DraftCost::new();
     let mut cache = PromptCache::new(max_active);
     metrics.kv_total.set(if ctx.options().kv_per_sequence {
         i64::from(ctx.options().context_length) * max_active as i64
@@ -416,12 +416,24 @@ pub(crate) fn run(
 
 /// One forward pass on a single token, then forgotten: faults in the memory-mapped weights
 /// and sizes the compute buffers, so that cost lands in the load time and not in the first
-/// request's TTFT (llama.cpp's own tools warm up the same way).
-pub(crate) fn warm_up(model: &dyn Model, ctx: &mut dyn Context) -> minerva_core::Result<()> {
+/// request's TTFT (llama.cpp's own tools warm up the same way). Then one warm pass of a lone
+/// token and one of five, timed: what a drafted token costs to check, before any request
+/// speculates.
+pub(crate) fn warm_up(model: &dyn Model, ctx: &mut dyn Context) -> minerva_core::Result<DraftCost> {
     let token = model.info().bos_token.unwrap_or(0);
     let mut logits = Vec::new();
     ctx.forward(&[ForwardChunk::last(SeqId(0), 0, &[token])], &mut logits)?;
-    ctx.clear_sequence(SeqId(0))
+    ctx.clear_sequence(SeqId(0))?;
+    let mut timed = |tokens: &[TokenId]| -> minerva_core::Result<f64> {
+        let started = Instant::now();
+        ctx.forward(&[ForwardChunk::all(SeqId(0), 0, tokens)], &mut logits)?;
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        ctx.clear_sequence(SeqId(0))?;
+        Ok(ms)
+    };
+    let one = timed(&[token])?;
+    let five = timed(&[token; 5])?;
+    Ok(DraftCost::calibrated(one, 4, five))
 }
 
 /// One forward pass over every active sequence, then sampling and streaming.
@@ -455,7 +467,7 @@ fn step(
         decode_tokens.push(match seq.phase {
             Phase::Decode { last } => {
                 let mut tokens = vec![last];
-                tokens.extend(seq.draft(room, cost.relative()));
+                tokens.extend(seq.draft(room, cost.relative(decoding)));
                 tokens
             }
             Phase::Prefill { .. } | Phase::Shared { .. } | Phase::Finished => Vec::new(),
@@ -581,6 +593,12 @@ fn step(
 /// own token after the first j drafts, streamed as usual; while it equals draft j the next row
 /// counts too, so an agreeing draft yields several tokens from one pass, and the first
 /// disagreement is the model's correction. The rejected drafts' KV cells are removed.
+///
+/// Each row is sampled as a plain step would sample it: one draw of the sequence's generator,
+/// under its temperature, penalties and constraint. A draft is accepted when that draw picks it,
+/// which for a proposal made with certainty (a lookup) is speculative sampling's own rule
+/// (accept with probability p(draft), else draw from the rest), and it keeps more: the tokens
+/// are those of the same seed without speculation, not just equally distributed.
 fn verify(
     model: &dyn Model,
     ctx: &mut dyn Context,
@@ -603,7 +621,10 @@ fn verify(
         };
         seq.sampler.accept(token);
         chosen.push((token, row));
-        if j == draft.len() || token != draft[j] || model.is_end_of_generation(token) {
+        // Past a token that ends the sequence, nothing more is streamed, so nothing more may
+        // move the sampler or the constraint.
+        let ends = model.is_end_of_generation(token) || seq.job.stop_token_ids.contains(&token);
+        if j == draft.len() || token != draft[j] || ends {
             break;
         }
     }
