@@ -11,6 +11,9 @@ Input (a JSON file, written by `minerva bench --peer llama.cpp`):
 Each request: KV cache cleared, the prompt decoded in batches of 2048 (micro-batches of 512),
 then greedy decoding of new_tokens tokens one at a time, as minervad does. Timings:
 TTFT = prompt decode + first argmax; decode tokens/s over the tokens after the first.
+A test with "max_draft": N (a `--speculative` job's TEST/spec) decodes through llama-cpp-python's
+own speculative path instead: Llama.generate with its prompt-lookup drafter
+(LlamaPromptLookupDecoding, num_pred_tokens N), greedy, the same new_tokens.
 """
 import ctypes
 import hashlib
@@ -45,6 +48,47 @@ def one_request(llm, n_vocab, prompt, new_tokens):
         tok = int(np.argmax(logits))
         times.append(time.perf_counter())
         ids.append(tok)
+    return timed(prompt, ids, t0, times)
+
+
+def one_request_lookup(llm, prompt, new_tokens):
+    """One greedy request through llama-cpp-python's speculative generate (drafts from its
+    prompt-lookup drafter, verified in one batch): timed as one_request times its tokens."""
+    llm.reset()
+    # Its drafts and forward passes, counted: each pass after the prompt's yields one token
+    # plus the drafts it accepted.
+    drafter, evaluate = llm.draft_model, llm.eval
+    counts = {"drafted": 0, "passes": 0}
+
+    def draft(input_ids):
+        d = drafter(input_ids)
+        counts["drafted"] += len(d)
+        return d
+
+    def eval_counted(tokens):
+        counts["passes"] += 1
+        return evaluate(tokens)
+
+    llm.draft_model, llm.eval = draft, eval_counted
+    t0 = time.perf_counter()
+    times, ids = [], []
+    try:
+        for tok in llm.generate(prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0,
+                                repeat_penalty=1.0, reset=True):
+            times.append(time.perf_counter())
+            ids.append(int(tok))
+            if len(ids) == new_tokens:
+                break
+    finally:
+        llm.draft_model, llm.eval = drafter, evaluate
+    record, gaps = timed(prompt, ids, t0, times)
+    record["drafted_tokens"] = counts["drafted"]
+    record["accepted_tokens"] = max(0, len(ids) - counts["passes"])
+    return record, gaps
+
+
+def timed(prompt, ids, t0, times):
+    """A run record (and its inter-token gaps) from the tokens and when each came."""
     ttft = (times[0] - t0) * 1e3
     n = len(ids)
     decode_s = times[-1] - times[0]
@@ -85,10 +129,15 @@ def run_test(spec, index, extra_bufts):
 
         llama_cpp.llama_cpp.llama_model_default_params = without_extra_bufts
     test = spec["tests"][index]
+    max_draft = test.get("max_draft") or 0
+    draft = {}
+    if max_draft:
+        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+        draft = {"draft_model": LlamaPromptLookupDecoding(num_pred_tokens=max_draft)}
     t = time.perf_counter()
     llm = Llama(model_path=spec["path"], n_ctx=spec["context_length"], n_threads=spec["threads"],
                 n_threads_batch=spec["threads"], n_batch=2048, n_ubatch=512,
-                flash_attn=flash_attn(spec.get("flash_attn", "off")), verbose=False)
+                flash_attn=flash_attn(spec.get("flash_attn", "off")), verbose=False, **draft)
     load_ms = (time.perf_counter() - t) * 1e3
     n_vocab = llm.n_vocab()
     prompt = test.get("prompt")
@@ -98,12 +147,14 @@ def run_test(spec, index, extra_bufts):
         if llm.token_bos() >= 0:
             prompt[0] = llm.token_bos()
     new = test["new_tokens"]
+    request = ((lambda: one_request_lookup(llm, prompt, new)) if max_draft
+               else (lambda: one_request(llm, n_vocab, prompt, new)))
     for _ in range(spec["warmup_runs"]):
-        one_request(llm, n_vocab, prompt, new)
+        request()
     runs, gaps = [], []
     wall = time.perf_counter()
     for r in range(spec["runs"]):
-        rec, g = one_request(llm, n_vocab, prompt, new)
+        rec, g = request()
         runs.append({"run": r, "client": 0, **rec})
         gaps.extend(g)
     wall = time.perf_counter() - wall
@@ -119,7 +170,17 @@ def run_test(spec, index, extra_bufts):
         "aggregate_tokens_per_s": sum(col("generated_tokens")) / wall,
         "requests_per_s": len(runs) / wall,
         "deterministic": len(set(col("tokens_sha256"))) == 1 if len(runs) > 1 else None,
+        "max_draft": max_draft,
+        **drafts(runs),
     }, load_ms
+
+
+def drafts(runs):
+    """A speculating test's drafted and accepted tokens over its runs (none for a plain one)."""
+    drafted = sum(r.get("drafted_tokens", 0) for r in runs)
+    accepted = sum(r.get("accepted_tokens", 0) for r in runs)
+    return {"drafted_tokens": drafted, "accepted_tokens": accepted,
+            "acceptance_rate": accepted / drafted if drafted else 0.0}
 
 
 def build_flags():

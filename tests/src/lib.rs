@@ -184,22 +184,24 @@ impl Daemon {
             .expect("run minerva")
     }
 
-    /// `minerva --json ...`, parsed; panics with stderr when it fails.
-    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let out = self.cli(&all);
+    /// `minerva ...`'s standard output; panics with stderr when it fails.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
         assert!(
             out.status.success(),
             "minerva {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "minerva {args:?} printed no JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `minerva --json ...`, parsed; panics with stderr when it fails.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.cli_ok(&all);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("minerva {args:?} printed no JSON ({e}): {out}"))
     }
 
     pub async fn channel(&self) -> tonic::transport::Channel {

@@ -309,6 +309,82 @@ fn concurrency_and_prompt_files() {
     );
 }
 
+/// `--speculative`: every test runs again as TEST/spec, with its drafts, its speedup over TEST
+/// and whether its tokens were TEST's; the table and the CSV show them too.
+#[test]
+fn a_speculative_job_runs_each_test_with_and_without_drafts() {
+    let d = Daemon::start(&[]);
+    let args = [
+        "bench",
+        MODEL,
+        "--tests",
+        "json,tg8",
+        "--runs",
+        "2",
+        "--warmup",
+        "0",
+        "--speculative",
+    ];
+    let r = d.cli_json(&args);
+    assert_eq!(r["status"], "done", "{r}");
+    let tests = r["tests"].as_array().unwrap();
+    let names: Vec<&str> = tests.iter().map(|t| t["test"].as_str().unwrap()).collect();
+    assert_eq!(names, ["json", "json/spec", "tg8", "tg8/spec"]);
+    for t in tests {
+        let name = t["test"].as_str().unwrap();
+        let spec = name.ends_with("/spec");
+        let runs = t["runs"].as_array().unwrap();
+        let drafted: u64 = runs
+            .iter()
+            .map(|x| x["drafted_tokens"].as_u64().unwrap_or(0))
+            .sum();
+        let accepted: u64 = runs
+            .iter()
+            .map(|x| x["accepted_tokens"].as_u64().unwrap_or(0))
+            .sum();
+        assert_eq!(t["drafted_tokens"].as_u64().unwrap_or(0), drafted, "{name}");
+        assert_eq!(
+            t["accepted_tokens"].as_u64().unwrap_or(0),
+            accepted,
+            "{name}"
+        );
+        assert!(accepted <= drafted, "{name}");
+        if spec {
+            assert_eq!(t["max_draft"], 8, "{name}");
+            assert!(t["speedup"].as_f64().unwrap() > 0.0, "{name}: {t}");
+            assert!(t["same_tokens_as_plain"].is_boolean(), "{name}: {t}");
+            let rate = t["acceptance_rate"].as_f64().unwrap_or(0.0);
+            assert!((rate - accepted as f64 / drafted.max(1) as f64).abs() < 1e-9);
+        } else {
+            assert_eq!(drafted, 0, "{name} drafted without speculation");
+            assert!(t["speedup"].is_null() && t["max_draft"].as_u64().unwrap_or(0) == 0);
+        }
+    }
+    // A JSON list continued in its format: drafts are taken.
+    assert!(
+        tests[1]["accepted_tokens"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        tests[1]
+    );
+    // The table has the drafts column; the CSV the per-run counts.
+    let mut args = args.to_vec();
+    args[3] = "tg8";
+    let table = d.cli_ok(&args);
+    assert!(
+        table.contains("DRAFTS TAKEN") && table.contains("tg8/spec"),
+        "{table}"
+    );
+    args.push("--csv");
+    let csv = d.cli_ok(&args);
+    assert!(
+        csv.lines()
+            .next()
+            .unwrap()
+            .ends_with(",drafted_tokens,accepted_tokens"),
+        "{csv}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_specs_are_refused_jobs_cancel_and_clients_are_served_meanwhile() {
     let d = Daemon::start(&[]);
@@ -357,6 +433,11 @@ async fn bad_specs_are_refused_jobs_cancel_and_clients_are_served_meanwhile() {
             spec(&|s| s.concurrency = Some(65)),
             tonic::Code::InvalidArgument,
             "concurrency",
+        ),
+        (
+            spec(&|s| s.speculative = Some(17)),
+            tonic::Code::InvalidArgument,
+            "1 to 16",
         ),
         (
             spec(&|s| s.prompts_file = "/no/such/prompts.jsonl".into()),

@@ -1,6 +1,7 @@
 //! Benchmark tests, shared by the daemon (which runs them) and clients (which check a test list
 //! before submitting it and hand the same tests to peers): the four standard scenarios (name,
-//! prompt, new tokens), llama-bench-style synthetic tests, and prompt files.
+//! prompt, new tokens), four input-grounded ones, llama-bench-style synthetic tests, and
+//! prompt files.
 
 use std::path::Path;
 
@@ -23,6 +24,50 @@ pub const STANDARD: [(&str, &str, u32); 4] = [
         "long",
         "Summarize the history of artificial intelligence",
         200,
+    ),
+];
+
+/// Input-grounded scenarios: answers that repeat much of their prompt (an edit, a quote, a
+/// continuation in the same format), where speculative decoding by prompt lookup pays. Each
+/// one's new-token count is at most SmolLM2-135M-Instruct's greedy answer length, so the
+/// tokens measured are the answer, not what a model makes up past its end.
+pub const GROUNDED: [(&str, &str, u32); 4] = [
+    (
+        "rename",
+        "Rewrite this Python function with the variable x renamed to total and i renamed to \
+         item. Output only the code.\n\n\
+         def order_total(order):\n    x = 0\n    for i in order.items:\n        \
+         if i.quantity > 0:\n            x = x + i.price * i.quantity\n    \
+         if order.coupon is not None:\n        x = x - order.coupon.discount\n    return x",
+        128,
+    ),
+    (
+        "quote",
+        "Read the text, then answer the question by quoting the one sentence of the text that \
+         answers it, word for word.\n\nText: The lighthouse on Gull Island was built in 1872 \
+         by the harbour board. Its lamp was first lit with whale oil and later with kerosene. \
+         In 1936 the keepers left the island, and the light has been automatic ever since, \
+         running on a battery that solar panels charge during the day. Visitors can climb its \
+         112 steps on summer weekends, when a volunteer society opens the door.\n\n\
+         Question: How has the light been run since the keepers left?",
+        28,
+    ),
+    (
+        "typos",
+        "Fix the spelling mistakes in this text and write it out again in full:\n\n\
+         Yesterday we went to the musuem in the citty centre. The new exibition was about the \
+         history of flight, from the first balloons to modern jet engins. My brother liked the \
+         old planes best, but I thought the space rokets were more intresting. Afterwards we \
+         had lunch in a small cafe next to the river.",
+        64,
+    ),
+    (
+        "json",
+        "Continue this JSON list with three more fruits in exactly the same format:\n\n[\n  \
+         {\"id\": 1, \"name\": \"apple\", \"color\": \"red\", \"in_stock\": true},\n  \
+         {\"id\": 2, \"name\": \"banana\", \"color\": \"yellow\", \"in_stock\": false},\n  \
+         {\"id\": 3, \"name\": \"grape\", \"color\": \"purple\", \"in_stock\": true},",
+        88,
     ),
 ];
 
@@ -62,25 +107,21 @@ fn count(s: &str, what: &str, test: &str) -> Result<u32, String> {
     Ok(n)
 }
 
-/// Parses test names: "standard", a scenario name, "ppN", "tgN", "ppN+tgM".
+/// Parses test names: "standard", "grounded", a scenario name, "ppN", "tgN", "ppN+tgM".
 pub fn parse_test(name: &str) -> Result<Vec<TestKind>, String> {
     let t = name.trim();
-    if t == "standard" {
-        return Ok(STANDARD
-            .iter()
-            .map(|&(n, p, k)| TestKind::Prompt {
-                name: n.into(),
-                prompt: p.into(),
-                new_tokens: k,
-            })
-            .collect());
+    let prompt = |&(n, p, k): &(&str, &str, u32)| TestKind::Prompt {
+        name: n.into(),
+        prompt: p.into(),
+        new_tokens: k,
+    };
+    match t {
+        "standard" => return Ok(STANDARD.iter().map(prompt).collect()),
+        "grounded" => return Ok(GROUNDED.iter().map(prompt).collect()),
+        _ => {}
     }
-    if let Some(&(n, p, k)) = STANDARD.iter().find(|s| s.0 == t) {
-        return Ok(vec![TestKind::Prompt {
-            name: n.into(),
-            prompt: p.into(),
-            new_tokens: k,
-        }]);
+    if let Some(s) = STANDARD.iter().chain(&GROUNDED).find(|s| s.0 == t) {
+        return Ok(vec![prompt(s)]);
     }
     let synthetic = |prompt_tokens, new_tokens| {
         Ok(vec![TestKind::Synthetic {
@@ -100,7 +141,8 @@ pub fn parse_test(name: &str) -> Result<Vec<TestKind>, String> {
         return synthetic(1, count(g, "new tokens", t)?);
     }
     Err(format!(
-        "unknown test {t:?}: use standard, greeting, knowledge, code, long, ppN, tgN or ppN+tgM"
+        "unknown test {t:?}: use standard (greeting, knowledge, code, long), grounded (rename, \
+         quote, typos, json), one of those eight, ppN, tgN or ppN+tgM"
     ))
 }
 
@@ -147,6 +189,8 @@ mod tests {
     #[test]
     fn test_names_parse() {
         assert_eq!(parse_test("standard").unwrap().len(), 4);
+        assert_eq!(parse_test("grounded").unwrap().len(), 4);
+        assert_eq!(parse_test("typos").unwrap()[0].name(), "typos");
         assert_eq!(
             parse_test("pp512+tg128").unwrap(),
             vec![TestKind::Synthetic {

@@ -43,6 +43,7 @@ pub(crate) async fn run_job(
         seed: Some(args.seed),
         backends: args.backend.clone(),
         prompt_cache: args.prompt_cache,
+        speculative: args.speculative,
     };
     let id = client.submit(spec).await?.into_inner().id;
     let result = follow(client, &id, !global.json && !args.csv).await?;

@@ -22,8 +22,8 @@ use crate::{client, render, CliError, CliResult, Global};
 use job::{merge_results, perplexity, run_job};
 use peer::{install_peer, interleave_units, run_peer, unit_tests};
 use report::{
-    chart_file, compare_files, csv, csv_rows, print_result, print_result_of, ratio_table, ratios,
-    Comparison,
+    chart_file, compare_files, csv, csv_rows, fill_speedups, print_result, print_result_of,
+    ratio_table, ratios, Comparison,
 };
 
 #[derive(Debug, Args)]
@@ -40,8 +40,9 @@ pub(crate) struct RunArgs {
     /// Models to benchmark (store names, .gguf paths or model folders).
     #[arg(required = true)]
     pub(crate) models: Vec<String>,
-    /// Tests, comma-separated: standard, greeting, knowledge, code, long, ppN, tgN, ppN+tgM
-    /// [default: standard].
+    /// Tests, comma-separated: standard (greeting, knowledge, code, long), grounded (rename,
+    /// quote, typos, json: answers that repeat their input), any of those eight, ppN, tgN,
+    /// ppN+tgM [default: standard].
     #[arg(long, value_delimiter = ',')]
     pub(crate) tests: Vec<String>,
     /// JSONL prompts file ({"prompt": "...", "max_tokens": N} per line), read by the daemon.
@@ -73,6 +74,11 @@ pub(crate) struct RunArgs {
     /// [default: off, every request computes its whole prompt].
     #[arg(long, conflicts_with = "peer")]
     pub(crate) prompt_cache: bool,
+    /// Run every test again with speculative decoding by prompt lookup, drafting at most N
+    /// tokens a step (1-16), as TEST/spec with its acceptance and its speedup; a llama.cpp peer
+    /// runs llama-cpp-python's prompt-lookup drafter (N tokens) alike.
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "8")]
+    pub(crate) speculative: Option<u32>,
     /// Also run this peer on the same model file and tests, and print Minerva/peer ratios.
     #[arg(long, value_parser = ["llama.cpp"])]
     pub(crate) peer: Option<String>,
@@ -249,7 +255,11 @@ async fn run(
         }
     }
     let result = merge_results(results);
-    let peer = (!peers.is_empty()).then(|| merge_results(peers));
+    let peer = (!peers.is_empty()).then(|| {
+        let mut p = merge_results(peers);
+        fill_speedups(&mut p);
+        p
+    });
     let out = match &peer {
         Some(p) => serde_json::to_string_pretty(&Comparison {
             minerva: result.clone(),

@@ -181,6 +181,13 @@ pub(crate) async fn run_peer(
             tests.push(serde_json::json!({
                 "test": name, "prompt": prompt, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
             }));
+            // Its speculative variant, as the daemon runs it after the plain one.
+            if let Some(n) = args.speculative {
+                tests.push(serde_json::json!({
+                    "test": format!("{name}/spec"), "prompt": prompt, "prompt_tokens": prompt_tokens,
+                    "new_tokens": new_tokens, "max_draft": n,
+                }));
+            }
         }
         // llama.cpp's flash attention as Minerva's llama.cpp backend ran it, so the peer runs
         // alike (without a llama.cpp run: the peer's own default).

@@ -200,27 +200,37 @@ pub(crate) fn print_result_of(global: &Global, r: &pb::BenchResult, process: &st
                 format!("{:.1}", t.aggregate_tokens_per_s),
                 t.deterministic
                     .map_or("-".into(), |d| if d { "yes".into() } else { "NO".into() }),
+                drafts(t),
             ]
         })
         .collect();
-    print!(
-        "{}",
-        render::table(
-            &[
-                "TEST",
-                "PP+TG",
-                "CONC",
-                "TTFT p50",
-                "TTFT p99",
-                "TPOT p50",
-                "PROMPT tok/s",
-                "DECODE tok/s",
-                "AGG tok/s",
-                "DETERMINISTIC"
-            ],
-            &rows
-        )
-    );
+    // The speculation column only where a test speculated.
+    let speculated = r.tests.iter().any(|t| t.max_draft > 0);
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|mut row| {
+            if !speculated {
+                row.pop();
+            }
+            row
+        })
+        .collect();
+    let mut header = vec![
+        "TEST",
+        "PP+TG",
+        "CONC",
+        "TTFT p50",
+        "TTFT p99",
+        "TPOT p50",
+        "PROMPT tok/s",
+        "DECODE tok/s",
+        "AGG tok/s",
+        "DETERMINISTIC",
+    ];
+    if speculated {
+        header.push("DRAFTS TAKEN (SPEEDUP, SAME TOKENS)");
+    }
+    print!("{}", render::table(&header, &rows));
     if r.spec.as_ref().is_some_and(|s| s.prompt_cache) {
         println!("  prompt cache on: runs reused the prompt prefix earlier requests left in the KV cache (cached_prompt_tokens per run in --json and --csv)");
     }
@@ -257,7 +267,53 @@ pub(crate) fn print_result_of(global: &Global, r: &pb::BenchResult, process: &st
     Ok(())
 }
 
-pub(crate) const CSV_RUN_HEADER: &str = "system,model,test,run,client,prompt_tokens,generated_tokens,ttft_ms,tpot_ms,e2e_ms,prompt_tokens_per_s,decode_tokens_per_s,queue_ms,tokens_sha256,cached_prompt_tokens\n";
+/// Fills each "TEST/spec" test's speedup over TEST and whether it gave TEST's tokens, where
+/// the result does not say (a peer's: the daemon fills its own).
+pub(crate) fn fill_speedups(r: &mut pb::BenchResult) {
+    let decode = |t: &pb::BenchTest| metric(t, "decode_tokens_per_s").map_or(0.0, |s| s.mean);
+    let plain: Vec<pb::BenchTest> = r
+        .tests
+        .iter()
+        .filter(|t| t.max_draft == 0)
+        .cloned()
+        .collect();
+    for t in r.tests.iter_mut().filter(|t| t.speedup.is_none()) {
+        let Some(name) = t.test.strip_suffix("/spec") else {
+            continue;
+        };
+        let Some(p) = plain.iter().find(|p| p.test == name && p.model == t.model) else {
+            continue;
+        };
+        if decode(p) > 0.0 {
+            t.speedup = Some(decode(t) / decode(p));
+        }
+        if let (Some(a), Some(b)) = (t.runs.first(), p.runs.first()) {
+            t.same_tokens_as_plain = Some(a.tokens_sha256 == b.tokens_sha256);
+        }
+    }
+}
+
+/// A speculating test's drafts: "412/530 (78%), 1.34x, same" ("-" for a plain test).
+fn drafts(t: &pb::BenchTest) -> String {
+    if t.max_draft == 0 {
+        return "-".into();
+    }
+    let mut out = format!(
+        "{}/{} ({:.0}%)",
+        t.accepted_tokens,
+        t.drafted_tokens,
+        t.acceptance_rate * 100.0
+    );
+    if let Some(x) = t.speedup {
+        out.push_str(&format!(", {x:.2}x"));
+    }
+    if let Some(same) = t.same_tokens_as_plain {
+        out.push_str(if same { ", same" } else { ", OTHER" });
+    }
+    out
+}
+
+pub(crate) const CSV_RUN_HEADER: &str = "system,model,test,run,client,prompt_tokens,generated_tokens,ttft_ms,tpot_ms,e2e_ms,prompt_tokens_per_s,decode_tokens_per_s,queue_ms,tokens_sha256,cached_prompt_tokens,drafted_tokens,accepted_tokens\n";
 pub(crate) const CSV_SUMMARY_HEADER: &str =
     "system,model,test,metric,n,mean,stddev,min,p50,p90,p99,max\n";
 
@@ -284,7 +340,7 @@ pub(crate) fn csv_rows(r: &pb::BenchResult, headers: bool) -> String {
     for t in &r.tests {
         for x in &t.runs {
             out.push_str(&format!(
-                "{sys},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{}\n",
+                "{sys},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{}\n",
                 csv_field(&t.model),
                 csv_field(&t.test),
                 x.run,
@@ -298,7 +354,9 @@ pub(crate) fn csv_rows(r: &pb::BenchResult, headers: bool) -> String {
                 x.decode_tokens_per_s,
                 x.queue_ms,
                 x.tokens_sha256,
-                x.cached_prompt_tokens
+                x.cached_prompt_tokens,
+                x.drafted_tokens,
+                x.accepted_tokens
             ));
         }
     }

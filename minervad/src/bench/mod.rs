@@ -34,13 +34,16 @@ pub(crate) struct Plan {
     /// Requests may reuse prompt prefixes cached by earlier ones (off: each computes its whole
     /// prompt, as a peer without a prompt cache does).
     pub(crate) prompt_cache: bool,
+    /// Every test again with speculative decoding, drafting at most this many tokens a step.
+    pub(crate) speculative: Option<u32>,
     pub(crate) options: crate::engine::RequestedOptions,
 }
 
 impl Plan {
     pub(crate) fn requests_total(&self) -> u32 {
         let per_test = self.warmup_runs + self.runs * self.concurrency;
-        (self.models.len() * self.backends.len() * self.tests.len()) as u32 * per_test
+        let variants = 1 + u32::from(self.speculative.is_some());
+        (self.models.len() * self.backends.len() * self.tests.len()) as u32 * per_test * variants
     }
 }
 
@@ -221,6 +224,13 @@ impl BenchJobs {
                 format!("{concurrency} clients would overflow the daemon's queue of {max_queue} (--max-queue)"),
             ));
         }
+        use crate::engine::speculative::MAX_DRAFT;
+        if let Some(n) = spec.speculative.filter(|n| !(1..=MAX_DRAFT).contains(n)) {
+            return Err(DaemonError::invalid(
+                "speculative",
+                format!("{n} drafted tokens a step; ask for 1 to {MAX_DRAFT}"),
+            ));
+        }
         let options = crate::convert::requested_options(spec.options.as_ref())?;
         let mut backends = Vec::new();
         for b in &spec.backends {
@@ -241,6 +251,7 @@ impl BenchJobs {
             concurrency,
             seed: spec.seed.unwrap_or(0),
             prompt_cache: spec.prompt_cache,
+            speculative: spec.speculative,
             options,
         })
     }

@@ -118,55 +118,106 @@ async fn run_plan(
                     context_length: ctx,
                 });
             }
-            let ask = Ask {
-                new_tokens,
-                seed: plan.seed,
-                cache_prompt: plan.prompt_cache,
-            };
-            for w in 0..plan.warmup_runs {
-                one_request(&model, prompt.clone(), ask, 0, 0, cancel).await?;
-                tracker.step(
-                    name,
-                    test.name(),
-                    format!("warm-up {}/{}", w + 1, plan.warmup_runs),
-                );
-            }
-            let started = Instant::now();
-            let mut runs: Vec<(BenchRun, Vec<f64>)> = Vec::new();
-            for run in 0..plan.runs {
-                // The run's requests go out together, as `concurrency` separate clients.
-                let mut set = tokio::task::JoinSet::new();
-                for client in 0..plan.concurrency {
-                    let mut c = cancel.clone();
-                    let m = Arc::clone(&model);
-                    let p = prompt.clone();
-                    set.spawn(async move {
-                        let r = one_request(&m, p, ask, run, client, &mut c).await;
-                        (client, r)
-                    });
+            // As asked, then (with `speculative`) again with drafts: "TEST/spec".
+            let variants = std::iter::once(None).chain(plan.speculative.map(Some));
+            let mut plain: Option<BenchTest> = None;
+            for max_draft in variants {
+                let ask = Ask {
+                    new_tokens,
+                    seed: plan.seed,
+                    cache_prompt: plan.prompt_cache,
+                    max_draft,
+                };
+                let mut t =
+                    run_test(&model, name, test, &prompt, ask, plan, &mut tracker, cancel).await?;
+                if let Some(p) = &plain {
+                    compare_with_plain(&mut t, p);
                 }
-                let mut done = set.join_all().await;
-                done.sort_by_key(|(client, _)| *client);
-                for (_, r) in done {
-                    runs.push(r?);
-                    tracker.step(name, test.name(), format!("run {}/{}", run + 1, plan.runs));
-                }
+                entry.update(|r| r.tests.push(t.clone()));
+                plain.get_or_insert(t);
             }
-            let wall_s = started.elapsed().as_secs_f64();
-            let t = summarize_test(
-                name,
-                model.model.backend(),
-                test,
-                prompt.len() as u32,
-                new_tokens,
-                plan.concurrency,
-                runs,
-                wall_s,
-            );
-            entry.update(|r| r.tests.push(t));
         }
     }
     Ok(())
+}
+
+/// Warm-ups, then the measured runs of one test (or its speculative variant).
+#[allow(clippy::too_many_arguments)]
+async fn run_test(
+    model: &Arc<LoadedModel>,
+    name: &str,
+    test: &TestKind,
+    prompt: &[TokenId],
+    ask: Ask,
+    plan: &Plan,
+    tracker: &mut Tracker<'_>,
+    cancel: &mut watch::Receiver<bool>,
+) -> Result<BenchTest> {
+    let label = match ask.max_draft {
+        Some(_) => format!("{}/spec", test.name()),
+        None => test.name().to_string(),
+    };
+    for w in 0..plan.warmup_runs {
+        one_request(model, prompt.to_vec(), ask, 0, 0, cancel).await?;
+        tracker.step(
+            name,
+            &label,
+            format!("warm-up {}/{}", w + 1, plan.warmup_runs),
+        );
+    }
+    let started = Instant::now();
+    let mut runs: Vec<(BenchRun, Vec<f64>)> = Vec::new();
+    for run in 0..plan.runs {
+        // The run's requests go out together, as `concurrency` separate clients.
+        let mut set = tokio::task::JoinSet::new();
+        for client in 0..plan.concurrency {
+            let mut c = cancel.clone();
+            let m = Arc::clone(model);
+            let p = prompt.to_vec();
+            set.spawn(async move {
+                let r = one_request(&m, p, ask, run, client, &mut c).await;
+                (client, r)
+            });
+        }
+        let mut done = set.join_all().await;
+        done.sort_by_key(|(client, _)| *client);
+        for (_, r) in done {
+            runs.push(r?);
+            tracker.step(name, &label, format!("run {}/{}", run + 1, plan.runs));
+        }
+    }
+    let wall_s = started.elapsed().as_secs_f64();
+    let mut t = summarize_test(
+        name,
+        model.model.backend(),
+        test,
+        prompt.len() as u32,
+        ask.new_tokens,
+        plan.concurrency,
+        runs,
+        wall_s,
+    );
+    t.test = label;
+    t.max_draft = ask.max_draft.unwrap_or(0);
+    Ok(t)
+}
+
+/// A speculative variant against the same test without speculation: its decode speedup and
+/// whether it gave the same tokens.
+fn compare_with_plain(spec: &mut BenchTest, plain: &BenchTest) {
+    let decode = |t: &BenchTest| {
+        t.metrics
+            .iter()
+            .find(|m| m.name == "decode_tokens_per_s")
+            .and_then(|m| m.summary)
+            .map_or(0.0, |s| s.mean)
+    };
+    if decode(plain) > 0.0 {
+        spec.speedup = Some(decode(spec) / decode(plain));
+    }
+    if let (Some(a), Some(b)) = (spec.runs.first(), plain.runs.first()) {
+        spec.same_tokens_as_plain = Some(a.tokens_sha256 == b.tokens_sha256);
+    }
 }
 
 /// The prompt tokens and new-token count of a test on this model.
@@ -216,6 +267,8 @@ struct Ask {
     seed: u64,
     /// Let the request start from a prompt prefix still cached from an earlier one.
     cache_prompt: bool,
+    /// Speculative decoding, drafting at most this many tokens a step.
+    max_draft: Option<u32>,
 }
 
 /// One generation, exactly as a client's: queued to the worker, tokens streamed back.
@@ -250,7 +303,7 @@ async fn one_request(
         cache_prompt: ask.cache_prompt,
         logprobs: None,
         constraint: None,
-        max_draft: None,
+        max_draft: ask.max_draft,
         load_ms: None,
         events: tx,
         lease: model.lease(None),
@@ -291,6 +344,8 @@ async fn one_request(
                         .iter()
                         .map(|b| format!("{b:02x}"))
                         .collect(),
+                    drafted_tokens: s.drafted_tokens,
+                    accepted_tokens: s.accepted_tokens,
                 };
                 return Ok((record, gaps));
             }
@@ -334,6 +389,8 @@ fn summarize_test(
         .iter()
         .map(|(r, _)| u64::from(r.generated_tokens))
         .sum();
+    let drafted: u64 = runs.iter().map(|(r, _)| u64::from(r.drafted_tokens)).sum();
+    let accepted: u64 = runs.iter().map(|(r, _)| u64::from(r.accepted_tokens)).sum();
     let deterministic = (runs.len() > 1).then(|| {
         runs.iter()
             .all(|(r, _)| r.tokens_sha256 == runs[0].0.tokens_sha256)
@@ -358,5 +415,13 @@ fn summarize_test(
         runs: runs.into_iter().map(|(r, _)| r).collect(),
         metrics,
         deterministic,
+        drafted_tokens: drafted,
+        accepted_tokens: accepted,
+        acceptance_rate: if drafted > 0 {
+            accepted as f64 / drafted as f64
+        } else {
+            0.0
+        },
+        ..Default::default()
     }
 }
