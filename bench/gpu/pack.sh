@@ -13,6 +13,8 @@
 #                       llama.cpp), checked by sha256, compiled there against that same source;
 #   cache/minerva/tokenizers/  Mistral's real tokenizer for `minerva synth` (no network there).
 # Usage: bash bench/gpu/pack.sh   (then call the device with carry [".gpu"])
+#        PACK_MINERVAD=0 bash bench/gpu/pack.sh   a light pack without minervad (no CUDA build,
+#        minutes instead of ~25): enough for run.sh's build, models, peer and verify steps
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -39,15 +41,17 @@ strip -o "$out/minerva" target-gpu/release/minerva
 # minervad with candle on CUDA too: nvcc and headers from PyPI wheels (bench/gpu/cuda-toolkit.sh);
 # candle's kernels compiled here for the GPU's compute capability (CUDA_COMPUTE_CAP, 90 for
 # H100/H200). They make the binary large: it travels xz-compressed (~12 MB), run.sh unpacks it.
-tk=$(bash "$root/bench/gpu/cuda-toolkit.sh")
-CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90} NVCC=$tk/bin/nvcc PATH=$tk/bin:$PATH CUDA_HOME=$tk \
-  LIBRARY_PATH=$tk/lib:$tk/lib/stubs \
-  cargo build --release --target-dir target-gpu -p minervad \
-  --features minervad/llama-dynamic,minervad/candle-cuda
-rm -f "$out/minervad"
-strip -o "$out/minervad.tmp" target-gpu/release/minervad
-xz -T0 -6 -c "$out/minervad.tmp" >"$out/minervad.xz"
-rm "$out/minervad.tmp"
+rm -f "$out/minervad" "$out/minervad.xz"
+if [ "${PACK_MINERVAD:-1}" != 0 ]; then
+  tk=$(bash "$root/bench/gpu/cuda-toolkit.sh")
+  CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90} NVCC=$tk/bin/nvcc PATH=$tk/bin:$PATH CUDA_HOME=$tk \
+    LIBRARY_PATH=$tk/lib:$tk/lib/stubs \
+    cargo build --release --target-dir target-gpu -p minervad \
+    --features minervad/llama-dynamic,minervad/candle-cuda
+  strip -o "$out/minervad.tmp" target-gpu/release/minervad
+  xz -T0 -6 -c "$out/minervad.tmp" >"$out/minervad.xz"
+  rm "$out/minervad.tmp"
+fi
 
 # llama.cpp: the source llama-cpp-sys-2 built above, with the two bench tools added.
 sys=$(cargo metadata --format-version 1 --locked 2>/dev/null | python3 -c '

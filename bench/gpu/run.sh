@@ -12,6 +12,9 @@
 #            with one shared KV pool and with a KV stream per sequence (--kv-per-sequence)
 #   candle   the same minervad with the candle backend on CUDA (feature candle-cuda): pp512,
 #            tg128, the four standard scenarios on both files; pp128+tg128 at concurrency 1, 8
+#   verify   llama-bench passes of 1 to 9 tokens over a 512-token cache on both files: what
+#            checking k drafted tokens costs against one decode step (the ceiling of
+#            speculative decoding's speedup); needs only build and models
 #   pack     everything measured into $OUT/gpu-results.tar.gz
 # Each step skips what an earlier call on the same (still warm) machine finished, so a step cut
 # off by the device's 10-minute limit resumes where it stopped. Work dir: $MINERVA_GPU_WORK.
@@ -32,9 +35,9 @@ for so in libcudart.so.13 libcublas.so.13 libcurand.so.10; do
 done
 export XDG_CACHE_HOME=$G/cache
 export MINERVA_HOME=$W/home
-# minervad travels xz-compressed (candle's CUDA kernels make it large).
+# minervad travels xz-compressed (candle's CUDA kernels make it large); a light pack has none.
 D=$W/bin/minervad
-if [ ! -x "$D" ]; then
+if [ ! -x "$D" ] && [ -f "$G/minervad.xz" ]; then
   mkdir -p "$W/bin"
   python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
     "$G/minervad.xz" "$D.tmp"
@@ -104,6 +107,15 @@ step_peer() {
       -npl 1,8,32,64 -ngl 99 -fa on -kvu --output-format jsonl \
       >"$R/peer-batched-bench-kvu.jsonl.tmp" 2>"$R/peer-batched-bench-kvu.log"
     mv "$R/peer-batched-bench-kvu.jsonl.tmp" "$R/peer-batched-bench-kvu.jsonl"
+  fi
+}
+
+step_verify() {
+  if [ ! -s "$R/verify-cost.json" ]; then
+    log "llama-bench: passes of 1..9 tokens at depth 512"
+    "$B/llama-bench" -m "$Q4" -m "$F16" -p 1,2,3,4,5,6,7,8,9 -n 0 -d 512 -ngl 99 -fa 1 \
+      -r "$RUNS" -o json >"$R/verify-cost.json.tmp" 2>"$R/verify-cost.log"
+    mv "$R/verify-cost.json.tmp" "$R/verify-cost.json"
   fi
 }
 

@@ -105,6 +105,9 @@ pub struct RunArgs {
     /// where the answer repeats its input (edits, quotes, code), with the same tokens.
     #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "8")]
     pub speculate: Option<u32>,
+    /// No speculative decoding, where the daemon drafts by default (minervad --speculate).
+    #[arg(long, conflicts_with = "speculate")]
+    pub no_speculate: bool,
     /// Structured output: the answer is one of these strings (repeatable).
     #[arg(long, value_name = "TEXT", group = "constraint")]
     pub choice: Vec<String>,
@@ -182,9 +185,17 @@ fn request(args: &RunArgs, input: pb::generate_request::Input) -> pb::GenerateRe
         }),
         constraint: constraint(args),
         n: args.samples,
-        speculation: args
-            .speculate
-            .map(|n| pb::Speculation { max_draft: Some(n) }),
+        speculation: match (args.speculate, args.no_speculate) {
+            (Some(n), _) => Some(pb::Speculation {
+                max_draft: Some(n),
+                mode: pb::SpeculationMode::Ngram as i32,
+            }),
+            (None, true) => Some(pb::Speculation {
+                max_draft: None,
+                mode: pb::SpeculationMode::Off as i32,
+            }),
+            (None, false) => None,
+        },
     }
 }
 

@@ -32,8 +32,12 @@ pub async fn status(global: &Global) -> CliResult {
     } else {
         render::seconds(s.default_keep_alive_seconds)
     };
+    let drafts = match s.default_max_draft {
+        0 => "off".to_string(),
+        n => format!("prompt lookup, {n} tokens a step"),
+    };
     println!(
-        "backends: {}; default keep-alive: {ka}",
+        "backends: {}; default keep-alive: {ka}; speculative decoding: {drafts}",
         s.backends.join(", ")
     );
     if s.loaded_models.is_empty() {

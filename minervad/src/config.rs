@@ -69,6 +69,12 @@ pub(crate) struct Args {
     #[arg(long, env = "MINERVA_KV_PER_SEQUENCE", value_parser = clap::builder::BoolishValueParser::new())]
     pub(crate) kv_per_sequence: bool,
 
+    /// Speculative decoding by prompt lookup for every request that does not say otherwise,
+    /// drafting at most N tokens a step (1-16, default 8); a request turns it off with
+    /// Speculation.mode OFF (`minerva run --no-speculate`).
+    #[arg(long, value_name = "N", env = "MINERVA_SPECULATE", num_args = 0..=1, default_missing_value = "8", value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub(crate) speculate: Option<u32>,
+
     /// Serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9090 (loopback only;
     /// port 0 picks a free one and logs it).
     #[arg(long, value_name = "ADDR")]
@@ -120,6 +126,7 @@ impl Args {
             parallel: self.parallel,
             gpu_layers: self.gpu_layers.unwrap_or_else(default_gpu_layers),
             kv_per_sequence: self.kv_per_sequence,
+            speculate: self.speculate,
         }
     }
 }

@@ -47,7 +47,7 @@ fn request(prompt: &str, backend: &str, speculate: bool) -> pb::GenerateRequest 
             backend: Some(backend.into()),
             ..Default::default()
         }),
-        speculation: speculate.then_some(pb::Speculation { max_draft: None }),
+        speculation: speculate.then_some(pb::Speculation::default()),
         ..Default::default()
     }
 }
@@ -139,13 +139,19 @@ async fn a_draft_length_out_of_range_is_refused() {
     };
     let cases: [(pb::GenerateRequest, &str); 2] = [
         (
-            with(&|r| r.speculation = Some(pb::Speculation { max_draft: Some(0) })),
+            with(&|r| {
+                r.speculation = Some(pb::Speculation {
+                    max_draft: Some(0),
+                    ..Default::default()
+                })
+            }),
             "1 to 16",
         ),
         (
             with(&|r| {
                 r.speculation = Some(pb::Speculation {
                     max_draft: Some(17),
+                    ..Default::default()
                 })
             }),
             "1 to 16",
@@ -326,4 +332,49 @@ async fn sampled_tokens_with_speculation_have_the_distribution_without_it() {
         "the distributions differ: chi-square {chi2:.2} >= {} ({counts:?})",
         CRITICAL[cells - 2]
     );
+}
+
+/// `minervad --speculate N`: requests that do not say draft (at most N a step), one with mode
+/// OFF does not, and OFF with a draft length is refused; Status reports the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_default_drafts_for_requests_that_do_not_say() {
+    let d = Daemon::start(&["--speculate", "4"]);
+    let mut status = pb::daemon_service_client::DaemonServiceClient::new(d.channel().await);
+    let s = status
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.default_max_draft, 4);
+    let (_, by_default) = scored(&d, request(REPEATED, "llama.cpp", false)).await;
+    assert!(by_default.accepted_tokens > 0, "{by_default:?}");
+    let off = |max_draft| {
+        let mut r = request(REPEATED, "llama.cpp", false);
+        r.speculation = Some(pb::Speculation {
+            max_draft,
+            mode: pb::SpeculationMode::Off as i32,
+        });
+        r
+    };
+    let (_, plain) = scored(&d, off(None)).await;
+    assert_eq!(plain.drafted_tokens, 0);
+    assert_eq!(plain.text, by_default.text);
+    let mut c = pb::generate_service_client::GenerateServiceClient::new(d.channel().await);
+    let e = c.generate(off(Some(4))).await.expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("mode OFF"), "{}", e.message());
+    // The CLI says the default, and --no-speculate turns it off.
+    assert!(d
+        .cli_ok(&["status"])
+        .contains("prompt lookup, 4 tokens a step"));
+    let r = d.cli_json(&[
+        "run",
+        MODEL,
+        REPEATED,
+        "--raw",
+        "--max-tokens",
+        "32",
+        "--no-speculate",
+    ]);
+    assert_eq!(r["stats"]["drafted_tokens"].as_u64().unwrap_or(0), 0, "{r}");
 }

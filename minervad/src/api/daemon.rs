@@ -51,6 +51,7 @@ impl pb::daemon_service_server::DaemonService for DaemonApi {
                 .map(String::from)
                 .collect(),
             models_dir: engine.store().models_dir().display().to_string(),
+            default_max_draft: engine.config().speculate.unwrap_or(0),
         }))
     }
 }

@@ -125,14 +125,24 @@ fn constraint_of(c: Option<pb::Constraint>, ignore_eos: bool) -> Result<Option<C
     Ok(Some(spec))
 }
 
-/// A request's speculation: at most how many tokens to draft a step. It combines with
-/// everything else a request may ask for: each drafted token is checked by the sampler's own
-/// draw at its position (under the request's temperature, penalties and constraint), so the
-/// tokens are those the request would get without it, seed for seed.
-fn speculation_of(s: Option<&pb::Speculation>) -> Result<Option<u32>> {
+/// A request's speculation: at most how many tokens to draft a step, the daemon's default
+/// (`daemon`) where it does not say. It combines with everything else a request may ask for:
+/// each drafted token is checked by the sampler's own draw at its position (under the
+/// request's temperature, penalties and constraint), so the tokens are those the request would
+/// get without it, seed for seed.
+fn speculation_of(s: Option<&pb::Speculation>, daemon: Option<u32>) -> Result<Option<u32>> {
     use crate::engine::speculative::{DEFAULT_DRAFT, MAX_DRAFT};
-    let Some(s) = s else { return Ok(None) };
-    let max = s.max_draft.unwrap_or(DEFAULT_DRAFT);
+    let Some(s) = s else { return Ok(daemon) };
+    if s.mode() == pb::SpeculationMode::Off {
+        if s.max_draft.is_some() {
+            return Err(DaemonError::invalid(
+                "speculation.max_draft",
+                "a draft length with mode OFF; leave it unset, or ask for NGRAM",
+            ));
+        }
+        return Ok(None);
+    }
+    let max = s.max_draft.or(daemon).unwrap_or(DEFAULT_DRAFT);
     if max == 0 || max > MAX_DRAFT {
         return Err(DaemonError::invalid(
             "speculation.max_draft",
@@ -240,7 +250,7 @@ impl GenerateApi {
             ));
         }
         let constraint = constraint_of(req.constraint.take(), ignore_eos)?;
-        let max_draft = speculation_of(req.speculation.as_ref())?;
+        let max_draft = speculation_of(req.speculation.as_ref(), self.engine.config().speculate)?;
         if req.max_tokens == Some(0) {
             return Err(DaemonError::invalid("max_tokens", "0 tokens asked for; ask for at least 1, or leave it unset to generate until the end of sequence"));
         }

@@ -155,6 +155,7 @@ mod tests {
                 parallel: 1,
                 gpu_layers: 0,
                 kv_per_sequence: false,
+                speculate: None,
             },
         );
         for format in [ModelFormat::Mlx, ModelFormat::SafeTensors] {

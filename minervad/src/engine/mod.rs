@@ -56,6 +56,8 @@ pub(crate) struct EngineConfig {
     pub(crate) gpu_layers: u32,
     /// Each sequence gets its own context of `context_length` tokens (`--kv-per-sequence`).
     pub(crate) kv_per_sequence: bool,
+    /// Drafted tokens a step for requests that do not say (`--speculate`); None: off.
+    pub(crate) speculate: Option<u32>,
 }
 
 pub(crate) struct Engine {
