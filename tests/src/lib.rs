@@ -595,6 +595,15 @@ pub fn argmax(v: &[f32]) -> u32 {
         .unwrap()
 }
 
+/// The largest |difference| between two equally long rows of logits.
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
 /// A copy of a fixture folder (links followed), so a test may edit it.
 pub fn copy_fixture(name: &str, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use minerva_candle::CandleModel;
 use minerva_core::{ForwardChunk, Model, SeqId};
 use minerva_e2e::{
-    argmax, copy_fixture, edit_config, fixture, generate_count, model_path, options, reference,
-    sample_token_ids, token_ids, Daemon, MODEL,
+    argmax, copy_fixture, edit_config, fixture, generate_count, max_diff, model_path, options,
+    reference, sample_token_ids, token_ids, Daemon, MODEL,
 };
 use minerva_llamacpp::LlamaCppModel;
 use minerva_proto::v1 as pb;
@@ -702,11 +702,7 @@ fn converted_folders_run_on_llama_cpp_as_in_transformers() {
                 } else {
                     greedy(&llama, &r.input_ids, 1).1.remove(0)
                 };
-                let diff = got
-                    .iter()
-                    .zip(&r.last_logits)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let diff = max_diff(&got, &r.last_logits);
                 println!(
                     "{name} {:?}: {} prompt tokens, {room} greedy tokens identical, max |logit diff| vs transformers {diff:.2e}",
                     r.text,

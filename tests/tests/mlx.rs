@@ -9,7 +9,7 @@ use std::path::Path;
 use minerva_candle::CandleModel;
 use minerva_core::{ForwardChunk, Model, SeqId};
 use minerva_e2e::{
-    argmax, copy_fixture, edit_config, fixture, generate_count, options, reference,
+    argmax, copy_fixture, edit_config, fixture, generate_count, max_diff, options, reference,
     sample_token_ids, token_ids, Daemon,
 };
 use minerva_mlx::MlxModel;
@@ -29,14 +29,6 @@ const FOLDERS: [&str; 3] = [
     "tiny-mistral-mlx-q4",
     "tiny-mistral-mlx-q8",
 ];
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
 
 /// The prompt's last logits (one forward over the whole prompt), then `n` greedy tokens fed
 /// back one at a time through the KV cache.
