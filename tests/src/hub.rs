@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use sha2::{Digest, Sha256};
 
@@ -122,9 +122,14 @@ impl StandInHub {
         self.lock().log.clone()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
     }
+}
+
+/// The server's state; a handler that panicked leaves it usable.
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
@@ -151,15 +156,11 @@ fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             }
         }
     }
-    state
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .log
-        .push(Logged {
-            method: method.clone(),
-            target: target.clone(),
-            range: range.clone(),
-        });
+    lock(state).log.push(Logged {
+        method: method.clone(),
+        target: target.clone(),
+        range: range.clone(),
+    });
     let path = target.split('?').next().unwrap_or_default();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let head = method == "HEAD";
@@ -171,12 +172,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         _ => None,
     };
     if let Some(id) = repo_of(&segs) {
-        let need = state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .gated
-            .get(&id)
-            .cloned();
+        let need = lock(state).gated.get(&id).cloned();
         if let Some(token) = need {
             match auth.as_deref() {
                 None => {
@@ -204,18 +200,14 @@ fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
 
     if segs.len() >= 4 && segs[0] == "api" && segs[1] == "models" {
         let id = format!("{}/{}", segs[2], segs[3]);
-        let st = state.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((commit, files)) = st.repos.get(&id).cloned() else {
-            drop(st);
-            return respond(
+        let Some((commit, files)) = lock(state).repos.get(&id).cloned() else {
+            return not_found(
                 &mut out,
-                "404 Not Found",
-                &[("X-Error-Code", "RepoNotFound".into())],
+                "RepoNotFound",
                 br#"{"error":"Repository not found"}"#,
                 head,
             );
         };
-        drop(st);
         let body = match segs.get(4) {
             None | Some(&"revision") => serde_json::json!({
                 "id": id,
@@ -263,27 +255,15 @@ fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     if segs.len() >= 5 && segs[2] == "resolve" {
         let id = format!("{}/{}", segs[0], segs[1]);
         let file_path = segs[4..].join("/");
-        let st = state.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((commit, files)) = st.repos.get(&id).cloned() else {
-            drop(st);
-            return respond(
-                &mut out,
-                "404 Not Found",
-                &[("X-Error-Code", "RepoNotFound".into())],
-                b"",
-                head,
-            );
+        let (repo, corrupt) = {
+            let st = lock(state);
+            (st.repos.get(&id).cloned(), st.corrupt.contains(&file_path))
         };
-        let corrupt = st.corrupt.contains(&file_path);
-        drop(st);
+        let Some((commit, files)) = repo else {
+            return not_found(&mut out, "RepoNotFound", b"", head);
+        };
         let Some(f) = files.iter().find(|f| f.path == file_path) else {
-            return respond(
-                &mut out,
-                "404 Not Found",
-                &[("X-Error-Code", "EntryNotFound".into())],
-                b"",
-                head,
-            );
+            return not_found(&mut out, "EntryNotFound", b"", head);
         };
         let size = f.data.len() as u64;
         let mut headers = vec![
@@ -327,7 +307,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             return respond(&mut out, "200 OK", &headers, &f.data, true);
         }
         let cut = {
-            let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = lock(state);
             match st.cut {
                 Some((after, times)) if times > 0 && (body.len() as u64) > after => {
                     st.cut = Some((after, times - 1));
@@ -373,6 +353,17 @@ fn write_head(
     }
     head.push_str("\r\n");
     out.write_all(head.as_bytes())
+}
+
+/// A 404 with the Hub's `X-Error-Code`.
+fn not_found(out: &mut TcpStream, code: &str, body: &[u8], head: bool) -> std::io::Result<()> {
+    respond(
+        out,
+        "404 Not Found",
+        &[("X-Error-Code", code.into())],
+        body,
+        head,
+    )
 }
 
 fn respond(

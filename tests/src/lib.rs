@@ -77,11 +77,7 @@ pub fn model_path() -> PathBuf {
         if !path.is_file() {
             let daemon = Daemon::spawn(&[], &[], None);
             let out = daemon.cli(&["pull", MODEL]);
-            assert!(
-                out.status.success(),
-                "minerva pull {MODEL} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert_success(&out, &format!("minerva pull {MODEL}"));
         }
         assert!(path.is_file(), "pull did not produce {}", path.display());
         path
@@ -197,11 +193,39 @@ impl Daemon {
 
     /// `minerva --json ...`, parsed; panics with stderr when it fails.
     pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        self.cli_json_exiting(0, args)
+    }
+
+    /// `minerva --json ...`, which must exit with `code`, parsed; panics with stderr when it
+    /// exits otherwise.
+    pub fn cli_json_exiting(&self, code: i32, args: &[&str]) -> serde_json::Value {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
-        let out = self.cli_ok(&all);
-        serde_json::from_str(&out)
-            .unwrap_or_else(|e| panic!("minerva {args:?} printed no JSON ({e}): {out}"))
+        let out = self.cli(&all);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "minerva {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "minerva {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// The entry `minerva models list --json` gives for `name`; panics when there is none.
+    pub fn listed(&self, name: &str) -> serde_json::Value {
+        let list = self.cli_json(&["models", "list"]);
+        list["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not listed: {list}"))
+            .clone()
     }
 
     pub async fn channel(&self) -> tonic::transport::Channel {
@@ -289,12 +313,21 @@ pub const GRPCURL_WRAPPER: &str = "1.8.6.post2";
 const GRPCURL_WRAPPER_SHA256: &str =
     "b79e7b14953bf424647f16cbdf9da04c3530dab690dd731d3d8a7f60c3d9d005";
 
-/// `dir` with `.partial` appended: where a cached directory is made before it is renamed into
-/// place, so an interrupted run never leaves a half-made one.
-fn partial(dir: &Path) -> PathBuf {
+/// Makes the cached directory `dir` once, unless `ready` (a path inside it) is there: `make`
+/// fills `dir` with `.partial` appended, which is then renamed into place, so an interrupted
+/// run never leaves a half-made one.
+fn made_once(dir: &Path, ready: &Path, make: impl FnOnce(&Path)) {
+    static MADE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if ready.exists() {
+        return;
+    }
     let mut name = dir.as_os_str().to_owned();
     name.push(".partial");
-    PathBuf::from(name)
+    let partial = PathBuf::from(name);
+    let _ = std::fs::remove_dir_all(&partial);
+    make(&partial);
+    std::fs::rename(&partial, dir).unwrap_or_else(|e| panic!("{} into place: {e}", dir.display()));
 }
 
 /// A virtual environment with grpcio, grpcio-tools, prometheus-client (the Prometheus
@@ -305,14 +338,10 @@ pub fn client_python() -> PathBuf {
         "clients-grpcio-{GRPCIO}-prom-{PROMETHEUS_CLIENT}-jsonschema-{JSONSCHEMA}-grpcurl-{GRPCURL_WRAPPER}"
     ));
     let python = venv.join("bin/python");
-    static MADE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _made = MADE.lock().unwrap_or_else(|e| e.into_inner());
-    if !python.is_file() {
-        let partial = partial(&venv);
-        let _ = std::fs::remove_dir_all(&partial);
+    made_once(&venv, &python, |partial| {
         let ok = Command::new("python3")
             .args(["-m", "venv"])
-            .arg(&partial)
+            .arg(partial)
             .status()
             .expect("python3 -m venv")
             .success();
@@ -350,8 +379,7 @@ pub fn client_python() -> PathBuf {
             .success();
         assert!(ok, "pip install of the client packages failed");
         std::fs::remove_dir_all(&downloads).unwrap();
-        std::fs::rename(&partial, &venv).expect("venv into place");
-    }
+    });
     python
 }
 
@@ -393,12 +421,8 @@ pub fn client_node() -> PathBuf {
         "clients-node-grpc-js-{GRPC_JS}-proto-loader-{PROTO_LOADER}"
     ));
     let modules = dir.join("node_modules");
-    static MADE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _made = MADE.lock().unwrap_or_else(|e| e.into_inner());
-    if !modules.is_dir() {
-        let partial = partial(&dir);
-        let _ = std::fs::remove_dir_all(&partial);
-        std::fs::create_dir_all(&partial).unwrap();
+    made_once(&dir, &modules, |partial| {
+        std::fs::create_dir_all(partial).unwrap();
         let ok = Command::new("npm")
             .args([
                 "install",
@@ -410,15 +434,14 @@ pub fn client_node() -> PathBuf {
                 "--loglevel=error",
                 "--prefix",
             ])
-            .arg(&partial)
+            .arg(partial)
             .arg(format!("@grpc/grpc-js@{GRPC_JS}"))
             .arg(format!("@grpc/proto-loader@{PROTO_LOADER}"))
             .status()
             .expect("run npm (Node.js's package manager)")
             .success();
         assert!(ok, "npm install of the client packages failed");
-        std::fs::rename(&partial, &dir).expect("node_modules into place");
-    }
+    });
     modules
 }
 
@@ -524,6 +547,27 @@ pub fn assert_agree_but_for_a_near_tie(
     Some(i)
 }
 
+/// Asserts that a finished command succeeded; the failure names it (`what`) and shows its stderr.
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `cmd` with `input` on its stdin and its stdout captured (stderr as `cmd` says).
+pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    use std::io::Write as _;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// A committed test fixture: `tests/fixtures/NAME`.
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -577,6 +621,19 @@ pub fn reference(dir: &Path) -> Vec<Reference> {
         .collect()
 }
 
+/// Asserts that `err` has status `code` and a message holding each of `needles`; `what` names
+/// the request in a failure.
+pub fn assert_status(err: &tonic::Status, code: tonic::Code, needles: &[&str], what: &str) {
+    assert_eq!(err.code(), code, "{what}: {}", err.message());
+    for n in needles {
+        assert!(
+            err.message().contains(n),
+            "{what}: {:?} lacks {n:?}",
+            err.message()
+        );
+    }
+}
+
 /// Context options for a direct (no daemon) test: one sequence, a batch of the whole context.
 pub fn options(ctx: u32) -> minerva_core::ContextOptions {
     minerva_core::ContextOptions {
@@ -588,6 +645,41 @@ pub fn options(ctx: u32) -> minerva_core::ContextOptions {
     }
 }
 
+/// Greedy decoding straight on a model (no daemon): the prompt in one pass, then `n` tokens fed
+/// back one at a time through the KV cache. The tokens, and the logits each was picked from.
+pub fn greedy(
+    model: &dyn minerva_core::Model,
+    prompt: &[u32],
+    n: usize,
+) -> (Vec<u32>, Vec<Vec<f32>>) {
+    use minerva_core::{ForwardChunk, SeqId};
+    let mut ctx = model.new_context(&options(512)).unwrap();
+    let mut logits = Vec::new();
+    let seq = SeqId(0);
+    ctx.forward(&[ForwardChunk::last(seq, 0, prompt)], &mut logits)
+        .unwrap();
+    let (mut out, mut seen) = (Vec::new(), Vec::new());
+    let start = prompt.len() as u32;
+    for pos in start..start + n as u32 {
+        let t = argmax(&logits[0]);
+        out.push(t);
+        seen.push(logits[0].clone());
+        ctx.forward(&[ForwardChunk::last(seq, pos, &[t])], &mut logits)
+            .unwrap();
+    }
+    (out, seen)
+}
+
+/// Every position's logits for `tokens` in one pass, flattened (positions × vocabulary).
+pub fn all_logits(model: &dyn minerva_core::Model, tokens: &[u32]) -> Vec<f32> {
+    use minerva_core::{ForwardChunk, SeqId};
+    let mut ctx = model.new_context(&options(512)).unwrap();
+    let mut out = Vec::new();
+    ctx.forward(&[ForwardChunk::all(SeqId(0), 0, tokens)], &mut out)
+        .unwrap();
+    out.swap_remove(0)
+}
+
 /// Index of the largest logit.
 pub fn argmax(v: &[f32]) -> u32 {
     v.iter()
@@ -595,6 +687,15 @@ pub fn argmax(v: &[f32]) -> u32 {
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map(|(i, _)| i as u32)
         .unwrap()
+}
+
+/// The largest |difference| between two equally long rows of logits.
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// A copy of a fixture folder (links followed), so a test may edit it.
@@ -685,8 +786,16 @@ pub async fn generate_ids(
     d: &Daemon,
     req: minerva_proto::v1::GenerateRequest,
 ) -> (Vec<u32>, minerva_proto::v1::GenerationStats) {
+    generate_ids_on(d.channel().await, req).await
+}
+
+/// [`generate_ids`] on a channel of its own (for requests run side by side).
+pub async fn generate_ids_on(
+    channel: tonic::transport::Channel,
+    req: minerva_proto::v1::GenerateRequest,
+) -> (Vec<u32>, minerva_proto::v1::GenerationStats) {
     use minerva_proto::v1 as pb;
-    let mut c = pb::generate_service_client::GenerateServiceClient::new(d.channel().await);
+    let mut c = pb::generate_service_client::GenerateServiceClient::new(channel);
     let mut s = c.generate(req).await.expect("generate").into_inner();
     let mut ids = Vec::new();
     while let Some(m) = s.message().await.expect("stream") {

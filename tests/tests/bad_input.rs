@@ -1,7 +1,7 @@
 //! Bad input gets the right gRPC status and a message a person can act on, and the daemon
 //! keeps serving: every case is followed by a valid request that must succeed.
 
-use minerva_e2e::{model_path, Daemon, MODEL};
+use minerva_e2e::{assert_status, model_path, Daemon, MODEL};
 use minerva_proto::v1 as pb;
 use pb::generate_service_client::GenerateServiceClient;
 use tonic::Code;
@@ -29,6 +29,9 @@ async fn generate(
     Err(tonic::Status::internal("stream ended without stats"))
 }
 
+/// A bad sampling value (set on otherwise default parameters) and what its error names.
+type BadSampling = (fn(&mut pb::SamplingParams), &'static [&'static str]);
+
 async fn expect_error(
     c: &mut GenerateServiceClient<tonic::transport::Channel>,
     req: pb::GenerateRequest,
@@ -38,14 +41,7 @@ async fn expect_error(
     let err = generate(c, req)
         .await
         .expect_err("bad request was accepted");
-    assert_eq!(err.code(), code, "wrong status for: {}", err.message());
-    for n in needles {
-        assert!(
-            err.message().contains(n),
-            "message {:?} lacks {n:?}",
-            err.message()
-        );
-    }
+    assert_status(&err, code, needles, "the bad request");
     // The daemon keeps serving.
     let ok = generate(c, prompt_request(MODEL, "Hello"))
         .await
@@ -178,66 +174,28 @@ async fn each_bad_input_gets_a_clear_status_and_the_daemon_keeps_serving() {
         sampling: Some(s),
         ..prompt_request(MODEL, "Hi")
     };
-    expect_error(
-        &mut c,
-        sampled(pb::SamplingParams {
-            temperature: Some(-1.0),
-            ..Default::default()
-        }),
-        Code::InvalidArgument,
-        &["temperature"],
-    )
-    .await;
-    expect_error(
-        &mut c,
-        sampled(pb::SamplingParams {
-            top_p: Some(1.5),
-            ..Default::default()
-        }),
-        Code::InvalidArgument,
-        &["top_p"],
-    )
-    .await;
-    expect_error(
-        &mut c,
-        sampled(pb::SamplingParams {
-            min_p: Some(f32::NAN),
-            ..Default::default()
-        }),
-        Code::InvalidArgument,
-        &["min_p"],
-    )
-    .await;
-    expect_error(
-        &mut c,
-        sampled(pb::SamplingParams {
-            repetition_penalty: Some(0.0),
-            ..Default::default()
-        }),
-        Code::InvalidArgument,
-        &["repetition_penalty"],
-    )
-    .await;
-    expect_error(
-        &mut c,
-        sampled(pb::SamplingParams {
-            presence_penalty: Some(3.0),
-            ..Default::default()
-        }),
-        Code::InvalidArgument,
-        &["presence_penalty", "[-2, 2]"],
-    )
-    .await;
-    expect_error(
-        &mut c,
-        sampled(pb::SamplingParams {
-            logit_bias: [(7, 250.0)].into(),
-            ..Default::default()
-        }),
-        Code::InvalidArgument,
-        &["logit_bias", "token 7"],
-    )
-    .await;
+    let bad_sampling: [BadSampling; 6] = [
+        (|s| s.temperature = Some(-1.0), &["temperature"]),
+        (|s| s.top_p = Some(1.5), &["top_p"]),
+        (|s| s.min_p = Some(f32::NAN), &["min_p"]),
+        (
+            |s| s.repetition_penalty = Some(0.0),
+            &["repetition_penalty"],
+        ),
+        (
+            |s| s.presence_penalty = Some(3.0),
+            &["presence_penalty", "[-2, 2]"],
+        ),
+        (
+            |s| s.logit_bias = [(7, 250.0)].into(),
+            &["logit_bias", "token 7"],
+        ),
+    ];
+    for (set, needles) in bad_sampling {
+        let mut sampling = pb::SamplingParams::default();
+        set(&mut sampling);
+        expect_error(&mut c, sampled(sampling), Code::InvalidArgument, needles).await;
+    }
 
     // Token ids outside the vocabulary (49152), wherever they are given; no ids at all.
     let tokens = |ids: Vec<u32>| pb::GenerateRequest {

@@ -2,7 +2,7 @@
 //! speed threshold), results can be listed, shown after a restart, compared and charted, bad
 //! specs are refused, jobs can be cancelled, and the daemon serves clients while a job runs.
 
-use minerva_e2e::{Daemon, MODEL};
+use minerva_e2e::{assert_success, Daemon, MODEL};
 use minerva_proto::v1 as pb;
 use pb::benchmark_service_client::BenchmarkServiceClient;
 use serde_json::Value;
@@ -243,11 +243,7 @@ fn results_are_listed_shown_after_a_restart_compared_and_charted() {
         .unwrap();
     let _ = child.kill();
     let _ = child.wait();
-    assert!(
-        shown.status.success(),
-        "{}",
-        String::from_utf8_lossy(&shown.stderr)
-    );
+    assert_success(&shown, "minerva bench show");
     let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
     assert_eq!(shown["tests"], r["tests"]);
 }

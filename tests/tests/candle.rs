@@ -7,52 +7,33 @@ use std::path::{Path, PathBuf};
 use minerva_candle::CandleModel;
 use minerva_core::{ForwardChunk, Model, SeqId};
 use minerva_e2e::{
-    argmax, copy_fixture, edit_config, fixture, generate_count, model_path, options, reference,
-    sample_token_ids, token_ids, Daemon, MODEL,
+    all_logits, argmax, assert_status, assert_success, copy_fixture, edit_config, fixture,
+    generate_count, greedy, max_diff, model_path, options, reference, sample_token_ids, token_ids,
+    Daemon, MODEL,
 };
 use minerva_llamacpp::LlamaCppModel;
 use minerva_proto::v1 as pb;
 use pb::generate_service_client::GenerateServiceClient;
 use tonic::Code;
 
-/// Greedy tokens, and the logits each was picked from.
-fn greedy(model: &dyn Model, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
-    let mut ctx = model.new_context(&options(512)).unwrap();
-    let mut logits = Vec::new();
-    let seq = SeqId(0);
-    ctx.forward(&[ForwardChunk::last(seq, 0, prompt)], &mut logits)
-        .unwrap();
-    let (mut out, mut seen) = (Vec::new(), Vec::new());
-    let start = prompt.len() as u32;
-    for pos in start..start + n as u32 {
-        let t = argmax(&logits[0]);
-        out.push(t);
-        seen.push(logits[0].clone());
-        ctx.forward(&[ForwardChunk::last(seq, pos, &[t])], &mut logits)
-            .unwrap();
-    }
-    (out, seen)
-}
-
 fn top1_per_position(model: &dyn Model, tokens: &[u32]) -> Vec<u32> {
-    let mut ctx = model.new_context(&options(512)).unwrap();
-    let mut out = Vec::new();
-    ctx.forward(&[ForwardChunk::all(SeqId(0), 0, tokens)], &mut out)
-        .unwrap();
     let vocab = model.info().vocab_size as usize;
-    out[0].chunks_exact(vocab).map(argmax).collect()
+    all_logits(model, tokens)
+        .chunks_exact(vocab)
+        .map(argmax)
+        .collect()
 }
 
 /// Every position's logits for `tokens`: one batch, or one token per step (the decode path).
 fn logits_per_position(model: &dyn Model, tokens: &[u32], stepwise: bool) -> Vec<Vec<f32>> {
-    let mut ctx = model.new_context(&options(512)).unwrap();
     if !stepwise {
-        let mut out = Vec::new();
-        ctx.forward(&[ForwardChunk::all(SeqId(0), 0, tokens)], &mut out)
-            .unwrap();
         let vocab = model.info().vocab_size as usize;
-        return out[0].chunks_exact(vocab).map(<[f32]>::to_vec).collect();
+        return all_logits(model, tokens)
+            .chunks_exact(vocab)
+            .map(<[f32]>::to_vec)
+            .collect();
     }
+    let mut ctx = model.new_context(&options(512)).unwrap();
     let mut logits = Vec::new();
     tokens
         .iter()
@@ -479,14 +460,7 @@ async fn broken_hugging_face_folders_get_clear_errors_and_the_daemon_keeps_servi
         let err = generate_count(&mut c, &model, backend)
             .await
             .expect_err(&model);
-        assert_eq!(err.code(), code, "{model}: {}", err.message());
-        for n in needles {
-            assert!(
-                err.message().contains(n),
-                "{model}: {:?} lacks {n:?}",
-                err.message()
-            );
-        }
+        assert_status(&err, code, needles, &model);
         // The daemon keeps serving, on both backends.
         assert_eq!(generate_count(&mut c, MODEL, None).await.unwrap(), 4);
         assert_eq!(
@@ -507,11 +481,7 @@ fn minerva_ok(args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "minerva {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, &format!("minerva {args:?}"));
     out
 }
 
@@ -702,11 +672,7 @@ fn converted_folders_run_on_llama_cpp_as_in_transformers() {
                 } else {
                     greedy(&llama, &r.input_ids, 1).1.remove(0)
                 };
-                let diff = got
-                    .iter()
-                    .zip(&r.last_logits)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let diff = max_diff(&got, &r.last_logits);
                 println!(
                     "{name} {:?}: {} prompt tokens, {room} greedy tokens identical, max |logit diff| vs transformers {diff:.2e}",
                     r.text,

@@ -4,7 +4,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use minerva_e2e::{bin, model_path, models_dir, Daemon, MODEL};
+use minerva_e2e::{
+    assert_success, bin, generate_ids, model_path, models_dir, output_with_stdin, Daemon, MODEL,
+};
 use minerva_proto::v1 as pb;
 use pb::generate_service_client::GenerateServiceClient;
 
@@ -77,14 +79,7 @@ async fn abort_by_id_from_another_connection_ends_the_stream_within_two_tokens()
     // The id is free again, and the daemon serves it to the end; the log names it.
     let mut short = named;
     short.max_tokens = Some(3);
-    let mut s = b.generate(short).await.unwrap().into_inner();
-    let mut last = None;
-    while let Some(m) = s.message().await.unwrap() {
-        if let Some(pb::generate_response::Event::Done(st)) = m.event {
-            last = Some(st);
-        }
-    }
-    let last = last.expect("final event");
+    let (_, last) = generate_ids(&d, short).await;
     assert_eq!(last.generated_tokens, 3);
     assert_eq!(last.request_id, "story-1");
     assert!(d.log_text().contains("story-1"));
@@ -127,17 +122,9 @@ async fn a_client_that_goes_away_cancels_its_generation_and_the_worker_serves_th
     eprintln!("client read {seen} tokens; the worker stopped after {generated}");
 
     // The same worker serves the next request, complete.
-    let mut c = GenerateServiceClient::new(d.channel().await);
     let mut req = long_request();
     req.max_tokens = Some(8);
-    let mut s = c.generate(req).await.unwrap().into_inner();
-    let mut stats = None;
-    while let Some(m) = s.message().await.unwrap() {
-        if let Some(pb::generate_response::Event::Done(st)) = m.event {
-            stats = Some(st);
-        }
-    }
-    let stats = stats.expect("stats");
+    let (_, stats) = generate_ids(&d, req).await;
     assert_eq!(stats.generated_tokens, 8);
     assert!(stats.load_ms.is_none(), "the model stayed loaded");
 }
@@ -187,14 +174,7 @@ fn idle_models_unload_after_their_keep_alive_and_negative_means_forever() {
 fn models_can_be_listed_shown_loaded_and_unloaded() {
     let path = model_path();
     let d = Daemon::start(&[]);
-    let list = d.cli_json(&["models", "list"]);
-    let m = list["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == MODEL)
-        .expect("listed")
-        .clone();
+    let m = d.listed(MODEL);
     assert_eq!(
         m["file_size_bytes"],
         std::fs::metadata(&path).unwrap().len()
@@ -339,11 +319,7 @@ fn minerva_run_starts_a_daemon_when_none_answers() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no daemon answers"));
     let out = run(&["run", MODEL, "Hi", "--max-tokens", "4"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "minerva run");
     assert!(String::from_utf8_lossy(&out.stderr).contains("started minervad"));
     assert!(!out.stdout.is_empty());
     let status = run(&["--json", "status"]);
@@ -398,29 +374,20 @@ fn loopback_tcp_works_when_asked_and_other_addresses_are_refused() {
 fn run_reads_a_piped_prompt_and_chats_on_a_terminal() {
     let d = Daemon::start(&[]);
     // Piped stdin is the prompt.
-    let mut child = std::process::Command::new(bin("minerva"))
-        .arg("--addr")
-        .arg(&d.socket)
-        .args([
-            "--no-autostart",
-            "--json",
-            "run",
-            MODEL,
-            "--max-tokens",
-            "8",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"Hello, how are you?")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(
+        std::process::Command::new(bin("minerva"))
+            .arg("--addr")
+            .arg(&d.socket)
+            .args([
+                "--no-autostart",
+                "--json",
+                "run",
+                MODEL,
+                "--max-tokens",
+                "8",
+            ]),
+        b"Hello, how are you?",
+    );
     assert!(out.status.success());
     let piped: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let direct = d.cli_json(&["run", MODEL, "Hello, how are you?", "--max-tokens", "8"]);
@@ -438,6 +405,7 @@ fn run_reads_a_piped_prompt_and_chats_on_a_terminal() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("script(1) from util-linux");
+    use std::io::Write;
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"Hello, how are you?\n").unwrap();
     std::thread::sleep(Duration::from_secs(3));

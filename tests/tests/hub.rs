@@ -99,14 +99,7 @@ fn pull_by_quant_tag_runs_reuses_the_cache_and_works_offline() {
         assert_eq!(token_ids(&run).len(), 6, "{run}");
 
         // Listed with its size on disk and source.
-        let list = d.cli_json(&["models", "list"]);
-        let listed = list["models"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == format!("hf:{REPO}:{FILE}"))
-            .unwrap_or_else(|| panic!("not listed: {list}"))
-            .clone();
+        let listed = d.listed(&format!("hf:{REPO}:{FILE}"));
         assert_eq!(listed["file_size_bytes"], model.data.len() as u64);
         assert_eq!(listed["source"], format!("hf:{REPO}@{COMMIT}"));
 
@@ -283,14 +276,7 @@ fn a_whole_safetensors_repository_is_pulled_listed_and_removed() {
         *weights.data
     );
 
-    let list = d.cli_json(&["models", "list"]);
-    let listed = list["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == name)
-        .unwrap_or_else(|| panic!("not listed: {list}"))
-        .clone();
+    let listed = d.listed(&name);
     let on_disk = weights.data.len() + config.data.len() + br#"{"version":"1.0"}"#.len();
     assert_eq!(listed["file_size_bytes"], on_disk as u64, "{listed}");
 

@@ -3,10 +3,12 @@
 //! requests made between two scrapes.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::process::{Command, Stdio};
 
-use minerva_e2e::{client_python, free_loopback_addr, generate_ids, scrape_metrics, Daemon, MODEL};
+use minerva_e2e::{
+    client_python, free_loopback_addr, generate_ids, output_with_stdin, scrape_metrics, Daemon,
+    MODEL,
+};
 use minerva_proto::v1 as pb;
 
 /// Samples by name and sorted labels, as the Prometheus parser read them.
@@ -17,20 +19,12 @@ struct Parsed {
 
 fn parse(text: &str) -> Parsed {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/parse_metrics.py");
-    let mut child = Command::new(client_python())
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(
+        Command::new(client_python())
+            .arg(script)
+            .stderr(Stdio::piped()),
+        text.as_bytes(),
+    );
     assert!(
         out.status.success(),
         "the Prometheus parser refused the text: {}\n{text}",

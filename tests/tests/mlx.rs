@@ -7,10 +7,10 @@
 use std::path::Path;
 
 use minerva_candle::CandleModel;
-use minerva_core::{ForwardChunk, Model, SeqId};
+use minerva_core::Model;
 use minerva_e2e::{
-    argmax, copy_fixture, edit_config, fixture, generate_count, options, reference,
-    sample_token_ids, token_ids, Daemon,
+    all_logits, assert_status, copy_fixture, edit_config, fixture, generate_count, greedy,
+    max_diff, reference, sample_token_ids, token_ids, Daemon,
 };
 use minerva_mlx::MlxModel;
 use minerva_proto::v1 as pb;
@@ -29,42 +29,6 @@ const FOLDERS: [&str; 3] = [
     "tiny-mistral-mlx-q4",
     "tiny-mistral-mlx-q8",
 ];
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-/// The prompt's last logits (one forward over the whole prompt), then `n` greedy tokens fed
-/// back one at a time through the KV cache.
-fn greedy(model: &dyn Model, prompt: &[u32], n: usize) -> (Vec<f32>, Vec<u32>) {
-    let mut ctx = model.new_context(&options(128)).unwrap();
-    let mut logits = Vec::new();
-    let chunk = ForwardChunk::last(SeqId(0), 0, prompt);
-    ctx.forward(&[chunk], &mut logits).unwrap();
-    let first = logits[0].clone();
-    let mut out = Vec::new();
-    for pos in prompt.len() as u32..(prompt.len() + n) as u32 {
-        let t = argmax(&logits[0]);
-        out.push(t);
-        let tokens = [t];
-        let chunk = ForwardChunk::last(SeqId(0), pos, &tokens);
-        ctx.forward(&[chunk], &mut logits).unwrap();
-    }
-    (first, out)
-}
-
-/// Every position's logits in one pass.
-fn all_logits(model: &dyn Model, tokens: &[u32]) -> Vec<f32> {
-    let mut ctx = model.new_context(&options(128)).unwrap();
-    let mut out = Vec::new();
-    ctx.forward(&[ForwardChunk::all(SeqId(0), 0, tokens)], &mut out)
-        .unwrap();
-    out.swap_remove(0)
-}
 
 /// Minerva's MLX backend gives mlx-lm's 32 greedy tokens on the bf16, 4-bit and 8-bit folders
 /// (window 16 on layer 0, so every continuation runs past it) and its logits within
@@ -89,8 +53,8 @@ fn mlx_backend_matches_mlx_lm_on_the_fixtures() {
                 r.input_ids,
                 "{name}"
             );
-            let (first, tokens) = greedy(&model, &r.input_ids, r.greedy.len());
-            let diff = max_diff(&first, &r.last_logits);
+            let (tokens, seen) = greedy(&model, &r.input_ids, r.greedy.len());
+            let diff = max_diff(&seen[0], &r.last_logits);
             eprintln!("{name} {:?}: max |logit - mlx-lm's| = {diff:.2e}", r.text);
             assert!(
                 diff < MLX_LM_TOLERANCE,
@@ -140,8 +104,8 @@ fn plain_mlx_folder_matches_candle_and_transformers() {
             "{:?}: mlx and transformers logits differ by {diff}",
             r.text
         );
-        let (_, from_mlx) = greedy(&mlx, &ids, r.greedy.len());
-        let (_, from_candle) = greedy(&candle, &ids, r.greedy.len());
+        let (from_mlx, _) = greedy(&mlx, &ids, r.greedy.len());
+        let (from_candle, _) = greedy(&candle, &ids, r.greedy.len());
         assert_eq!(from_mlx, from_candle, "{:?}", r.text);
         assert_eq!(from_mlx, r.greedy, "{:?}", r.text);
     }
@@ -346,14 +310,7 @@ async fn broken_mlx_folders_get_clear_errors_and_the_daemon_keeps_serving() {
             .await
             .expect_err(&model);
         eprintln!("{model}: {:?} {}", err.code(), err.message());
-        assert_eq!(err.code(), code, "{model}: {}", err.message());
-        for n in needles {
-            assert!(
-                err.message().contains(n),
-                "{model}: {:?} lacks {n:?}",
-                err.message()
-            );
-        }
+        assert_status(&err, code, needles, &model);
         // The daemon keeps serving.
         assert_eq!(generate_count(&mut c, good, None).await.unwrap(), 4);
     }

@@ -287,7 +287,7 @@ async fn sampled_tokens_with_speculation_have_the_distribution_without_it() {
             None => all.push((k.clone(), *n)),
         }
     }
-    all.sort_by(|a, b| b.1.cmp(&a.1));
+    all.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     // The commonest continuations, each seen at least 10 times in all; the rest pooled.
     let top: Vec<Vec<u32>> = all
         .iter()

@@ -13,7 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use minerva_e2e::{
-    bin, client_node, client_python as python, grpcurl, models_dir, token_ids, Daemon, MODEL,
+    assert_success, bin, client_node, client_python as python, grpcurl, models_dir, token_ids,
+    Daemon, MODEL,
 };
 
 const PROMPT: &str = "The capital of France is";
@@ -34,11 +35,7 @@ fn stubs(python: &Path, dir: &Path) {
         .args(&files)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "protoc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "protoc");
 }
 
 fn python_client(python: &Path, stubs: &Path, target: &str) -> serde_json::Value {
@@ -50,11 +47,7 @@ fn python_client(python: &Path, stubs: &Path, target: &str) -> serde_json::Value
         .arg(MODEL)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "the Python client failed on {target}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, &format!("the Python client on {target}"));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -67,11 +60,7 @@ fn node_client(target: &str) -> serde_json::Value {
         .env("NODE_PATH", client_node())
         .output()
         .expect("run node (Node.js)");
-    assert!(
-        out.status.success(),
-        "the Node client failed on {target}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, &format!("the Node client on {target}"));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -154,11 +143,7 @@ fn check_grpcurl(address: &[&str], expected: &serde_json::Value) {
             .unwrap()
     };
     let ok = |out: std::process::Output, call: &str| {
-        assert!(
-            out.status.success(),
-            "grpcurl {what} {call}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out, &format!("grpcurl {what} {call}"));
         out.stdout
     };
 

@@ -3,10 +3,9 @@
 //! answers checked by the JSON Schema project's own Python validator, not by the code that
 //! enforced them. Bad constraints are refused before anything is queued.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use minerva_e2e::{client_python, generate_ids, Daemon, MODEL};
+use minerva_e2e::{client_python, generate_ids, generate_ids_on, output_with_stdin, Daemon, MODEL};
 use minerva_proto::v1 as pb;
 use pb::constraint::Kind;
 use serde_json::json;
@@ -122,18 +121,8 @@ fn constrained(prompt: &str, kind: Kind, seed: Option<u64>) -> pb::GenerateReque
 /// The Python validator's verdict on `cases` (JSON lines of schema or regex, and text).
 fn validate(cases: &[serde_json::Value]) -> serde_json::Value {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/validate_json.py");
-    let mut child = Command::new(client_python())
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    for c in cases {
-        writeln!(stdin, "{c}").unwrap();
-    }
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
+    let lines: String = cases.iter().map(|c| format!("{c}\n")).collect();
+    let out = output_with_stdin(Command::new(client_python()).arg(script), lines.as_bytes());
     assert!(out.status.success(), "the validator failed");
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -194,19 +183,7 @@ async fn futures_join(
     let mut handles = Vec::new();
     for r in reqs {
         let channel = d.channel().await;
-        handles.push(tokio::spawn(async move {
-            let mut c = pb::generate_service_client::GenerateServiceClient::new(channel);
-            let mut s = c.generate(r).await.expect("generate").into_inner();
-            let mut ids = Vec::new();
-            while let Some(m) = s.message().await.expect("stream") {
-                match m.event {
-                    Some(pb::generate_response::Event::Token(t)) => ids.push(t.id),
-                    Some(pb::generate_response::Event::Done(stats)) => return (ids, stats),
-                    _ => {}
-                }
-            }
-            panic!("the stream ended without stats")
-        }));
+        handles.push(tokio::spawn(generate_ids_on(channel, r)));
     }
     let mut out = Vec::new();
     for h in handles {

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use minerva_e2e::bin;
+use minerva_e2e::{assert_success, bin};
 
 fn minerva(args: &[&str]) -> std::process::Output {
     Command::new(bin("minerva"))
@@ -31,11 +31,7 @@ fn synth_tiny_gguf_reports_what_it_wrote() {
         out_s,
     ];
     let o = minerva(&args);
-    assert!(
-        o.status.success(),
-        "minerva synth failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_success(&o, "minerva synth");
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON on stdout");
     assert_eq!(report["shape"], "tiny");
     assert_eq!(report["format"], "gguf-q8_0");
@@ -64,32 +60,25 @@ fn synth_tiny_gguf_reports_what_it_wrote() {
 fn synth_refuses_bad_names() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.gguf");
-    let o = minerva(&[
-        "synth",
-        "--shape",
-        "llama-70b",
-        "--format",
-        "gguf-f16",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let refused = |shape: &str, format: &str| {
+        let o = minerva(&[
+            "synth",
+            "--shape",
+            shape,
+            "--format",
+            format,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = refused("llama-70b", "gguf-f16");
     assert!(
         err.contains("unknown shape") && err.contains("mistral-7b-v0.1"),
         "{err}"
     );
-    let o = minerva(&[
-        "synth",
-        "--shape",
-        "tiny",
-        "--format",
-        "gguf-q3_k",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = refused("tiny", "gguf-q3_k");
     assert!(
         err.contains("unknown format") && err.contains("gguf-q4_k_m"),
         "{err}"

@@ -4,30 +4,13 @@
 
 use minerva_e2e::{model_path, Daemon, MODEL};
 
-fn json_of(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON ({e}): stdout {} stderr {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 #[test]
 fn verify_the_real_model_a_truncated_copy_and_a_missing_path() {
     let model = model_path();
     let d = Daemon::start(&[]);
 
     // The real model, by path.
-    let out = d.cli(&["--json", "verify", model.to_str().unwrap()]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = json_of(&out);
+    let r = d.cli_json(&["verify", model.to_str().unwrap()]);
     assert_eq!(r["valid"], true, "{r}");
     assert_eq!(r["format"], "gguf");
     assert_eq!(r["architecture"], "llama");
@@ -53,14 +36,7 @@ fn verify_the_real_model_a_truncated_copy_and_a_missing_path() {
     let bytes = std::fs::read(&model).unwrap();
     let keep = bytes.len() / 2;
     std::fs::write(&cut, &bytes[..keep]).unwrap();
-    let out = d.cli(&["--json", "verify", cut.to_str().unwrap()]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = json_of(&out);
+    let r = d.cli_json_exiting(1, &["verify", cut.to_str().unwrap()]);
     assert_eq!(r["valid"], false);
     let e = &r["error"];
     assert_eq!(e["kind"], "tensor_out_of_bounds", "{r}");

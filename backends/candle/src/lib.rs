@@ -13,9 +13,10 @@ pub mod weights;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use minerva_core::in_process::{InProcessModel, Vocabulary, WeightsSummary};
 use minerva_core::{
     Backend, Context, ContextOptions, CoreError, LoadOptions, Logits, Model, ModelFiles,
-    ModelFormat, ModelInfo, PerSequenceContext, Result, SequenceModel, Serves, TokenId,
+    ModelFormat, PerSequenceContext, Result, SequenceModel, Serves, TokenId,
 };
 
 use crate::model::{SeqCache, Transformer};
@@ -88,9 +89,7 @@ enum Decoder {
 
 pub struct CandleModel {
     decoder: Decoder,
-    tok: Tok,
-    info: ModelInfo,
-    eog: Vec<TokenId>,
+    vocab: Vocabulary,
 }
 
 fn bad(path: &Path, detail: impl Into<String>) -> CoreError {
@@ -170,7 +169,7 @@ impl CandleModel {
             settings,
             gpu,
         )?;
-        m.info.trained_context_length = u32::try_from(info_ctx).unwrap_or(u32::MAX);
+        m.vocab.info_mut().trained_context_length = u32::try_from(info_ctx).unwrap_or(u32::MAX);
         Ok(m)
     }
 
@@ -183,51 +182,18 @@ impl CandleModel {
         settings: TokSettings,
         gpu: bool,
     ) -> Result<Self> {
-        if tok.vocab_size() > cfg.vocab_size {
-            return Err(bad(
-                &path,
-                format!(
-                    "the tokenizer has {} tokens but the model's vocabulary is {}",
-                    tok.vocab_size(),
-                    cfg.vocab_size
-                ),
-            ));
-        }
-        let quantization = weights.stored_dtype.clone();
-        let parameter_count = weights.parameter_count;
-        let file_size_bytes = weights.file_bytes;
-        let positions = cfg.max_position_embeddings.clamp(1, MAX_POSITIONS);
-        let mut eog = cfg.eos_token_ids.clone();
-        eog.extend(settings.eos_token);
-        eog.sort_unstable();
-        eog.dedup();
-        let info = ModelInfo {
-            format,
-            architecture: cfg.architecture.clone(),
-            parameter_count,
-            quantization,
-            trained_context_length: u32::try_from(cfg.max_position_embeddings).unwrap_or(u32::MAX),
-            vocab_size: cfg.vocab_size as u32,
-            layer_count: cfg.num_layers as u32,
-            embedding_length: cfg.hidden_size as u32,
-            head_count: cfg.num_heads as u32,
-            head_count_kv: cfg.num_kv_heads as u32,
-            head_dim: cfg.head_dim as u32,
-            file_size_bytes,
-            chat_template: settings.chat_template.clone(),
-            bos_token: settings.bos_token.or(cfg.bos_token_id),
-            eos_token: settings.eos_token.or(cfg.eos_token_ids.first().copied()),
-            add_bos: settings.add_bos,
+        let summary = WeightsSummary {
+            parameter_count: weights.parameter_count,
+            quantization: weights.stored_dtype.clone(),
+            file_size_bytes: weights.file_bytes,
         };
+        let vocab =
+            Vocabulary::new(tok, settings, &cfg, format, summary).map_err(|e| bad(&path, e))?;
+        let positions = cfg.max_position_embeddings.clamp(1, MAX_POSITIONS);
         let transformer = Transformer::new(cfg, weights, positions).map_err(|e| bad(&path, e))?;
         let decoder = Self::place(transformer, gpu).map_err(|e| bad(&path, e))?;
         release_freed_heap();
-        Ok(CandleModel {
-            decoder,
-            tok,
-            info,
-            eog,
-        })
+        Ok(CandleModel { decoder, vocab })
     }
 
     #[cfg(feature = "cuda")]
@@ -282,39 +248,14 @@ fn release_freed_heap() {
     }
 }
 
-impl Model for CandleModel {
-    fn backend(&self) -> &'static str {
-        NAME
+impl InProcessModel for CandleModel {
+    const BACKEND: &'static str = NAME;
+
+    fn vocabulary(&self) -> &Vocabulary {
+        &self.vocab
     }
 
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<TokenId>> {
-        self.tok
-            .encode(text, add_special)
-            .map_err(|detail| CoreError::InvalidParameter {
-                parameter: "prompt",
-                detail,
-            })
-    }
-
-    fn token_bytes(&self, token: TokenId) -> Result<Vec<u8>> {
-        minerva_core::engine::check_token(&self.info, token)?;
-        Ok(self.tok.token_bytes(token).unwrap_or_default().to_vec())
-    }
-
-    fn token_text(&self, token: TokenId) -> Result<String> {
-        minerva_core::engine::check_token(&self.info, token)?;
-        Ok(self.tok.token_text(token).unwrap_or_default())
-    }
-
-    fn is_end_of_generation(&self, token: TokenId) -> bool {
-        self.eog.contains(&token)
-    }
-
-    fn new_context(&self, options: &ContextOptions) -> Result<Box<dyn Context>> {
+    fn context(&self, options: &ContextOptions) -> Result<Box<dyn Context>> {
         let limit = self.max_positions();
         if options.context_length as usize > limit || options.context_length == 0 {
             return Err(CoreError::ContextFailed {
@@ -333,12 +274,12 @@ impl Model for CandleModel {
         }
         Ok(match &self.decoder {
             Decoder::Cpu(t) => Box::new(PerSequenceContext::new(
-                CandleSequences::new(Arc::clone(t), self.info.vocab_size, options),
+                CandleSequences::new(Arc::clone(t), self.vocab.info().vocab_size, options),
                 options,
             )),
             #[cfg(feature = "cuda")]
             Decoder::Gpu(t) => Box::new(PerSequenceContext::new(
-                CandleSequences::new(Arc::clone(t), self.info.vocab_size, options),
+                CandleSequences::new(Arc::clone(t), self.vocab.info().vocab_size, options),
                 options,
             )),
         })

@@ -3,61 +3,13 @@
 //! greedy continuations. Mistral's weights exist as bf16 SafeTensors and as an f16 PyTorch .bin
 //! holding the same values; Llama's folder has only a SentencePiece tokenizer.model.
 
-use std::path::PathBuf;
-
-use base64::Engine as _;
 use minerva_candle::CandleModel;
 use minerva_core::{ContextOptions, ForwardChunk, Model, ModelFormat, SeqId};
+use minerva_e2e::{argmax, fixture, max_diff, reference, Reference};
 use serde_json::Value;
 
 /// Largest difference allowed between our f32 logits and transformers' f32 logits.
 const TOLERANCE: f32 = 1e-4;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
-
-struct Prompt {
-    text: String,
-    input_ids: Vec<u32>,
-    last_logits: Vec<f32>,
-    argmax: Vec<u32>,
-    greedy: Vec<u32>,
-}
-
-fn reference(name: &str) -> Vec<Prompt> {
-    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    let ids = |x: &Value| -> Vec<u32> {
-        x.as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n.as_u64().unwrap() as u32)
-            .collect()
-    };
-    v["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(p["last_logits_f32_le_base64"].as_str().unwrap())
-                .unwrap();
-            Prompt {
-                text: p["text"].as_str().unwrap().to_string(),
-                input_ids: ids(&p["input_ids"]),
-                last_logits: raw
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
-                argmax: ids(&p["argmax_per_position"]),
-                greedy: ids(&p["greedy"]),
-            }
-        })
-        .collect()
-}
 
 fn options() -> ContextOptions {
     ContextOptions {
@@ -69,16 +21,8 @@ fn options() -> ContextOptions {
     }
 }
 
-fn argmax(v: &[f32]) -> u32 {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(i, _)| i as u32)
-        .unwrap()
-}
-
 /// Prompt logits (every position), last-position logits, and a greedy continuation.
-fn run(model: &CandleModel, p: &Prompt) -> (Vec<u32>, Vec<f32>, Vec<u32>) {
+fn run(model: &CandleModel, p: &Reference) -> (Vec<u32>, Vec<f32>, Vec<u32>) {
     let vocab = model.info().vocab_size as usize;
     let mut ctx = model.new_context(&options()).unwrap();
     let mut out = Vec::new();
@@ -108,15 +52,11 @@ fn check_fixture(name: &str, format: ModelFormat) -> Vec<Vec<f32>> {
     let model = CandleModel::load(&fixture(name)).unwrap();
     assert_eq!(model.info().format, format);
     let mut lasts = Vec::new();
-    for p in reference(name) {
+    for p in reference(&fixture(name)) {
         let ids = model.tokenize(&p.text, true).unwrap();
         assert_eq!(ids, p.input_ids, "{name}: tokens of {:?}", p.text);
         let (per_position, last, greedy) = run(&model, &p);
-        let worst = last
-            .iter()
-            .zip(&p.last_logits)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = max_diff(&last, &p.last_logits);
         println!("{name}: {:?}: max |logit diff| {worst:.2e}", p.text);
         assert!(
             worst <= TOLERANCE,
@@ -166,7 +106,7 @@ fn llama_with_sentencepiece_model_matches_transformers() {
 fn sliding_window_is_what_makes_long_prompts_match() {
     // The 21-token prompt is longer than Mistral's window of 16: attending to everything gives
     // other logits, so the window is really applied (and the test above would catch its loss).
-    let prompts = reference("tiny-mistral");
+    let prompts = reference(&fixture("tiny-mistral"));
     let long = prompts.iter().find(|p| p.input_ids.len() > 16).unwrap();
     let dir = tempfile::tempdir().unwrap();
     for f in std::fs::read_dir(fixture("tiny-mistral")).unwrap() {
@@ -180,11 +120,7 @@ fn sliding_window_is_what_makes_long_prompts_match() {
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let model = CandleModel::load(dir.path()).unwrap();
     let (_, last, _) = run(&model, long);
-    let worst = last
-        .iter()
-        .zip(&long.last_logits)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let worst = max_diff(&last, &long.last_logits);
     assert!(
         worst > 1e-3,
         "without the window the logits should differ, got {worst}"

@@ -5,9 +5,10 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use minerva_core::in_process::{InProcessModel, Vocabulary, WeightsSummary};
 use minerva_core::{
     Backend, Context, ContextOptions, CoreError, LoadOptions, Logits, Model, ModelFiles,
-    ModelFormat, ModelInfo, PerSequenceContext, Result, SequenceModel, Serves, TokenId,
+    ModelFormat, PerSequenceContext, Result, SequenceModel, Serves, TokenId,
 };
 use minerva_formats::config::Config;
 use minerva_formats::tokenizer::Tok;
@@ -56,9 +57,7 @@ pub struct MlxModel {
     /// MLX arrays may move between threads but not be used from two at once: the contexts
     /// (one per worker) take turns.
     transformer: Arc<Mutex<Transformer>>,
-    tok: Tok,
-    info: ModelInfo,
-    eog: Vec<TokenId>,
+    vocab: Vocabulary,
 }
 
 fn bad(path: &Path, detail: impl Into<String>) -> CoreError {
@@ -108,86 +107,34 @@ impl MlxModel {
         let transformer = Transformer::new(&cfg, windows, tensors).map_err(|e| bad(&dir, e))?;
         let (tok, settings) =
             Tok::from_hf_folder(&dir, cfg.bos_token_id).map_err(|e| bad(&dir, e))?;
-        if tok.vocab_size() > cfg.vocab_size {
-            return Err(bad(
-                &dir,
-                format!(
-                    "the tokenizer has {} tokens but the model's vocabulary is {}",
-                    tok.vocab_size(),
-                    cfg.vocab_size
-                ),
-            ));
-        }
-        let mut eog = cfg.eos_token_ids.clone();
-        eog.extend(settings.eos_token);
-        eog.sort_unstable();
-        eog.dedup();
         let summary = files.summary().clone();
-        let info = ModelInfo {
-            format,
-            architecture: cfg.architecture.clone(),
+        let weights = WeightsSummary {
             parameter_count: summary.parameter_count,
             quantization: if summary.quantization.is_empty() {
                 transformer.weight_kind()
             } else {
                 summary.quantization
             },
-            trained_context_length: u32::try_from(cfg.max_position_embeddings).unwrap_or(u32::MAX),
-            vocab_size: cfg.vocab_size as u32,
-            layer_count: cfg.num_layers as u32,
-            embedding_length: cfg.hidden_size as u32,
-            head_count: cfg.num_heads as u32,
-            head_count_kv: cfg.num_kv_heads as u32,
-            head_dim: cfg.head_dim as u32,
             file_size_bytes: summary.file_size_bytes,
-            chat_template: settings.chat_template.clone(),
-            bos_token: settings.bos_token.or(cfg.bos_token_id),
-            eos_token: settings.eos_token.or(cfg.eos_token_ids.first().copied()),
-            add_bos: settings.add_bos,
         };
-        tracing::debug!(path = %dir.display(), quantization = %info.quantization, "mlx model loaded");
+        let vocab =
+            Vocabulary::new(tok, settings, &cfg, format, weights).map_err(|e| bad(&dir, e))?;
+        tracing::debug!(path = %dir.display(), quantization = %vocab.info().quantization, "mlx model loaded");
         Ok(MlxModel {
             transformer: Arc::new(Mutex::new(transformer)),
-            tok,
-            info,
-            eog,
+            vocab,
         })
     }
 }
 
-impl Model for MlxModel {
-    fn backend(&self) -> &'static str {
-        NAME
+impl InProcessModel for MlxModel {
+    const BACKEND: &'static str = NAME;
+
+    fn vocabulary(&self) -> &Vocabulary {
+        &self.vocab
     }
 
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<TokenId>> {
-        self.tok
-            .encode(text, add_special)
-            .map_err(|detail| CoreError::InvalidParameter {
-                parameter: "prompt",
-                detail,
-            })
-    }
-
-    fn token_bytes(&self, token: TokenId) -> Result<Vec<u8>> {
-        minerva_core::engine::check_token(&self.info, token)?;
-        Ok(self.tok.token_bytes(token).unwrap_or_default().to_vec())
-    }
-
-    fn token_text(&self, token: TokenId) -> Result<String> {
-        minerva_core::engine::check_token(&self.info, token)?;
-        Ok(self.tok.token_text(token).unwrap_or_default())
-    }
-
-    fn is_end_of_generation(&self, token: TokenId) -> bool {
-        self.eog.contains(&token)
-    }
-
-    fn new_context(&self, options: &ContextOptions) -> Result<Box<dyn Context>> {
+    fn context(&self, options: &ContextOptions) -> Result<Box<dyn Context>> {
         if options.context_length == 0 {
             return Err(CoreError::ContextFailed {
                 backend: NAME,
@@ -198,7 +145,7 @@ impl Model for MlxModel {
         Ok(Box::new(PerSequenceContext::new(
             MlxSequences {
                 transformer: Arc::clone(&self.transformer),
-                vocab_size: self.info.vocab_size,
+                vocab_size: self.vocab.info().vocab_size,
             },
             options,
         )))

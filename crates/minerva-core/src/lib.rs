@@ -10,6 +10,8 @@
 pub mod chat;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "tokenizer")]
+pub mod in_process;
 pub mod logprobs;
 pub mod sampling;
 pub mod sequences;

@@ -466,7 +466,7 @@ fn parse(reader: impl Read, file_size: u64, tokenizer: bool) -> Result<GgufHeade
 /// Tensors must not share bytes (zero-sized tensors share nothing). Offsets are already known
 /// to lie inside the file, so the sums below cannot overflow.
 fn check_overlaps(tensors: &[TensorInfo], data_offset: u64) -> Result<(), GgufError> {
-    let mut spans: Vec<(u64, u64, &str)> = tensors
+    let spans = tensors
         .iter()
         .filter(|t| t.n_bytes > 0)
         .map(|t| {
@@ -477,20 +477,15 @@ fn check_overlaps(tensors: &[TensorInfo], data_offset: u64) -> Result<(), GgufEr
             )
         })
         .collect();
-    spans.sort_unstable();
-    for pair in spans.windows(2) {
-        if let [(a_start, a_end, a), (b_start, b_end, b)] = pair {
-            if b_start < a_end {
-                return Err(GgufError::TensorOverlap {
-                    name: (*b).to_string(),
-                    start: data_offset.saturating_add(*b_start),
-                    end: data_offset.saturating_add(*b_end),
-                    other: (*a).to_string(),
-                    other_start: data_offset.saturating_add(*a_start),
-                    other_end: data_offset.saturating_add(*a_end),
-                });
-            }
-        }
+    if let Some(((a_start, a_end, a), (b_start, b_end, b))) = crate::span::first_overlap(spans) {
+        return Err(GgufError::TensorOverlap {
+            name: b.to_string(),
+            start: data_offset.saturating_add(b_start),
+            end: data_offset.saturating_add(b_end),
+            other: a.to_string(),
+            other_start: data_offset.saturating_add(a_start),
+            other_end: data_offset.saturating_add(a_end),
+        });
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ pub mod problem;
 pub mod pypi;
 pub mod safetensors;
 pub mod sentencepiece;
+mod span;
 pub mod spm_tokenizer;
 #[cfg(feature = "tokenizer")]
 pub mod tokenizer;

@@ -220,37 +220,35 @@ pub fn parse(prefix: &[u8], file_size: u64, file: &str) -> Result<SafeTensors, P
             .expected(format!("a file of at least {} bytes", abs(t.end)))
             .found(format!("{file_size} bytes")));
         }
-        if t.begin < expected {
-            let other = prev.map(|p| p.name.as_str()).unwrap_or("");
-            return Err(Problem::new(
-                ProblemKind::Overlap,
-                format!(
-                    "tensor {:?} starts at byte {} inside tensor {other:?}, which ends at {}",
-                    t.name,
-                    abs(t.begin),
-                    abs(expected)
-                ),
-            )
-            .tensor(&t.name)
-            .at(abs(t.begin))
-            .expected(format!("start at {}", abs(expected)))
-            .found(abs(t.begin)));
-        }
-        if t.begin > expected {
-            return Err(Problem::new(
-                ProblemKind::Gap,
-                format!(
-                    "{} unused bytes before tensor {:?}: it starts at byte {} but the previous data ends at {}",
-                    t.begin - expected,
-                    t.name,
-                    abs(t.begin),
-                    abs(expected)
-                ),
-            )
-            .tensor(&t.name)
-            .at(abs(t.begin))
-            .expected(format!("start at {}", abs(expected)))
-            .found(abs(t.begin)));
+        if t.begin != expected {
+            let (kind, message) = if t.begin < expected {
+                let other = prev.map(|p| p.name.as_str()).unwrap_or("");
+                (
+                    ProblemKind::Overlap,
+                    format!(
+                        "tensor {:?} starts at byte {} inside tensor {other:?}, which ends at {}",
+                        t.name,
+                        abs(t.begin),
+                        abs(expected)
+                    ),
+                )
+            } else {
+                (
+                    ProblemKind::Gap,
+                    format!(
+                        "{} unused bytes before tensor {:?}: it starts at byte {} but the previous data ends at {}",
+                        t.begin - expected,
+                        t.name,
+                        abs(t.begin),
+                        abs(expected)
+                    ),
+                )
+            };
+            return Err(Problem::new(kind, message)
+                .tensor(&t.name)
+                .at(abs(t.begin))
+                .expected(format!("start at {}", abs(expected)))
+                .found(abs(t.begin)));
         }
         expected = t.end;
         prev = Some(t);

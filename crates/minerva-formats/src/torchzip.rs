@@ -250,7 +250,7 @@ pub fn read_zip(src: &(impl ReadAt + ?Sized)) -> Result<Vec<ZipEntry>, Problem> 
             header_offset: off,
         });
     }
-    let mut spans: Vec<(u64, u64, &str)> = entries
+    let spans = entries
         .iter()
         .map(|e| {
             (
@@ -260,20 +260,17 @@ pub fn read_zip(src: &(impl ReadAt + ?Sized)) -> Result<Vec<ZipEntry>, Problem> 
             )
         })
         .collect();
-    spans.sort_unstable();
-    for w in spans.windows(2) {
-        if let [(_, a_end, a), (b_start, _, b)] = w {
-            if b_start < a_end {
-                return Err(Problem::new(
-                    ProblemKind::Overlap,
-                    format!("zip entry {b:?} starts at byte {b_start}, inside entry {a:?} (ends at {a_end})"),
-                )
-                .tensor(*b)
-                .at(*b_start)
-                .expected(format!("start at or after {a_end}"))
-                .found(b_start));
-            }
-        }
+    if let Some(((_, a_end, a), (b_start, _, b))) = crate::span::first_overlap(spans) {
+        return Err(Problem::new(
+            ProblemKind::Overlap,
+            format!(
+                "zip entry {b:?} starts at byte {b_start}, inside entry {a:?} (ends at {a_end})"
+            ),
+        )
+        .tensor(b)
+        .at(b_start)
+        .expected(format!("start at or after {a_end}"))
+        .found(b_start));
     }
     Ok(entries)
 }

@@ -162,18 +162,23 @@ fn gguf_valid_file_is_described() {
     assert_eq!(r.summary.estimated_for_context, 2048);
 }
 
+/// Every prefix of the file `full` (named `name`) is invalid; cut inside the data of its last
+/// tensor, "b", the error names b and its offset `b_offset`.
+fn assert_every_truncation_is_invalid(name: &str, full: &[u8], b_offset: u64) {
+    for cut in 0..full.len() {
+        let r = verify_bytes(name, &full[..cut]);
+        assert!(!r.valid, "cut at {cut} accepted");
+    }
+    let r = verify_bytes(name, &full[..full.len() - 1]);
+    let e = invalid(&r, "tensor_out_of_bounds");
+    assert_eq!(e.tensor.as_deref(), Some("b"));
+    assert_eq!(e.offset, Some(b_offset));
+}
+
 #[test]
 fn gguf_every_truncation_is_invalid() {
     let full = good_gguf();
-    for cut in 0..full.len() {
-        let r = verify_bytes("m.gguf", &full[..cut]);
-        assert!(!r.valid, "cut at {cut} accepted");
-    }
-    // Cut inside tensor b's data: b is named with its offset.
-    let r = verify_bytes("m.gguf", &full[..full.len() - 1]);
-    let e = invalid(&r, "tensor_out_of_bounds");
-    assert_eq!(e.tensor.as_deref(), Some("b"));
-    assert_eq!(e.offset, Some(full.len() as u64 - 40));
+    assert_every_truncation_is_invalid("m.gguf", &full, full.len() as u64 - 40);
 }
 
 #[test]
@@ -240,65 +245,41 @@ fn safetensors_valid_file() {
 #[test]
 fn safetensors_every_truncation_is_invalid() {
     let full = st(ST_GOOD, 24);
-    for cut in 0..full.len() {
-        let r = verify_bytes("m.safetensors", &full[..cut]);
-        assert!(!r.valid, "cut at {cut} accepted");
-    }
-    let r = verify_bytes("m.safetensors", &full[..full.len() - 1]);
-    let e = invalid(&r, "tensor_out_of_bounds");
-    assert_eq!(e.tensor.as_deref(), Some("b"));
-    assert_eq!(e.offset, Some(8 + ST_GOOD.len() as u64 + 16));
+    assert_every_truncation_is_invalid("m.safetensors", &full, 8 + ST_GOOD.len() as u64 + 16);
 }
 
 #[test]
 fn safetensors_hostile_headers() {
+    // The problem with a file of `header` and `data_len` bytes of data.
+    let problem = |header: &str, data_len: usize, kind: &str| {
+        invalid(&verify_bytes("m.safetensors", &st(header, data_len)), kind)
+    };
     let mut b = st(ST_GOOD, 24);
     b[..8].copy_from_slice(&(1u64 << 63).to_le_bytes());
     invalid(&verify_bytes("m.safetensors", &b), "bad_header_length");
-    let r = verify_bytes("m.safetensors", &st("[1,2,3]", 0));
-    invalid(&r, "bad_header_json");
+    problem("[1,2,3]", 0, "bad_header_json");
     let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
-    let e = invalid(&verify_bytes("m.safetensors", &st(h, 12)), "overlap");
+    let e = problem(h, 12, "overlap");
     assert_eq!(e.tensor.as_deref(), Some("b"));
     assert_eq!(e.offset, Some(8 + h.len() as u64 + 4));
     let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}}"#;
-    assert_eq!(
-        invalid(&verify_bytes("m.safetensors", &st(h, 20)), "gap")
-            .tensor
-            .as_deref(),
-        Some("b")
-    );
+    assert_eq!(problem(h, 20, "gap").tensor.as_deref(), Some("b"));
     let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
-    invalid(&verify_bytes("m.safetensors", &st(h, 9)), "trailing_data");
+    problem(h, 9, "trailing_data");
     let h = r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#;
-    let e = invalid(&verify_bytes("m.safetensors", &st(h, 8)), "size_mismatch");
+    let e = problem(h, 8, "size_mismatch");
     assert_eq!(e.expected.as_deref(), Some("12 bytes"));
     let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#;
-    invalid(
-        &verify_bytes("m.safetensors", &st(h, 16)),
-        "duplicate_tensor",
-    );
+    problem(h, 16, "duplicate_tensor");
     let h = r#"{"a":{"dtype":"Q9","shape":[2],"data_offsets":[0,8]}}"#;
-    invalid(
-        &verify_bytes("m.safetensors", &st(h, 8)),
-        "bad_tensor_entry",
-    );
+    problem(h, 8, "bad_tensor_entry");
     let h = r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}}"#;
-    invalid(
-        &verify_bytes("m.safetensors", &st(h, 8)),
-        "bad_tensor_entry",
-    );
+    problem(h, 8, "bad_tensor_entry");
     let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[18446744073709551615,8]}}"#;
-    invalid(
-        &verify_bytes("m.safetensors", &st(h, 8)),
-        "bad_tensor_entry",
-    );
+    problem(h, 8, "bad_tensor_entry");
     // Deep nesting is a JSON error, not a stack overflow.
     let deep = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
-    invalid(
-        &verify_bytes("m.safetensors", &st(&deep, 0)),
-        "bad_header_json",
-    );
+    problem(&deep, 0, "bad_header_json");
 }
 
 fn shard_dir(index: &str, shards: &[(&str, Vec<u8>)]) -> tempfile::TempDir {

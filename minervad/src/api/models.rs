@@ -135,13 +135,7 @@ impl ModelApi {
             let result = match store.hub() {
                 Ok(hub) => {
                     hub.pull(&hub_ref, &mut |ev| {
-                        let _ = progress_tx.send(Ok(pb::PullProgress {
-                            phase: ev.phase.into(),
-                            completed_bytes: ev.completed,
-                            total_bytes: ev.total,
-                            message: ev.message,
-                            done: None,
-                        }));
+                        let _ = progress_tx.send(Ok(in_progress(ev)));
                     })
                     .await
                 }
@@ -172,6 +166,17 @@ impl ModelApi {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
         )))
+    }
+}
+
+/// A message of a pull under way.
+fn in_progress(ev: crate::pull::PullEvent) -> pb::PullProgress {
+    pb::PullProgress {
+        phase: ev.phase.into(),
+        completed_bytes: ev.completed,
+        total_bytes: ev.total,
+        message: ev.message,
+        done: None,
     }
 }
 
@@ -332,13 +337,7 @@ impl pb::model_service_server::ModelService for ModelApi {
                         ev.completed == 0 || ev.completed == ev.total || !ev.message.is_empty();
                     if boundary || last_sent.elapsed().as_millis() >= 50 {
                         last_sent = std::time::Instant::now();
-                        let _ = progress_tx.send(Ok(pb::PullProgress {
-                            phase: ev.phase.into(),
-                            completed_bytes: ev.completed,
-                            total_bytes: ev.total,
-                            message: ev.message,
-                            done: None,
-                        }));
+                        let _ = progress_tx.send(Ok(in_progress(ev)));
                     }
                 })
             })

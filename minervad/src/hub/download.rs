@@ -9,7 +9,7 @@ use futures::StreamExt;
 use super::cache::link_snapshot;
 use super::check::{Check, Expected, Hasher};
 use super::remote::{hub_error, is_transient};
-use super::Hub;
+use super::{Hub, Source};
 use crate::error::{DaemonError, Result};
 use crate::pull::{PullEvent, PullPhase};
 
@@ -22,20 +22,14 @@ impl Hub {
     /// it unless the blob is already there.
     pub(super) async fn fetch(
         &self,
-        repo: &hf_hub::HFRepository<hf_hub::RepoTypeModel>,
-        commit: &str,
+        src: &Source<'_>,
         e: &Expected,
         dir: &Path,
-        name: &str,
         progress: &mut (dyn FnMut(PullEvent) + Send),
     ) -> Result<()> {
-        let fail = |detail: String| DaemonError::PullFailed {
-            name: name.to_string(),
-            detail,
-        };
         let blobs = dir.join("blobs");
         std::fs::create_dir_all(&blobs)
-            .map_err(|err| fail(format!("cannot create {}: {err}", blobs.display())))?;
+            .map_err(|err| src.failed(format!("cannot create {}: {err}", blobs.display())))?;
         let blob = blobs.join(e.check.blob_name());
         let cached = std::fs::metadata(&blob).is_ok_and(|m| m.len() == e.size);
         if cached {
@@ -46,38 +40,32 @@ impl Hub {
                 message: format!("{}: already in the cache", e.path),
             });
         } else {
-            self.download(repo, commit, e, &blob, name, progress)
-                .await?;
+            self.download(src, e, &blob, progress).await?;
         }
-        link_snapshot(dir, commit, &e.path, e.check.blob_name())
-            .map_err(|err| fail(format!("cannot link {} into the snapshot: {err}", e.path)))
+        link_snapshot(dir, src.commit, &e.path, e.check.blob_name())
+            .map_err(|err| src.failed(format!("cannot link {} into the snapshot: {err}", e.path)))
     }
 
     async fn download(
         &self,
-        repo: &hf_hub::HFRepository<hf_hub::RepoTypeModel>,
-        commit: &str,
+        src: &Source<'_>,
         e: &Expected,
         blob: &Path,
-        name: &str,
         progress: &mut (dyn FnMut(PullEvent) + Send),
     ) -> Result<()> {
-        let fail = |detail: String| DaemonError::PullFailed {
-            name: name.to_string(),
-            detail,
-        };
         let partial = PathBuf::from(format!("{}.incomplete", blob.display()));
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
             .open(&partial)
-            .map_err(|err| fail(format!("cannot open {}: {err}", partial.display())))?;
+            .map_err(|err| src.failed(format!("cannot open {}: {err}", partial.display())))?;
         let mut have = file.metadata().map(|m| m.len()).unwrap_or(0);
         if have > e.size {
             // Not a prefix of this file: start over.
-            file.set_len(0)
-                .map_err(|err| fail(format!("cannot truncate {}: {err}", partial.display())))?;
+            file.set_len(0).map_err(|err| {
+                src.failed(format!("cannot truncate {}: {err}", partial.display()))
+            })?;
             have = 0;
         }
         let mut hasher = Hasher::new(&e.check, e.size);
@@ -89,7 +77,7 @@ impl Hub {
                 message: format!("{}: resuming at byte {have} of {}", e.path, e.size),
             });
             hash_prefix(&mut file, have, &mut hasher)
-                .map_err(|err| fail(format!("cannot read {}: {err}", partial.display())))?;
+                .map_err(|err| src.failed(format!("cannot read {}: {err}", partial.display())))?;
         } else {
             progress(PullEvent {
                 phase: PullPhase::Download,
@@ -101,14 +89,14 @@ impl Hub {
         let mut resumes = 0;
         while have < e.size {
             match self
-                .stream_into(repo, commit, e, have, &mut file, &mut hasher, progress)
+                .stream_into(src, e, have, &mut file, &mut hasher, progress)
                 .await
             {
                 Ok(n) => have += n,
                 Err(StreamError::Broken { got, detail }) => {
                     have += got;
                     if resumes >= RESUMES_PER_PULL {
-                        return Err(fail(format!(
+                        return Err(src.failed(format!(
                             "{}: the download broke off at byte {have} of {} ({detail}); \
                              {} is kept: pull again to resume",
                             e.path,
@@ -133,7 +121,7 @@ impl Hub {
         }
         file.flush()
             .and_then(|_| file.sync_all())
-            .map_err(|err| fail(format!("cannot write {}: {err}", partial.display())))?;
+            .map_err(|err| src.failed(format!("cannot write {}: {err}", partial.display())))?;
         drop(file);
         let got = hasher.finish();
         if got != e.check.blob_name() {
@@ -145,14 +133,14 @@ impl Hub {
                 Check::GitSha1(h) => ("git blob sha1", h),
             };
             return Err(DaemonError::PullVerifyFailed {
-                name: name.to_string(),
+                name: src.name.to_string(),
                 path: PathBuf::from(&e.path),
                 expected: format!("{kind} {want} (the Hub's metadata)"),
                 got: format!("{kind} {got}"),
             });
         }
         std::fs::rename(&partial, blob)
-            .map_err(|err| fail(format!("cannot move {} into place: {err}", e.path)))?;
+            .map_err(|err| src.failed(format!("cannot move {} into place: {err}", e.path)))?;
         progress(PullEvent {
             phase: PullPhase::Verify,
             completed: e.size,
@@ -171,21 +159,20 @@ impl Hub {
 
     /// Streams bytes `from..size` of the file onto the end of `file`. Returns the bytes written;
     /// a stream that ends early or errors is `Broken` with the bytes it did write.
-    #[allow(clippy::too_many_arguments)]
     async fn stream_into(
         &self,
-        repo: &hf_hub::HFRepository<hf_hub::RepoTypeModel>,
-        commit: &str,
+        src: &Source<'_>,
         e: &Expected,
         from: u64,
         file: &mut std::fs::File,
         hasher: &mut Hasher,
         progress: &mut (dyn FnMut(PullEvent) + Send),
     ) -> std::result::Result<u64, StreamError> {
-        let (_, mut stream) = repo
+        let (_, mut stream) = src
+            .repo
             .download_file_stream()
             .filename(e.path.clone())
-            .revision(commit.to_string())
+            .revision(src.commit.to_string())
             .range(from..e.size)
             .send()
             .await

@@ -43,6 +43,23 @@ use check::is_hex;
 pub(crate) use name::{display_name, HubRef};
 use remote::{hub_error, list_files, select};
 
+/// One pull's files at a pinned commit, and the name its errors report.
+struct Source<'a> {
+    repo: &'a hf_hub::HFRepository<hf_hub::RepoTypeModel>,
+    commit: &'a str,
+    /// The name as the pull was asked for.
+    name: &'a str,
+}
+
+impl Source<'_> {
+    fn failed(&self, detail: String) -> DaemonError {
+        DaemonError::PullFailed {
+            name: self.name.to_string(),
+            detail,
+        }
+    }
+}
+
 pub(crate) struct Hub {
     client: hf_hub::HFClient,
     cache_dir: PathBuf,
@@ -115,9 +132,14 @@ impl Hub {
             })?;
         let tree = list_files(&repo, &commit, &name).await?;
         let wanted = select(r, &tree, &name)?;
+        let src = Source {
+            repo: &repo,
+            commit: &commit,
+            name: &name,
+        };
         let mut expected = Vec::with_capacity(wanted.len());
         for entry in wanted {
-            expected.push(self.expected(&repo, &commit, entry, &name).await?);
+            expected.push(self.expected(&src, entry).await?);
         }
         let total: u64 = expected.iter().map(|e| e.size).sum();
         progress(PullEvent {
@@ -137,7 +159,7 @@ impl Hub {
         });
         let dir = self.repo_dir(r);
         for e in &expected {
-            self.fetch(&repo, &commit, e, &dir, &name, progress).await?;
+            self.fetch(&src, e, &dir, progress).await?;
         }
         if r.revision != commit {
             let refs = dir.join("refs");

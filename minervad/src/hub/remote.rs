@@ -6,7 +6,7 @@ use hf_hub::repository::RepoTreeEntry;
 
 use super::check::{is_hex, Check, Expected};
 use super::name::{has_quant_tag, HubRef, Selector};
-use super::Hub;
+use super::{Hub, Source};
 use crate::error::{DaemonError, Result};
 
 /// Files a whole-repo pull fetches besides the weights.
@@ -24,20 +24,10 @@ impl Hub {
     /// Size and hash for one file: the tree's LFS sha256 when hf-hub parsed it, else the
     /// resolve endpoint's `X-Linked-Etag` (which is the LFS sha256); the git blob id for
     /// files not in LFS.
-    pub(super) async fn expected(
-        &self,
-        repo: &hf_hub::HFRepository<hf_hub::RepoTypeModel>,
-        commit: &str,
-        entry: TreeFile,
-        name: &str,
-    ) -> Result<Expected> {
-        let fail = |detail: String| DaemonError::PullFailed {
-            name: name.to_string(),
-            detail,
-        };
+    pub(super) async fn expected(&self, src: &Source<'_>, entry: TreeFile) -> Result<Expected> {
         let Some(lfs) = entry.lfs else {
             if !is_hex(&entry.oid, 40) {
-                return Err(fail(format!(
+                return Err(src.failed(format!(
                     "the Hub lists {} with object id {:?}, not a git blob id",
                     entry.path, entry.oid
                 )));
@@ -52,15 +42,16 @@ impl Hub {
         let sha = match lfs.sha256.filter(|s| is_hex(s, 64)) {
             Some(s) => s,
             None => {
-                let meta = repo
+                let meta = src
+                    .repo
                     .get_file_metadata()
                     .filepath(entry.path.clone())
-                    .revision(commit)
+                    .revision(src.commit)
                     .send()
                     .await
-                    .map_err(|e| hub_error(name, e))?;
+                    .map_err(|e| hub_error(src.name, e))?;
                 if !is_hex(&meta.etag, 64) {
-                    return Err(fail(format!(
+                    return Err(src.failed(format!(
                         "the Hub gave no sha256 for {} (ETag {:?}); refusing to download what can't be verified",
                         entry.path, meta.etag
                     )));

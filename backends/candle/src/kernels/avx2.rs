@@ -1,6 +1,7 @@
 //! AVX2 (with FMA and F16C; AVX-VNNI where the CPU has it) dot products for the 32-weight
 //! block types and for dense rows, and [`hsum`], which the K-quant kernels share.
 
+use super::legacy::XRow;
 use super::qtype::{dense_at, f16_at, QType, BLOCK};
 use std::arch::x86_64::*;
 
@@ -19,14 +20,7 @@ pub(crate) unsafe fn hsum(v: __m256) -> f32 {
 /// # Safety
 /// The CPU must have AVX2 and FMA; `row` holds `xd.len()` blocks of `t`, `xq` 32 per block.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn dot(
-    t: QType,
-    row: &[u8],
-    xd: &[f32],
-    xs: &[i32],
-    xq: &[i8],
-    xm: &[f32],
-) -> f32 {
+pub(crate) unsafe fn dot(t: QType, row: &[u8], (xd, xs, xq, xm): XRow<'_>) -> f32 {
     let bb = t.block_bytes();
     let nb = xd.len();
     debug_assert!(row.len() >= nb * bb && xq.len() >= nb * BLOCK);

@@ -126,23 +126,9 @@ pub(crate) unsafe fn dot2(
     let mut rb = _mm512_reduce_add_ps(acc_b) + odd(off_b);
     if i < nb {
         // An odd last block: the AVX2 kernel on that block alone.
-        let (xd1, xs1, xq1) = (&xd[i..], &xs[i..], &xq[i * BLOCK..]);
-        ra += super::avx2::dot(
-            t,
-            std::slice::from_raw_parts(a.add(i * bb), bb),
-            xd1,
-            xs1,
-            xq1,
-            &xm[i..],
-        );
-        rb += super::avx2::dot(
-            t,
-            std::slice::from_raw_parts(b.add(i * bb), bb),
-            xd1,
-            xs1,
-            xq1,
-            &xm[i..],
-        );
+        let last = (&xd[i..], &xs[i..], &xq[i * BLOCK..], &xm[i..]);
+        ra += super::avx2::dot(t, std::slice::from_raw_parts(a.add(i * bb), bb), last);
+        rb += super::avx2::dot(t, std::slice::from_raw_parts(b.add(i * bb), bb), last);
     }
     (ra, rb)
 }

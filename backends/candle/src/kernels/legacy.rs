@@ -86,14 +86,7 @@ pub(crate) fn quantize_rows(x: &[f32], k: usize) -> Q8Blocks {
 }
 
 /// Dot product of one weight row (`nb` blocks) with one quantized activation row.
-pub(crate) fn dot_scalar(
-    t: QType,
-    row: &[u8],
-    xd: &[f32],
-    xs: &[i32],
-    xq: &[i8],
-    xm: &[f32],
-) -> f32 {
+pub(crate) fn dot_scalar(t: QType, row: &[u8], (xd, xs, xq, xm): XRow<'_>) -> f32 {
     let bb = t.block_bytes();
     let mut acc = 0f32;
     for (b, blk) in row.chunks_exact(bb).enumerate() {
@@ -134,14 +127,14 @@ pub(crate) fn dot_scalar(
     acc
 }
 
-pub(crate) fn dot(t: QType, row: &[u8], xd: &[f32], xs: &[i32], xq: &[i8], xm: &[f32]) -> f32 {
+pub(crate) fn dot(t: QType, row: &[u8], x: XRow<'_>) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 and FMA were detected; the slices have the sizes `dot` needs (checked
-        // by the caller's layout: `row` is one row of `xd.len()` blocks).
-        return unsafe { avx2::dot(t, row, xd, xs, xq, xm) };
+        // by the caller's layout: `row` is one row of `x`'s block count).
+        return unsafe { avx2::dot(t, row, x) };
     }
-    dot_scalar(t, row, xd, xs, xq, xm)
+    dot_scalar(t, row, x)
 }
 
 /// Dequantizes one row of blocks (as many as `row` holds) into `out`.

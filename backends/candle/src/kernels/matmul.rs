@@ -185,8 +185,7 @@ fn rows_quantized(p: Part<'_>, k: usize, m: usize, q: &Q8Blocks, r0: usize, r1: 
         }
         if r < r1 {
             for j in 0..m {
-                let (xd, xs, xq, xm) = q.row(j, k);
-                let v = dot(t, &w[r * rb..(r + 1) * rb], xd, xs, xq, xm);
+                let v = dot(t, &w[r * rb..(r + 1) * rb], q.row(j, k));
                 // SAFETY: as above.
                 unsafe { *o.0.add(j * n + r) = v };
             }
@@ -196,8 +195,7 @@ fn rows_quantized(p: Part<'_>, k: usize, m: usize, q: &Q8Blocks, r0: usize, r1: 
     for r in r0..r1 {
         let row = &w[r * rb..(r + 1) * rb];
         for j in 0..m {
-            let (xd, xs, xq, xm) = q.row(j, k);
-            let v = dot(t, row, xd, xs, xq, xm);
+            let v = dot(t, row, q.row(j, k));
             // SAFETY: j < m and r < n, so the index is inside the output; each (j, r) is
             // written by exactly one task.
             unsafe { *o.0.add(j * n + r) = v };

@@ -257,30 +257,49 @@ pub(crate) fn write_common(
     Ok(files)
 }
 
-/// Writes the safetensors directory (bf16, as Mistral's own repositories) at `dir`.
+/// What one Hugging Face-style folder format writes beside the tokenizer files.
+pub struct Folder {
+    pub config: Value,
+    pub entries: Vec<Entry>,
+    /// The shards' `__metadata__.format` ("pt", "mlx").
+    pub format: &'static str,
+}
+
+/// The safetensors folder (bf16, as Mistral's own repositories).
+pub fn folder(shape: &Shape) -> Folder {
+    let entries = shape
+        .tensors()
+        .into_iter()
+        .map(|t| Entry {
+            name: t.hf_name,
+            shape: t.shape,
+            data: match t.kind {
+                TensorKind::Norm => Data::Const(Half::Bf16, 1.0),
+                TensorKind::Matrix => Data::Random(Half::Bf16),
+            },
+        })
+        .collect();
+    Folder {
+        config: config_json(shape, "bfloat16"),
+        entries,
+        format: "pt",
+    }
+}
+
+/// Writes `folder` with the tokenizer files at `dir`, which it creates; nothing stays there
+/// when writing fails.
 pub fn write_dir(
     dir: &Path,
     shape: &Shape,
     vocab: &SpModel,
     sp_bytes: &[u8],
+    folder: &Folder,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<PathBuf>, SynthError> {
     std::fs::create_dir(dir).map_err(io_err(dir))?;
     let result = (|| {
-        let mut files = write_common(dir, shape, vocab, sp_bytes, &config_json(shape, "bfloat16"))?;
-        let entries: Vec<Entry> = shape
-            .tensors()
-            .into_iter()
-            .map(|t| Entry {
-                name: t.hf_name,
-                shape: t.shape,
-                data: match t.kind {
-                    TensorKind::Norm => Data::Const(Half::Bf16, 1.0),
-                    TensorKind::Matrix => Data::Random(Half::Bf16),
-                },
-            })
-            .collect();
-        files.extend(write_shards(dir, &entries, "pt", progress)?);
+        let mut files = write_common(dir, shape, vocab, sp_bytes, &folder.config)?;
+        files.extend(write_shards(dir, &folder.entries, folder.format, progress)?);
         Ok(files)
     })();
     if result.is_err() {

@@ -4,15 +4,14 @@
 //! `scales` and `biases` as f16 `[out, in / 64]`, a weight being `scale * q + bias`. Norms stay
 //! f16. config.json carries `"quantization": {"group_size": 64, "bits": 4}`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::json;
 
-use crate::synth::hf::{self, Data, Entry};
+use crate::synth::hf::{self, Data, Entry, Folder};
 use crate::synth::shape::{Shape, TensorKind};
 use crate::synth::weights::{Half, AMPLITUDE};
-use crate::synth::{io_err, Progress, SynthError};
-use minerva_formats::sentencepiece::SpModel;
+use crate::synth::SynthError;
 
 pub const BITS: u64 = 4;
 pub const GROUP_SIZE: u64 = 64;
@@ -54,14 +53,9 @@ pub fn entries(shape: &Shape) -> Vec<Entry> {
     out
 }
 
-/// Writes the MLX directory at `dir`.
-pub fn write_dir(
-    dir: &Path,
-    shape: &Shape,
-    vocab: &SpModel,
-    sp_bytes: &[u8],
-    progress: &mut dyn FnMut(Progress),
-) -> Result<Vec<PathBuf>, SynthError> {
+/// The MLX folder; an error (naming `dir`, where it was to go) for a shape whose dimensions
+/// are not whole groups.
+pub fn folder(dir: &Path, shape: &Shape) -> Result<Folder, SynthError> {
     if !shape.hidden_size.is_multiple_of(GROUP_SIZE)
         || !shape.intermediate_size.is_multiple_of(GROUP_SIZE)
     {
@@ -73,18 +67,13 @@ pub fn write_dir(
             ),
         });
     }
-    std::fs::create_dir(dir).map_err(io_err(dir))?;
-    let result = (|| {
-        let mut config = hf::config_json(shape, "float16");
-        let q = json!({"group_size": GROUP_SIZE, "bits": BITS});
-        config["quantization"] = q.clone();
-        config["quantization_config"] = q;
-        let mut files = hf::write_common(dir, shape, vocab, sp_bytes, &config)?;
-        files.extend(hf::write_shards(dir, &entries(shape), "mlx", progress)?);
-        Ok(files)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    result
+    let mut config = hf::config_json(shape, "float16");
+    let q = json!({"group_size": GROUP_SIZE, "bits": BITS});
+    config["quantization"] = q.clone();
+    config["quantization_config"] = q;
+    Ok(Folder {
+        config,
+        entries: entries(shape),
+        format: "mlx",
+    })
 }

@@ -222,8 +222,14 @@ pub fn synth(
             }
             vec![PathBuf::new()]
         }
-        Format::Safetensors => hf::write_dir(&partial, shape, &vocab, &sp_bytes, progress)?,
-        Format::Mlx => mlx::write_dir(&partial, shape, &vocab, &sp_bytes, progress)?,
+        Format::Safetensors => {
+            let folder = hf::folder(shape);
+            hf::write_dir(&partial, shape, &vocab, &sp_bytes, &folder, progress)?
+        }
+        Format::Mlx => {
+            let folder = mlx::folder(&partial, shape)?;
+            hf::write_dir(&partial, shape, &vocab, &sp_bytes, &folder, progress)?
+        }
     };
     if out.exists() {
         remove_any(out)?;
