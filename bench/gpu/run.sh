@@ -3,7 +3,7 @@
 #   build    llama.cpp (the source minervad was built against) with CUDA, as shared libraries,
 #            plus llama-bench and llama-batched-bench linked to those same libraries
 #   check    that minervad finds every library it links (llama.cpp's, CUDA's)
-#   models   `minerva synth --shape mistral-7b-v0.1` as GGUF Q4_K_M and F16
+#   models   `minerva synth --shape mistral-7b-v0.1` as GGUF Q4_K_M and F16 (ONLY_Q4=1: Q4_K_M)
 #   peer     llama-bench (pp512, tg128) on both files and llama-batched-bench (128 in, 128 out;
 #            1/8/32/64 sequences; its default KV stream per sequence, and -kvu) on Q4_K_M, all
 #            layers on the GPU, flash attention on
@@ -12,7 +12,7 @@
 #            with one shared KV pool and with a KV stream per sequence (--kv-per-sequence)
 #   candle   the same minervad with the candle backend on CUDA (feature candle-cuda): pp512,
 #            tg128, the four standard scenarios on both files; pp128+tg128 at concurrency 1, 8
-#   verify   llama-bench passes of 1 to 9 tokens over a 512-token cache on both files: what
+#   verify   llama-bench passes of 1 to 9 tokens over a 512-token cache on Q4_K_M: what
 #            checking k drafted tokens costs against one decode step (the ceiling of
 #            speculative decoding's speedup); needs only build and models
 #   pack     everything measured into $OUT/gpu-results.tar.gz
@@ -79,6 +79,8 @@ step_check() {
 step_models() {
   for pair in "gguf-q4_k_m $Q4" "gguf-f16 $F16"; do
     set -- $pair
+    # ONLY_Q4=1: the quantized file alone (enough for verify).
+    [ "${ONLY_Q4:-0}" = 1 ] && [ "$1" != gguf-q4_k_m ] && continue
     [ -f "$2.done" ] && continue
     log "synth $1"
     "$G/minerva" synth --shape mistral-7b-v0.1 --format "$1" -o "$2" --force | tee -a "$R/synth.txt"
@@ -113,7 +115,7 @@ step_peer() {
 step_verify() {
   if [ ! -s "$R/verify-cost.json" ]; then
     log "llama-bench: passes of 1..9 tokens at depth 512"
-    "$B/llama-bench" -m "$Q4" -m "$F16" -p 1,2,3,4,5,6,7,8,9 -n 0 -d 512 -ngl 99 -fa 1 \
+    "$B/llama-bench" -m "$Q4" -p 1,2,3,4,5,6,7,8,9 -n 0 -d 512 -ngl 99 -fa 1 \
       -r "$RUNS" -o json >"$R/verify-cost.json.tmp" 2>"$R/verify-cost.log"
     mv "$R/verify-cost.json.tmp" "$R/verify-cost.json"
   fi
