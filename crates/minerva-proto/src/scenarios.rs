@@ -182,6 +182,25 @@ pub fn read_prompts_file(path: &Path) -> Result<Vec<TestKind>, String> {
     Ok(tests)
 }
 
+/// Fills a speculative variant's decode speedup over the same test run without speculation
+/// and whether it gave that test's tokens (its first run's against the plain test's first).
+/// The daemon fills its own results with it, the CLI a peer's.
+pub fn compare_with_plain(spec: &mut crate::v1::BenchTest, plain: &crate::v1::BenchTest) {
+    let decode = |t: &crate::v1::BenchTest| {
+        t.metrics
+            .iter()
+            .find(|m| m.name == "decode_tokens_per_s")
+            .and_then(|m| m.summary)
+            .map_or(0.0, |s| s.mean)
+    };
+    if decode(plain) > 0.0 {
+        spec.speedup = Some(decode(spec) / decode(plain));
+    }
+    if let (Some(a), Some(b)) = (spec.runs.first(), plain.runs.first()) {
+        spec.same_tokens_as_plain = Some(a.tokens_sha256 == b.tokens_sha256);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -178,6 +178,8 @@ pub(crate) fn print_result_of(global: &Global, r: &pb::BenchResult, process: &st
             settings.concat()
         );
     }
+    // The speculation column only where a test speculated.
+    let speculated = r.tests.iter().any(|t| t.max_draft > 0);
     let rows: Vec<Vec<String>> = r
         .tests
         .iter()
@@ -188,7 +190,7 @@ pub(crate) fn print_result_of(global: &Global, r: &pb::BenchResult, process: &st
             let sd = |name: &str| {
                 metric(t, name).map_or("-".into(), |s| format!("{:.1}±{:.1}", s.mean, s.stddev))
             };
-            vec![
+            let mut row = vec![
                 t.test.clone(),
                 format!("{}+{}", t.prompt_tokens, t.new_tokens),
                 t.concurrency.to_string(),
@@ -200,17 +202,9 @@ pub(crate) fn print_result_of(global: &Global, r: &pb::BenchResult, process: &st
                 format!("{:.1}", t.aggregate_tokens_per_s),
                 t.deterministic
                     .map_or("-".into(), |d| if d { "yes".into() } else { "NO".into() }),
-                drafts(t),
-            ]
-        })
-        .collect();
-    // The speculation column only where a test speculated.
-    let speculated = r.tests.iter().any(|t| t.max_draft > 0);
-    let rows: Vec<Vec<String>> = rows
-        .into_iter()
-        .map(|mut row| {
-            if !speculated {
-                row.pop();
+            ];
+            if speculated {
+                row.push(drafts(t));
             }
             row
         })
@@ -270,7 +264,6 @@ pub(crate) fn print_result_of(global: &Global, r: &pb::BenchResult, process: &st
 /// Fills each "TEST/spec" test's speedup over TEST and whether it gave TEST's tokens, where
 /// the result does not say (a peer's: the daemon fills its own).
 pub(crate) fn fill_speedups(r: &mut pb::BenchResult) {
-    let decode = |t: &pb::BenchTest| metric(t, "decode_tokens_per_s").map_or(0.0, |s| s.mean);
     let plain: Vec<pb::BenchTest> = r
         .tests
         .iter()
@@ -281,14 +274,8 @@ pub(crate) fn fill_speedups(r: &mut pb::BenchResult) {
         let Some(name) = t.test.strip_suffix("/spec") else {
             continue;
         };
-        let Some(p) = plain.iter().find(|p| p.test == name && p.model == t.model) else {
-            continue;
-        };
-        if decode(p) > 0.0 {
-            t.speedup = Some(decode(t) / decode(p));
-        }
-        if let (Some(a), Some(b)) = (t.runs.first(), p.runs.first()) {
-            t.same_tokens_as_plain = Some(a.tokens_sha256 == b.tokens_sha256);
+        if let Some(p) = plain.iter().find(|p| p.test == name && p.model == t.model) {
+            minerva_proto::scenarios::compare_with_plain(t, p);
         }
     }
 }

@@ -131,7 +131,7 @@ async fn run_plan(
                 let mut t =
                     run_test(&model, name, test, &prompt, ask, plan, &mut tracker, cancel).await?;
                 if let Some(p) = &plain {
-                    compare_with_plain(&mut t, p);
+                    minerva_proto::scenarios::compare_with_plain(&mut t, p);
                 }
                 entry.update(|r| r.tests.push(t.clone()));
                 plain.get_or_insert(t);
@@ -200,24 +200,6 @@ async fn run_test(
     t.test = label;
     t.max_draft = ask.max_draft.unwrap_or(0);
     Ok(t)
-}
-
-/// A speculative variant against the same test without speculation: its decode speedup and
-/// whether it gave the same tokens.
-fn compare_with_plain(spec: &mut BenchTest, plain: &BenchTest) {
-    let decode = |t: &BenchTest| {
-        t.metrics
-            .iter()
-            .find(|m| m.name == "decode_tokens_per_s")
-            .and_then(|m| m.summary)
-            .map_or(0.0, |s| s.mean)
-    };
-    if decode(plain) > 0.0 {
-        spec.speedup = Some(decode(spec) / decode(plain));
-    }
-    if let (Some(a), Some(b)) = (spec.runs.first(), plain.runs.first()) {
-        spec.same_tokens_as_plain = Some(a.tokens_sha256 == b.tokens_sha256);
-    }
 }
 
 /// The prompt tokens and new-token count of a test on this model.
