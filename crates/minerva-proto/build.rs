@@ -39,6 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "BenchMachine",
         "BenchResult",
         "LoadOptions",
+        "DraftDetails",
     ] {
         config = config.type_attribute(
             format!(".minerva.v1.{m}"),

@@ -48,6 +48,10 @@ pub struct LoadFlags {
     /// folders -> candle, MLX folders -> mlx].
     #[arg(long)]
     pub backend: Option<String>,
+    /// A draft model for speculative decoding (a smaller model with the same vocabulary),
+    /// loaded beside the model.
+    #[arg(long, value_name = "MODEL")]
+    pub draft: Option<String>,
 }
 
 impl LoadFlags {
@@ -55,12 +59,14 @@ impl LoadFlags {
         (self.threads.is_some()
             || self.ctx.is_some()
             || self.gpu_layers.is_some()
-            || self.backend.is_some())
+            || self.backend.is_some()
+            || self.draft.is_some())
         .then(|| pb::LoadOptions {
             threads: self.threads,
             context_length: self.ctx,
             gpu_layers: self.gpu_layers,
             backend: self.backend.clone(),
+            draft_model: self.draft.clone(),
         })
     }
 }
@@ -185,6 +191,15 @@ fn print_details(global: &Global, d: &pb::ModelDetails) -> CliResult {
         println!("{}", serde_json::to_string_pretty(d)?);
         return Ok(());
     }
+    let draft = d.draft.as_ref().map(|x| {
+        format!(
+            "{} ({}, {} parameters, {})",
+            x.name,
+            x.quantization,
+            render::count(x.parameter_count),
+            x.backend
+        )
+    });
     let rows = [
         ("name", d.name.clone()),
         ("path", d.path.clone()),
@@ -239,6 +254,9 @@ fn print_details(global: &Global, d: &pb::ModelDetails) -> CliResult {
     ];
     for (k, v) in rows {
         println!("{k:<20}{v}");
+    }
+    if let Some(draft) = draft {
+        println!("{:<20}{draft}", "draft model");
     }
     Ok(())
 }

@@ -101,8 +101,9 @@ pub struct RunArgs {
     /// answer is printed after the others are done (all in `samples` with --json).
     #[arg(long, value_name = "N")]
     pub samples: Option<u32>,
-    /// Speculative decoding by prompt lookup, drafting at most N tokens a step (1-16): faster
-    /// where the answer repeats its input (edits, quotes, code), with the same tokens.
+    /// Speculative decoding, drafting at most N tokens a step (1-16), with the same tokens:
+    /// with the --draft model where there is one, else by prompt lookup (faster where the
+    /// answer repeats its input: edits, quotes, code).
     #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "8")]
     pub speculate: Option<u32>,
     /// No speculative decoding, where the daemon drafts by default (minervad --speculate).
@@ -188,11 +189,17 @@ fn request(args: &RunArgs, input: pb::generate_request::Input) -> pb::GenerateRe
         speculation: match (args.speculate, args.no_speculate) {
             (Some(n), _) => Some(pb::Speculation {
                 max_draft: Some(n),
-                mode: pb::SpeculationMode::Ngram as i32,
+                mode: pb::SpeculationMode::Auto as i32,
+                ..Default::default()
             }),
             (None, true) => Some(pb::Speculation {
-                max_draft: None,
                 mode: pb::SpeculationMode::Off as i32,
+                ..Default::default()
+            }),
+            // A draft model named: it drafts.
+            (None, false) if args.load.draft.is_some() => Some(pb::Speculation {
+                mode: pb::SpeculationMode::Draft as i32,
+                ..Default::default()
             }),
             (None, false) => None,
         },

@@ -21,5 +21,17 @@ pub(crate) fn requested_options(o: Option<&pb::LoadOptions>) -> Result<Requested
             .filter(|b| !b.is_empty())
             .map(crate::engine::backend_id)
             .transpose()?,
+        draft_model: o.draft_model.clone(),
     })
+}
+
+/// A loaded model's draft model, as ModelDetails and benchmark records report it.
+pub(crate) fn draft_to_proto(d: &crate::engine::DraftDetails) -> pb::DraftDetails {
+    pb::DraftDetails {
+        name: d.name.clone(),
+        path: d.path.display().to_string(),
+        backend: d.backend.into(),
+        quantization: d.quantization.clone(),
+        parameter_count: d.parameter_count,
+    }
 }

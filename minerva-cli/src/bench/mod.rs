@@ -74,11 +74,20 @@ pub(crate) struct RunArgs {
     /// [default: off, every request computes its whole prompt].
     #[arg(long, conflicts_with = "peer")]
     pub(crate) prompt_cache: bool,
-    /// Run every test again with speculative decoding by prompt lookup, drafting at most N
-    /// tokens a step (1-16), as TEST/spec with its acceptance and its speedup; a llama.cpp peer
-    /// runs llama-cpp-python's prompt-lookup drafter (N tokens) alike.
+    /// Run every test again with speculative decoding, drafting at most N tokens a step
+    /// (1-16), as TEST/spec with its acceptance and its speedup: with the --draft model where
+    /// one is given, else by prompt lookup; a llama.cpp peer runs llama-cpp-python's
+    /// prompt-lookup drafter (N tokens) alike.
     #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "8")]
     pub(crate) speculative: Option<u32>,
+    /// A draft model (same vocabulary) loaded beside each model for --speculative.
+    #[arg(
+        long,
+        value_name = "MODEL",
+        requires = "speculative",
+        conflicts_with = "peer"
+    )]
+    pub(crate) draft: Option<String>,
     /// Also run this peer on the same model file and tests, and print Minerva/peer ratios.
     #[arg(long, value_parser = ["llama.cpp"])]
     pub(crate) peer: Option<String>,
@@ -148,6 +157,7 @@ pub(crate) async fn bench(global: &Global, args: BenchArgs) -> CliResult {
                 context_length: ctx,
                 gpu_layers,
                 backend,
+                draft_model: None,
             };
             perplexity(global, &mut client, model, &file, chunk, options).await
         }

@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::keep_alive_of;
 use crate::convert::requested_options;
+use crate::engine::speculative::{speculation_on, Asked, DraftSource};
 use crate::engine::{
     ConstraintSpec, Engine, Event, Job, Lease, Logprobs, LogprobsWanted, Registration,
 };
@@ -130,18 +131,31 @@ fn constraint_of(c: Option<pb::Constraint>, ignore_eos: bool) -> Result<Option<C
 /// each drafted token is checked by the sampler's own draw at its position (under the
 /// request's temperature, penalties and constraint), so the tokens are those the request would
 /// get without it, seed for seed.
-fn speculation_of(s: Option<&pb::Speculation>, daemon: Option<u32>) -> Result<Option<u32>> {
+/// What a request asks of speculative decoding (`None`: none). Where drafts come from is
+/// settled by [`speculation_on`] once the model is loaded.
+fn speculation_of(s: Option<&pb::Speculation>, daemon: Option<u32>) -> Result<Option<Asked>> {
     use crate::engine::speculative::{DEFAULT_DRAFT, MAX_DRAFT};
-    let Some(s) = s else { return Ok(daemon) };
-    if s.mode() == pb::SpeculationMode::Off {
-        if s.max_draft.is_some() {
-            return Err(DaemonError::invalid(
-                "speculation.max_draft",
-                "a draft length with mode OFF; leave it unset, or ask for NGRAM",
-            ));
+    let Some(s) = s else {
+        return Ok(daemon.map(|max_draft| Asked {
+            max_draft,
+            source: None,
+            fixed: false,
+        }));
+    };
+    let source = match s.mode() {
+        pb::SpeculationMode::Off => {
+            if s.max_draft.is_some() {
+                return Err(DaemonError::invalid(
+                    "speculation.max_draft",
+                    "a draft length with mode OFF; leave it unset, or ask for AUTO, NGRAM or DRAFT",
+                ));
+            }
+            return Ok(None);
         }
-        return Ok(None);
-    }
+        pb::SpeculationMode::Unspecified | pb::SpeculationMode::Auto => None,
+        pb::SpeculationMode::Ngram => Some(DraftSource::Lookup),
+        pb::SpeculationMode::Draft => Some(DraftSource::Model),
+    };
     let max = s.max_draft.or(daemon).unwrap_or(DEFAULT_DRAFT);
     if max == 0 || max > MAX_DRAFT {
         return Err(DaemonError::invalid(
@@ -149,7 +163,11 @@ fn speculation_of(s: Option<&pb::Speculation>, daemon: Option<u32>) -> Result<Op
             format!("{max} drafted tokens a step; ask for 1 to {MAX_DRAFT}"),
         ));
     }
-    Ok(Some(max))
+    Ok(Some(Asked {
+        max_draft: max,
+        source,
+        fixed: s.fixed_length,
+    }))
 }
 
 fn logprobs_to_proto(l: Logprobs) -> pb::TokenLogprobs {
@@ -250,7 +268,7 @@ impl GenerateApi {
             ));
         }
         let constraint = constraint_of(req.constraint.take(), ignore_eos)?;
-        let max_draft = speculation_of(req.speculation.as_ref(), self.engine.config().speculate)?;
+        let speculation = speculation_of(req.speculation.as_ref(), self.engine.config().speculate)?;
         if req.max_tokens == Some(0) {
             return Err(DaemonError::invalid("max_tokens", "0 tokens asked for; ask for at least 1, or leave it unset to generate until the end of sequence"));
         }
@@ -264,6 +282,7 @@ impl GenerateApi {
             )
             .await?;
         let ready = Instant::now();
+        let speculation = speculation_on(lease.model(), speculation)?;
         let parallel = lease.model().context_options.max_sequences;
         if samples > parallel {
             return Err(DaemonError::invalid(
@@ -356,7 +375,7 @@ impl GenerateApi {
             cache_prompt: req.cache_prompt.unwrap_or(false),
             logprobs,
             constraint,
-            max_draft,
+            speculation,
             load_ms,
             events: tx,
             lease,

@@ -59,7 +59,11 @@ pub(crate) fn details(
             context_length: Some(m.context_options.context_length),
             gpu_layers: Some(m.load_options.gpu_layers),
             backend: Some(m.model.backend().into()),
+            draft_model: Some(m.draft.as_ref().map_or(String::new(), |d| d.name.clone())),
         }),
+        draft: loaded
+            .and_then(|m| m.draft.as_ref())
+            .map(crate::convert::draft_to_proto),
     }
 }
 

@@ -15,6 +15,7 @@ use super::machine::ResourceSampler;
 use super::spec::TestKind;
 use super::stats::summarize;
 use super::{now_unix, BenchJobs, JobEntry, JobStatus, Plan};
+use crate::engine::speculative::DraftSource;
 use crate::engine::{Event, Job, LoadedModel};
 use crate::error::{DaemonError, Result};
 
@@ -84,7 +85,7 @@ async fn run_plan(
     for (name, backend) in targets {
         let options = crate::engine::RequestedOptions {
             backend: backend.or(plan.options.backend),
-            ..plan.options
+            ..plan.options.clone()
         };
         let (lease, loaded_now) = jobs.engine.acquire(name, options, None).await?;
         let model = Arc::clone(lease.model());
@@ -104,6 +105,7 @@ async fn run_plan(
                 context_length: model.context_options.context_length,
                 backend: model.model.backend().into(),
                 settings: model.model.settings().into_iter().collect(),
+                draft: model.draft.as_ref().map(crate::convert::draft_to_proto),
             })
         });
         for test in &plan.tests {
@@ -122,11 +124,18 @@ async fn run_plan(
             let variants = std::iter::once(None).chain(plan.speculative.map(Some));
             let mut plain: Option<BenchTest> = None;
             for max_draft in variants {
+                // The draft model where the model was loaded with one, else prompt lookup.
+                let asked = max_draft.map(|max_draft| crate::engine::speculative::Asked {
+                    max_draft,
+                    source: None,
+                    fixed: false,
+                });
+                let speculation = crate::engine::speculative::speculation_on(&model, asked)?;
                 let ask = Ask {
                     new_tokens,
                     seed: plan.seed,
                     cache_prompt: plan.prompt_cache,
-                    max_draft,
+                    speculation,
                 };
                 let mut t =
                     run_test(&model, name, test, &prompt, ask, plan, &mut tracker, cancel).await?;
@@ -153,7 +162,7 @@ async fn run_test(
     tracker: &mut Tracker<'_>,
     cancel: &mut watch::Receiver<bool>,
 ) -> Result<BenchTest> {
-    let label = match ask.max_draft {
+    let label = match ask.speculation {
         Some(_) => format!("{}/spec", test.name()),
         None => test.name().to_string(),
     };
@@ -198,7 +207,13 @@ async fn run_test(
         wall_s,
     );
     t.test = label;
-    t.max_draft = ask.max_draft.unwrap_or(0);
+    t.max_draft = ask.speculation.map_or(0, |s| s.max_draft);
+    t.draft_source = match ask.speculation.map(|s| s.source) {
+        None => "",
+        Some(DraftSource::Lookup) => "lookup",
+        Some(DraftSource::Model) => "draft model",
+    }
+    .into();
     Ok(t)
 }
 
@@ -249,8 +264,8 @@ struct Ask {
     seed: u64,
     /// Let the request start from a prompt prefix still cached from an earlier one.
     cache_prompt: bool,
-    /// Speculative decoding, drafting at most this many tokens a step.
-    max_draft: Option<u32>,
+    /// Speculative decoding: from where, and at most how many tokens a step.
+    speculation: Option<crate::engine::speculative::Speculate>,
 }
 
 /// One generation, exactly as a client's: queued to the worker, tokens streamed back.
@@ -285,7 +300,7 @@ async fn one_request(
         cache_prompt: ask.cache_prompt,
         logprobs: None,
         constraint: None,
-        max_draft: ask.max_draft,
+        speculation: ask.speculation,
         load_ms: None,
         events: tx,
         lease: model.lease(None),

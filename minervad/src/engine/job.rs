@@ -98,8 +98,8 @@ pub(crate) struct Job {
     pub(crate) logprobs: Option<LogprobsWanted>,
     /// Structured output: the tokens it may sample are those the constraint allows.
     pub(crate) constraint: Option<Constraint>,
-    /// Speculative decoding by prompt lookup, drafting at most this many tokens a step.
-    pub(crate) max_draft: Option<u32>,
+    /// Speculative decoding: where drafts come from, and at most how many a step.
+    pub(crate) speculation: Option<super::speculative::Speculate>,
     pub(crate) load_ms: Option<f64>,
     pub(crate) events: mpsc::UnboundedSender<Event>,
     /// Keeps the model counted as busy until the job is dropped (its samples take their own).
@@ -133,7 +133,7 @@ impl Job {
             cache_prompt: self.cache_prompt,
             logprobs: self.logprobs,
             constraint: self.constraint.clone(),
-            max_draft: self.max_draft,
+            speculation: self.speculation,
             load_ms: self.load_ms,
             events: self.events.clone(),
             lease: self.lease.model().lease(None),

@@ -68,6 +68,8 @@ pub(crate) struct LoadedModel {
     pub(super) worker: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The vocabulary as structured output sees it, built by the first constrained request.
     pub(super) vocabulary: Mutex<Option<Arc<Vocabulary>>>,
+    /// The draft model its worker holds for speculative decoding, if it was loaded with one.
+    pub(crate) draft: Option<super::DraftDetails>,
 }
 
 #[derive(Debug)]

@@ -6,6 +6,7 @@
 
 mod backends;
 mod constraint;
+mod draft_model;
 mod job;
 mod loaded;
 pub(crate) mod perplexity;
@@ -25,6 +26,7 @@ use tokio::sync::mpsc;
 
 pub(crate) use backends::backend_id;
 pub(crate) use constraint::{Constraint, ConstraintSpec};
+pub(crate) use draft_model::DraftDetails;
 pub(crate) use job::{Event, Job, Logprobs, LogprobsWanted, Stats, Work};
 use loaded::IdleState;
 pub(crate) use loaded::{KeepAlive, Lease, LoadTiming, LoadedModel};
@@ -35,13 +37,15 @@ use crate::metrics::Metrics;
 use crate::store::{ModelStore, ResolvedModel};
 
 /// Options a request asks for; `None` = whatever is loaded, or the default.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct RequestedOptions {
     pub(crate) threads: Option<u32>,
     pub(crate) context_length: Option<u32>,
     pub(crate) gpu_layers: Option<u32>,
     /// A backend's name as [`backend_id`] spells it.
     pub(crate) backend: Option<&'static str>,
+    /// A draft model's name (`Some("")`: none).
+    pub(crate) draft_model: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -161,7 +165,16 @@ impl Engine {
                 .is_none_or(|c| c == m.context_options.context_length)
             && req
                 .gpu_layers
-                .is_none_or(|g| g == m.load_options.gpu_layers);
+                .is_none_or(|g| g == m.load_options.gpu_layers)
+            && match req.draft_model.as_deref() {
+                None => true,
+                Some("") => m.draft.is_none(),
+                // One that does not resolve is loaded, and so refused with the store's error.
+                Some(name) => {
+                    self.store.resolve(name).ok().map(|r| r.path)
+                        == m.draft.as_ref().map(|d| d.path.clone())
+                }
+            };
         fits.then_some(m)
     }
 
@@ -171,15 +184,12 @@ impl Engine {
         req: RequestedOptions,
         keep_alive: Option<KeepAlive>,
     ) -> Result<Arc<LoadedModel>> {
-        // Detected, verified and parsed once, before any backend sees the files.
-        let files = {
-            let path = resolved.path.clone();
-            tokio::task::spawn_blocking(move || ModelFiles::open(&path))
-                .await
-                .map_err(|e| DaemonError::Internal(e.to_string()))?
-                .map_err(CoreError::from)?
-        };
+        let files = open_files(&resolved).await?;
         let backend = self.choose_backend(files.format(), req.backend)?;
+        let draft = match req.draft_model.as_deref().filter(|n| !n.is_empty()) {
+            Some(name) => Some(self.open_draft(name, &resolved, &backend).await?),
+            None => None,
+        };
         let trained = files.trained_context_length();
         let context_length = match req.context_length {
             Some(0) => {
@@ -244,6 +254,7 @@ impl Engine {
         let (lo, co) = (load_options.clone(), context_options.clone());
         let name = resolved.name.clone();
         let metrics = Arc::clone(&self.metrics);
+
         let worker = std::thread::Builder::new()
             .name(format!("worker {}", resolved.name))
             .spawn(move || {
@@ -253,7 +264,23 @@ impl Engine {
                     let mapped = Instant::now();
                     let mut ctx = model.new_context(&co)?;
                     let cost = worker::warm_up(&*model, &mut *ctx)?;
-                    Ok::<_, DaemonError>((model, ctx, mapped, cost))
+                    let draft = match draft {
+                        Some((r, files, backend)) => {
+                            let d = backend.load(&files, &lo)?;
+                            draft_model::check_vocabulary(&*model, &name, &*d, &r.name)?;
+                            let details = DraftDetails {
+                                name: r.name,
+                                path: r.path,
+                                backend: d.backend(),
+                                quantization: d.info().quantization.clone(),
+                                parameter_count: d.info().parameter_count,
+                            };
+                            let ctx = d.new_context(&co)?;
+                            Some((draft_model::DraftModel::new(d, ctx)?, details))
+                        }
+                        None => None,
+                    };
+                    Ok::<_, DaemonError>((model, ctx, mapped, cost, draft))
                 }))
                 .unwrap_or_else(|_| {
                     Err(DaemonError::Internal(
@@ -261,7 +288,7 @@ impl Engine {
                     ))
                 });
                 match loaded {
-                    Ok((model, ctx, mapped, cost)) => {
+                    Ok((model, ctx, mapped, cost, draft)) => {
                         let timing = LoadTiming {
                             total_ms: started.elapsed().as_secs_f64() * 1e3,
                             mmap_ms: mapped.duration_since(started).as_secs_f64() * 1e3,
@@ -269,8 +296,13 @@ impl Engine {
                         };
                         let metrics = metrics.for_model(&name, model.backend());
                         metrics.loaded(started.elapsed());
-                        if loaded_tx.send(Ok((Arc::clone(&model), timing))).is_ok() {
-                            worker::run(name, model, ctx, rx, metrics, cost);
+                        let (draft, details) = draft.unzip();
+                        if loaded_tx
+                            .send(Ok((Arc::clone(&model), timing, details)))
+                            .is_ok()
+                        {
+                            let parts = worker::Parts { ctx, cost, draft };
+                            worker::run(name, model, parts, rx, metrics);
                         }
                     }
                     Err(e) => {
@@ -279,7 +311,7 @@ impl Engine {
                 }
             })
             .map_err(|e| DaemonError::Internal(format!("cannot start a worker thread: {e}")))?;
-        let (model, timing) = loaded_rx
+        let (model, timing, draft) = loaded_rx
             .await
             .map_err(|_| DaemonError::Internal("the worker thread ended while loading".into()))??;
 
@@ -306,7 +338,33 @@ impl Engine {
             }),
             worker: Mutex::new(Some(worker)),
             vocabulary: Mutex::new(None),
+            draft,
         }))
+    }
+
+    /// A draft model's files, opened and verified as a model's are, and the backend to run it
+    /// on: the model's own where it serves the draft's format, else the default for it.
+    async fn open_draft(
+        &self,
+        name: &str,
+        model: &ResolvedModel,
+        backend: &Arc<dyn Backend>,
+    ) -> Result<(ResolvedModel, ModelFiles, Arc<dyn Backend>)> {
+        let resolved = self.store.resolve(name)?;
+        if resolved.path == model.path {
+            return Err(DaemonError::invalid(
+                "options.draft_model",
+                format!("{name} is the model itself; a draft model is a smaller one"),
+            ));
+        }
+        let files = open_files(&resolved).await?;
+        let same = backend.formats().iter().any(|(f, _)| *f == files.format());
+        let backend = if same {
+            Arc::clone(backend)
+        } else {
+            self.choose_backend(files.format(), None)?
+        };
+        Ok((resolved, files, backend))
     }
 
     /// Unloads the model `name`; false when it was not loaded. Requests already queued finish.
@@ -354,4 +412,14 @@ impl Engine {
             }
         }
     }
+}
+
+/// A model's files, detected, verified and parsed once (off the async threads), before any
+/// backend sees them.
+async fn open_files(resolved: &ResolvedModel) -> Result<ModelFiles> {
+    let path = resolved.path.clone();
+    Ok(tokio::task::spawn_blocking(move || ModelFiles::open(&path))
+        .await
+        .map_err(|e| DaemonError::Internal(e.to_string()))?
+        .map_err(CoreError::from)?)
 }

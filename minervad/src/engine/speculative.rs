@@ -1,16 +1,81 @@
-//! Speculative decoding by prompt lookup. Decode at batch 1 is bound by reading the weights, so
-//! checking several proposed tokens in one forward pass costs little more than producing one.
-//! The proposal is free: where the sequence's last few tokens occurred before (in its prompt or
-//! its own output), the tokens that followed them then are a likely continuation now, as when
-//! a model copies, edits or quotes its input. The model's own choice at each position decides;
-//! drafts only save steps where it agrees.
+//! Speculative decoding: what to propose and how much. Decode at batch 1 is bound by reading
+//! the weights, so checking several proposed tokens in one forward pass costs little more than
+//! producing one. Proposals come from prompt lookup (here): where the sequence's last few
+//! tokens occurred before (in its prompt or its own output), the tokens that followed them then
+//! are a likely continuation now, as when a model copies, edits or quotes its input; it costs
+//! nothing. Or from a draft model (`draft_model.rs`), a smaller model with the same vocabulary,
+//! which costs its own forward passes. The model's own choice at each position decides; drafts
+//! only save steps where it agrees.
 
 use minerva_core::TokenId;
+
+use crate::error::{DaemonError, Result};
 
 /// Most tokens a request may let the worker draft per step.
 pub(crate) const MAX_DRAFT: u32 = 16;
 /// Drafted per step when a request does not say.
 pub(crate) const DEFAULT_DRAFT: u32 = 8;
+
+/// Where a sequence's drafts come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DraftSource {
+    /// Prompt lookup in the sequence's own tokens.
+    Lookup,
+    /// The draft model loaded beside the model.
+    Model,
+}
+
+/// A request's speculative decoding: where drafts come from, and at most how many a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Speculate {
+    pub(crate) source: DraftSource,
+    pub(crate) max_draft: u32,
+    /// Draft `max_draft` every step, paying or not (Speculation.fixed_length).
+    pub(crate) fixed: bool,
+}
+
+/// The speculation a request gets on `model`: AUTO drafts with its draft model where it was
+/// loaded with one; DRAFT without one is refused, never turned into lookup.
+pub(crate) fn speculation_on(
+    model: &super::LoadedModel,
+    asked: Option<Asked>,
+) -> Result<Option<Speculate>> {
+    let Some(Asked {
+        max_draft,
+        source,
+        fixed,
+    }) = asked
+    else {
+        return Ok(None);
+    };
+    let has_draft = model.draft.is_some();
+    let source = match source {
+        None if has_draft => DraftSource::Model,
+        None => DraftSource::Lookup,
+        Some(DraftSource::Model) if !has_draft => {
+            return Err(DaemonError::FailedPrecondition(format!(
+                "speculation mode DRAFT, and {} was loaded without a draft model; load it with options.draft_model (minerva run --draft MODEL)",
+                model.resolved.name
+            )))
+        }
+        Some(s) => s,
+    };
+    Ok(Some(Speculate {
+        source,
+        max_draft,
+        fixed,
+    }))
+}
+
+/// What a request asks of speculative decoding before the model is known: at most how many
+/// tokens a step, from where (`None`: the draft model where the model has one, else lookup),
+/// and whether at a fixed length.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Asked {
+    pub(crate) max_draft: u32,
+    pub(crate) source: Option<DraftSource>,
+    pub(crate) fixed: bool,
+}
 
 /// The longest and shortest run of last tokens looked up: one token alone matches too often by
 /// chance to be worth a verification.
@@ -21,7 +86,10 @@ const SHORTEST_MATCH: usize = 2;
 /// accepted and from what checking a token costs, and the counts its stats report.
 #[derive(Debug)]
 pub(crate) struct Drafter {
+    pub(crate) source: DraftSource,
     max: usize,
+    /// Drafts `max` every step (Speculation.fixed_length).
+    pub(crate) fixed: bool,
     /// The chance that a drafted token is the model's own, estimated from the sequence's
     /// verifications so far (a moving average).
     rate: f64,
@@ -36,9 +104,11 @@ pub(crate) struct Drafter {
 const PROBE_EVERY: u32 = 16;
 
 impl Drafter {
-    pub(crate) fn new(max: u32) -> Self {
+    pub(crate) fn new(speculate: Speculate) -> Self {
         Self {
-            max: max.clamp(1, MAX_DRAFT) as usize,
+            source: speculate.source,
+            max: speculate.max_draft.clamp(1, MAX_DRAFT) as usize,
+            fixed: speculate.fixed,
             // Hopeful at first: a sequence that repeats its input shows it within a few steps,
             // one that does not costs a few rejected tokens.
             rate: 0.8,
@@ -48,31 +118,54 @@ impl Drafter {
         }
     }
 
-    /// Up to `limit` tokens that may follow `prompt` + `output`, as many as pay off at
-    /// `cost` (what checking one more token costs, relative to a plain decode step); none
-    /// when the last tokens occurred nowhere before.
-    pub(crate) fn draft(
+    /// How many tokens to draft this step, at most `limit`: as many as pay off at `cost` (what
+    /// drafting and checking one more token costs, relative to a plain decode step), or one
+    /// now and then where none do.
+    pub(crate) fn length(&mut self, limit: usize, cost: f64) -> usize {
+        if self.fixed {
+            return self.max.min(limit);
+        }
+        let want = best_length(self.rate, cost, self.max).min(limit);
+        if want > 0 {
+            return want;
+        }
+        // Where even drafts that are always taken would not pay, a probe cannot show otherwise.
+        if best_length(1.0, cost, self.max) == 0 {
+            return 0;
+        }
+        self.idle += 1;
+        if self.idle < PROBE_EVERY || limit == 0 {
+            return 0;
+        }
+        1
+    }
+
+    /// After [`Drafter::length`]: how many tokens were proposed (a probe that found nothing
+    /// to propose is tried again next step).
+    pub(crate) fn proposed(&mut self, tokens: usize) {
+        if tokens > 0 {
+            self.idle = 0;
+        }
+    }
+
+    /// Up to `limit` tokens that may follow `prompt` + `output` by prompt lookup; none when
+    /// the last tokens occurred nowhere before, or when drafting does not pay.
+    pub(crate) fn lookup(
         &mut self,
         prompt: &[TokenId],
         output: &[TokenId],
         limit: usize,
         cost: f64,
     ) -> Vec<TokenId> {
-        let mut want = best_length(self.rate, cost, self.max).min(limit);
+        let want = self.length(limit, cost);
         if want == 0 {
-            self.idle += 1;
-            if self.idle < PROBE_EVERY || limit == 0 {
-                return Vec::new();
-            }
-            want = 1;
+            return Vec::new();
         }
         let mut history = Vec::with_capacity(prompt.len() + output.len());
         history.extend_from_slice(prompt);
         history.extend_from_slice(output);
         let draft = lookup(&history, want).to_vec();
-        if !draft.is_empty() {
-            self.idle = 0;
-        }
+        self.proposed(draft.len());
         draft
     }
 
@@ -156,6 +249,15 @@ impl DraftCost {
         *m = 0.9 * *m + 0.1 * ms.min(ceiling);
     }
 
+    /// `ms` spent to draft one token (by a draft model) relative to what a plain step spends
+    /// on each sequence's token: what drafting a token costs on top of checking it.
+    pub(crate) fn relative_ms(&self, ms: f64) -> f64 {
+        match self.plain {
+            Some((t, m)) if m > 0.0 && t > 0.0 => (ms * t / m).clamp(0.0, 2.0),
+            _ => 0.3,
+        }
+    }
+
     /// The cost of one more checked token relative to what a plain step spends on each of
     /// its `decoding` sequences' tokens; a middling guess until both kinds of step were seen.
     /// A step of many sequences already keeps the cores busy, so a draft costs nearly a whole
@@ -233,15 +335,19 @@ mod tests {
         assert_eq!(best_length(0.9, 0.05, 8), 8);
         assert_eq!(best_length(0.2, 0.5, 8), 0);
         assert!(best_length(0.7, 0.3, 8) > 0 && best_length(0.7, 0.3, 8) < 8);
-        let mut d = Drafter::new(8);
+        let mut d = Drafter::new(Speculate {
+            source: DraftSource::Lookup,
+            max_draft: 8,
+            fixed: false,
+        });
         let h = [1, 2, 3, 4, 5, 1, 2];
-        assert!(!d.draft(&h, &[], 8, 0.05).is_empty());
+        assert!(!d.lookup(&h, &[], 8, 0.05).is_empty());
         for _ in 0..10 {
             d.record(4, 0);
         }
         // Rejected again and again: no drafts, but one token every PROBE_EVERY steps.
         let drafts: Vec<usize> = (0..PROBE_EVERY)
-            .map(|_| d.draft(&h, &[], 8, 0.3).len())
+            .map(|_| d.lookup(&h, &[], 8, 0.3).len())
             .collect();
         assert_eq!(drafts.iter().sum::<usize>(), 1, "{drafts:?}");
         assert_eq!((d.drafted, d.accepted), (40, 0));

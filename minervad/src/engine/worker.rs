@@ -23,10 +23,11 @@ use minerva_core::{Context, ForwardChunk, Model, SeqId, TokenId};
 use minerva_proto::v1::StopReason;
 use tokio::sync::mpsc;
 
+use super::draft_model::{DraftCosts, DraftModel, DraftWant};
 use super::job::Logprobs;
 use super::perplexity::{self, PerplexityEvent};
 use super::prompt_cache::PromptCache;
-use super::speculative::{DraftCost, Drafter};
+use super::speculative::{DraftCost, DraftSource, Drafter};
 use super::{Event, Job, Stats, Work};
 use crate::error::DaemonError;
 use crate::metrics::ModelMetrics;
@@ -114,17 +115,14 @@ impl Sequence {
             first_token: None,
             last_token: None,
             prompt_logprobs: Vec::new(),
-            drafter: job.max_draft.map(Drafter::new),
+            drafter: job.speculation.map(Drafter::new),
             job,
         }
     }
 
-    /// Tokens to check after its last one this step (none without speculation), at most
-    /// `room`, and never past its max_tokens or its context.
-    fn draft(&mut self, room: usize, cost: f64) -> Vec<TokenId> {
-        if self.drafter.is_none() {
-            return Vec::new();
-        }
+    /// How many tokens it may draft this step: at most `room`, and never past its max_tokens
+    /// or its context.
+    fn draft_limit(&self, room: usize) -> usize {
         // The pass yields at most drafts + 1 tokens; the drafts sit at the positions after
         // the last token's.
         let left = self
@@ -133,11 +131,7 @@ impl Sequence {
             .map_or(usize::MAX, |m| (m - self.generated) as usize)
             .saturating_sub(1);
         let context = (self.job.context_length as usize).saturating_sub(self.position());
-        let limit = room.min(left).min(context);
-        match self.drafter.as_mut() {
-            Some(d) => d.draft(&self.job.prompt, &self.output, limit, cost),
-            None => Vec::new(),
-        }
+        room.min(left).min(context)
     }
 
     /// KV cells it may need: a sample sharing another's prompt needs only its own tokens.
@@ -218,15 +212,27 @@ impl StepTimes {
     }
 }
 
+/// What a worker owns besides its model: the context, the measured cost of a checked token,
+/// and the draft model, if the model was loaded with one.
+pub(crate) struct Parts {
+    pub(crate) ctx: Box<dyn Context>,
+    pub(crate) cost: DraftCost,
+    pub(crate) draft: Option<DraftModel>,
+}
+
 /// Runs until every sender of `jobs` is gone (the model was unloaded) or the context breaks.
 pub(crate) fn run(
     model_name: String,
     model: Arc<dyn Model>,
-    mut ctx: Box<dyn Context>,
+    parts: Parts,
     mut jobs: mpsc::Receiver<Work>,
     metrics: ModelMetrics,
-    mut cost: DraftCost,
 ) {
+    let Parts {
+        mut ctx,
+        mut cost,
+        mut draft,
+    } = parts;
     let mut active: Vec<Sequence> = Vec::new();
     let mut logits: Vec<Vec<f32>> = Vec::new();
     let max_active = ctx.options().max_sequences.max(1) as usize;
@@ -347,6 +353,7 @@ pub(crate) fn run(
             step(
                 &*model,
                 &mut *ctx,
+                draft.as_mut(),
                 &mut active,
                 &mut logits,
                 &mut times,
@@ -401,6 +408,11 @@ pub(crate) fn run(
                 } else if let Err(e) = ctx.clear_sequence(seq.slot) {
                     tracing::error!(error = %e, "could not clear a finished sequence");
                 }
+                if let Some(d) = draft.as_mut() {
+                    if let Err(e) = d.forget(seq.slot) {
+                        tracing::error!(error = %e, "could not clear a draft model's sequence");
+                    }
+                }
             } else {
                 i += 1;
             }
@@ -437,9 +449,11 @@ pub(crate) fn warm_up(model: &dyn Model, ctx: &mut dyn Context) -> minerva_core:
 }
 
 /// One forward pass over every active sequence, then sampling and streaming.
+#[allow(clippy::too_many_arguments)]
 fn step(
     model: &dyn Model,
     ctx: &mut dyn Context,
+    draft: Option<&mut DraftModel>,
     active: &mut [Sequence],
     logits: &mut Vec<Vec<f32>>,
     times: &mut StepTimes,
@@ -462,17 +476,7 @@ fn step(
         .filter(|s| matches!(s.phase, Phase::Decode { .. }))
         .count();
     let room = batch.saturating_sub(decoding);
-    let mut decode_tokens: Vec<Vec<TokenId>> = Vec::with_capacity(active.len());
-    for seq in active.iter_mut() {
-        decode_tokens.push(match seq.phase {
-            Phase::Decode { last } => {
-                let mut tokens = vec![last];
-                tokens.extend(seq.draft(room, cost.relative(decoding)));
-                tokens
-            }
-            Phase::Prefill { .. } | Phase::Shared { .. } | Phase::Finished => Vec::new(),
-        });
-    }
+    let decode_tokens = drafts(active, draft, room, cost.relative(decoding), cost)?;
     let mut chunks: Vec<ForwardChunk<'_>> = Vec::with_capacity(active.len());
     for (i, seq) in active.iter().enumerate() {
         if seq.job.events.is_closed() || budget == 0 {
@@ -587,6 +591,76 @@ fn step(
     }
     times.sample += now.elapsed();
     Ok(())
+}
+
+/// Each decoding sequence's last token and the tokens drafted after it when it speculates (by
+/// lookup, or with the draft model in one batch for all that draft with it); nothing for
+/// sequences not decoding. `check` is what checking one more token costs relative to a plain
+/// step; a draft model's token costs its pass on top.
+fn drafts(
+    active: &mut [Sequence],
+    draft: Option<&mut DraftModel>,
+    room: usize,
+    check: f64,
+    cost: &DraftCost,
+) -> minerva_core::Result<Vec<Vec<TokenId>>> {
+    let mut tokens: Vec<Vec<TokenId>> = active
+        .iter()
+        .map(|s| match s.phase {
+            Phase::Decode { last } => vec![last],
+            Phase::Prefill { .. } | Phase::Shared { .. } | Phase::Finished => Vec::new(),
+        })
+        .collect();
+    let costs = DraftCosts {
+        check,
+        pass: draft
+            .as_ref()
+            .map_or(0.0, |d| cost.relative_ms(d.ms_per_token())),
+    };
+    let mut wants: Vec<(usize, usize)> = Vec::new();
+    for (i, seq) in active.iter_mut().enumerate() {
+        if !matches!(seq.phase, Phase::Decode { .. }) {
+            continue;
+        }
+        let limit = seq.draft_limit(room);
+        let Some(d) = seq.drafter.as_mut() else {
+            continue;
+        };
+        match d.source {
+            DraftSource::Lookup => {
+                tokens[i].extend(d.lookup(&seq.job.prompt, &seq.output, limit, check));
+            }
+            DraftSource::Model => {
+                let want = d.length(limit, costs.check + costs.pass);
+                if want > 0 {
+                    wants.push((i, want));
+                }
+            }
+        }
+    }
+    let Some(draft) = draft.filter(|_| !wants.is_empty()) else {
+        return Ok(tokens);
+    };
+    let asked: Vec<DraftWant<'_>> = wants
+        .iter()
+        .map(|&(i, want)| DraftWant {
+            slot: active[i].slot,
+            prompt: &active[i].job.prompt,
+            output: &active[i].output,
+            want,
+            sampled: active[i].job.sampling.temperature > 0.0,
+            fixed: active[i].drafter.as_ref().is_some_and(|d| d.fixed),
+        })
+        .collect();
+    let proposals = draft.draft(&asked, costs)?;
+    drop(asked);
+    for ((i, _), proposal) in wants.into_iter().zip(proposals) {
+        if let Some(d) = active[i].drafter.as_mut() {
+            d.proposed(proposal.len());
+        }
+        tokens[i].extend(proposal);
+    }
+    Ok(tokens)
 }
 
 /// Checks the tokens `draft` proposed after `seq`'s last one: row j of `rows` gives the model's
