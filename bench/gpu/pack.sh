@@ -21,16 +21,8 @@ root=$PWD
 out=$root/.gpu
 mkdir -p "$out"
 
-# The llama-bench / batched-bench sources: llama-cpp-python's sdist, as on PyPI.
-LCP_VERSION=0.3.36
-LCP_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
-cache=${MINERVA_PEER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/minerva/peers}
-sdist=$cache/llama_cpp_python-$LCP_VERSION.tar.gz
-if [ ! -f "$sdist" ]; then
-  mkdir -p "$cache"
-  python3 -m pip download --no-deps --no-binary :all: "llama-cpp-python==$LCP_VERSION" -d "$cache" >&2
-fi
-echo "$LCP_SHA256  $sdist" | sha256sum -c --quiet
+# The llama-bench / batched-bench sources (llama-cpp-python's sdist) and llama-cpp-sys-2's own.
+source "$root/bench/peers/llama-cpp-source.sh"
 
 # minervad and minerva, llama.cpp linked dynamically. A separate target dir: the features and
 # CPU flags differ from the normal build, which stays as it is. The CLI first, on its own, so
@@ -54,13 +46,6 @@ if [ "${PACK_MINERVAD:-1}" != 0 ]; then
 fi
 
 # llama.cpp: the source llama-cpp-sys-2 built above, with the two bench tools added.
-sys=$(cargo metadata --format-version 1 --locked 2>/dev/null | python3 -c '
-import json, os, sys
-m = json.load(sys.stdin)
-p = [p for p in m["packages"] if p["name"] == "llama-cpp-sys-2"][0]
-print(os.path.dirname(p["manifest_path"]), p["version"])')
-sysdir=${sys% *}
-sysver=${sys#* }
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 cp -r "$sysdir/llama.cpp" "$stage/llama.cpp"

@@ -13,7 +13,14 @@ then greedy decoding of new_tokens tokens one at a time, as minervad does. Timin
 TTFT = prompt decode + first argmax; decode tokens/s over the tokens after the first.
 A test with "max_draft": N (a `--speculative` job's TEST/spec) decodes through llama-cpp-python's
 own speculative path instead: Llama.generate with its prompt-lookup drafter
-(LlamaPromptLookupDecoding, num_pred_tokens N), greedy, the same new_tokens.
+(LlamaPromptLookupDecoding, num_pred_tokens N), greedy, the same new_tokens. With
+MINERVA_PEER_LOOKUP set to the folder bench/peers/llama-cpp-tools.sh prints, it runs llama.cpp's
+own C++ prompt lookup instead: llama-lookup (--spec-draft-n-max N, greedy, the same new_tokens and flash
+attention), one process per run, on the prompt's text (its tokens detokenized with the special
+tokens written out, which llama-lookup tokenizes back: the record's prompt_tokens is the count it
+reports). Its timings are its own: decode tokens/s is its "decoded N tokens in T s", TTFT its
+prompt's "encoded" time; it prints text, not token ids, so tokens_sha256 hashes that text
+tokenized again (the answer's own ids wherever tokenization round-trips).
 """
 import ctypes
 import hashlib
@@ -87,6 +94,58 @@ def one_request_lookup(llm, prompt, new_tokens):
     return record, gaps
 
 
+def one_request_lookup_cpp(spec, llm, prompt, new_tokens, max_draft, tools):
+    """One greedy request through llama.cpp's C++ llama-lookup (see the module's doc)."""
+    import re
+    text = llm.detokenize(prompt, special=True).decode("utf-8", errors="replace")
+    # On the command line: a prompt file (-f) loses its last newline, and a chat prompt ends
+    # with one.
+    p = subprocess.run(
+        [os.path.join(tools, "llama-lookup"), "-m", spec["path"], "-p", text,
+         "-n", str(new_tokens), "--spec-draft-n-max", str(max_draft), "-t", str(spec["threads"]),
+         "-tb", str(spec["threads"]), "-c", str(spec["context_length"]), "-b", "2048",
+         "-ub", "512", "-fa", spec.get("flash_attn", "off"), "--temp", "0", "--top-k", "1",
+         "--repeat-penalty", "1.0", "--ignore-eos"],
+        capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"llama-lookup failed ({p.returncode}): {p.stderr[-2000:]}")
+    log = p.stderr
+
+    def grab(pattern, kind=float):
+        m = re.search(pattern, log)
+        if not m:
+            raise SystemExit(f"llama-lookup printed no {pattern!r}: {log[-2000:]}")
+        return kind(m.group(1))
+    n_in = grab(r"encoded\s+(\d+) tokens", int)
+    enc_s = grab(r"encoded\s+\d+ tokens in\s+([\d.]+) seconds")
+    n_out = grab(r"decoded\s+(\d+) tokens", int)
+    dec_s = grab(r"decoded\s+\d+ tokens in\s+([\d.]+) seconds")
+    # It echoes the prompt, then the answer.
+    at = p.stdout.find(text)
+    generated = p.stdout[at + len(text):] if at >= 0 else p.stdout
+    return {
+        "prompt_tokens": n_in,
+        "generated_tokens": n_out,
+        "ttft_ms": enc_s * 1e3,
+        "tpot_ms": dec_s * 1e3 / n_out if n_out else 0.0,
+        "e2e_ms": (enc_s + dec_s) * 1e3,
+        "prompt_tokens_per_s": n_in / enc_s if enc_s > 0 else 0.0,
+        "decode_tokens_per_s": n_out / dec_s if dec_s > 0 else 0.0,
+        "queue_ms": 0.0,
+        # Its answer as token ids again, to compare with the plain runs' ids (it may decode a
+        # few tokens past new_tokens, and logs a blank line after the answer).
+        "tokens_sha256": ids_sha256(
+            llm.tokenize(generated.encode(), add_bos=False, special=True)[:new_tokens]),
+        "drafted_tokens": grab(r"n_drafted\s*=\s*(\d+)", int),
+        "accepted_tokens": grab(r"n_accept\s*=\s*(\d+)", int),
+    }, []
+
+
+def ids_sha256(ids):
+    """The sha256 of token ids as Minerva's records hash them (little-endian u32s)."""
+    return hashlib.sha256(b"".join(struct.pack("<I", t) for t in ids)).hexdigest()
+
+
 def timed(prompt, ids, t0, times):
     """A run record (and its inter-token gaps) from the tokens and when each came."""
     ttft = (times[0] - t0) * 1e3
@@ -101,7 +160,7 @@ def timed(prompt, ids, t0, times):
         "prompt_tokens_per_s": len(prompt) / (ttft / 1e3) if ttft > 0 else 0.0,
         "decode_tokens_per_s": (n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0,
         "queue_ms": 0.0,
-        "tokens_sha256": hashlib.sha256(b"".join(struct.pack("<I", t) for t in ids)).hexdigest(),
+        "tokens_sha256": ids_sha256(ids),
     }, [(b - a) * 1e3 for a, b in zip(times, times[1:])]
 
 
@@ -130,8 +189,9 @@ def run_test(spec, index, extra_bufts):
         llama_cpp.llama_cpp.llama_model_default_params = without_extra_bufts
     test = spec["tests"][index]
     max_draft = test.get("max_draft") or 0
+    tools = os.environ.get("MINERVA_PEER_LOOKUP") if max_draft else None
     draft = {}
-    if max_draft:
+    if max_draft and not tools:
         from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
         draft = {"draft_model": LlamaPromptLookupDecoding(num_pred_tokens=max_draft)}
     t = time.perf_counter()
@@ -147,8 +207,12 @@ def run_test(spec, index, extra_bufts):
         if llm.token_bos() >= 0:
             prompt[0] = llm.token_bos()
     new = test["new_tokens"]
-    request = ((lambda: one_request_lookup(llm, prompt, new)) if max_draft
-               else (lambda: one_request(llm, n_vocab, prompt, new)))
+    if tools:
+        request = lambda: one_request_lookup_cpp(spec, llm, prompt, new, max_draft, tools)
+    elif max_draft:
+        request = lambda: one_request_lookup(llm, prompt, new)
+    else:
+        request = lambda: one_request(llm, n_vocab, prompt, new)
     for _ in range(spec["warmup_runs"]):
         request()
     runs, gaps = [], []
@@ -160,9 +224,13 @@ def run_test(spec, index, extra_bufts):
     wall = time.perf_counter() - wall
     col = lambda k: [x[k] for x in runs]
     version = getattr(llama_cpp, "__version__", "?")
+    backend = f"llama.cpp (llama-cpp-python {version})"
+    if tools:
+        source = open(os.path.join(tools, "SOURCE.txt")).read().strip()
+        backend = f"llama.cpp's llama-lookup ({source})"
     return {
-        "model": spec["model"], "backend": f"llama.cpp (llama-cpp-python {version})", "test": test["test"],
-        "prompt_tokens": len(prompt), "new_tokens": new, "concurrency": 1, "runs": runs,
+        "model": spec["model"], "backend": backend, "test": test["test"],
+        "prompt_tokens": runs[0]["prompt_tokens"] if runs else len(prompt), "new_tokens": new, "concurrency": 1, "runs": runs,
         "metrics": [{"name": k, "summary": summarize(v)} for k, v in [
             ("ttft_ms", col("ttft_ms")), ("tpot_ms", col("tpot_ms")), ("itl_ms", gaps),
             ("e2e_ms", col("e2e_ms")), ("prompt_tokens_per_s", col("prompt_tokens_per_s")),

@@ -36,6 +36,9 @@ pub(crate) struct DraftModel {
     /// drafted token costs, the cache catch-up and passes that proposed nothing included.
     spent_ms: f64,
     proposed: f64,
+    /// Moving average of what feeding it a token it lacks costs (ms), from passes that fed
+    /// many: the price of catching up with a sequence that has not drafted yet.
+    catch_up_ms: f64,
 }
 
 /// One sequence's request for drafts: its slot, its tokens so far (the newest not yet in the
@@ -85,6 +88,8 @@ impl DraftModel {
             logits,
             spent_ms: pass_ms,
             proposed: 1.0,
+            // Until measured: a prompt's tokens cost an eighth of a lone token's pass each.
+            catch_up_ms: pass_ms / 8.0,
         })
     }
 
@@ -92,6 +97,18 @@ impl DraftModel {
     /// its drafting measured.
     pub(crate) fn ms_per_token(&self) -> f64 {
         self.spent_ms / self.proposed.max(1e-3)
+    }
+
+    /// What feeding it the tokens of `prompt` + `output` that `slot` lacks would cost (ms):
+    /// drafting for a sequence first pays for that, which a short answer may not repay.
+    pub(crate) fn catch_up_cost(&self, slot: SeqId, prompt: &[TokenId], output: &[TokenId]) -> f64 {
+        let fed = self.fed.get(slot.0 as usize).map_or(&[][..], Vec::as_slice);
+        let common = fed
+            .iter()
+            .zip(prompt.iter().chain(output))
+            .take_while(|(a, b)| a == b)
+            .count();
+        (prompt.len() + output.len()).saturating_sub(common) as f64 * self.catch_up_ms
     }
 
     /// Forgets what `slot` holds (its sequence ended).
@@ -157,13 +174,21 @@ impl DraftModel {
             pending.push((i, common as u32, history().skip(common).collect()));
         }
         let started = Instant::now();
+        let mut first = true;
         while !pending.is_empty() {
             let chunks: Vec<ForwardChunk<'_>> = pending
                 .iter()
                 .map(|(i, at, tokens)| ForwardChunk::last(wants[*i].slot, *at, tokens))
                 .collect();
+            let pass = Instant::now();
             self.ctx.forward(&chunks, &mut self.logits)?;
             drop(chunks);
+            let fed: usize = pending.iter().map(|(_, _, t)| t.len()).sum();
+            if first && fed >= 16 {
+                let ms = pass.elapsed().as_secs_f64() * 1e3 / fed as f64;
+                self.catch_up_ms = 0.8 * self.catch_up_ms + 0.2 * ms.min(4.0 * self.catch_up_ms);
+            }
+            first = false;
             let mut next = Vec::with_capacity(pending.len());
             for (k, (i, at, tokens)) in pending.into_iter().enumerate() {
                 let w = &wants[i];

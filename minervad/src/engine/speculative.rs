@@ -119,8 +119,8 @@ impl Drafter {
     }
 
     /// How many tokens to draft this step, at most `limit`: as many as pay off at `cost` (what
-    /// drafting and checking one more token costs, relative to a plain decode step), or one
-    /// now and then where none do.
+    /// drafting and checking one more token costs, relative to a plain decode step), or, for
+    /// prompt lookup, one now and then where none do.
     pub(crate) fn length(&mut self, limit: usize, cost: f64) -> usize {
         if self.fixed {
             return self.max.min(limit);
@@ -130,7 +130,10 @@ impl Drafter {
             return want;
         }
         // Where even drafts that are always taken would not pay, a probe cannot show otherwise.
-        if best_length(1.0, cost, self.max) == 0 {
+        // A draft model is not probed either: its agreement with the model changes little
+        // along a text (a lookup's comes and goes with repeats), and a probe would first feed it
+        // every token it missed.
+        if best_length(1.0, cost, self.max) == 0 || self.source == DraftSource::Model {
             return 0;
         }
         self.idle += 1;
@@ -247,6 +250,11 @@ impl DraftCost {
         let ceiling = 2.0 * *m * (tokens / *t).max(1.0);
         *t = 0.9 * *t + 0.1 * tokens;
         *m = 0.9 * *m + 0.1 * ms.min(ceiling);
+    }
+
+    /// What a plain step costs each of its sequences' tokens (ms), once one was seen.
+    pub(crate) fn plain_ms_per_token(&self) -> Option<f64> {
+        self.plain.filter(|&(t, _)| t > 0.0).map(|(t, m)| m / t)
     }
 
     /// `ms` spent to draft one token (by a draft model) relative to what a plain step spends

@@ -632,7 +632,8 @@ fn drafts(
             }
             DraftSource::Model => {
                 let want = d.length(limit, costs.check + costs.pass);
-                if want > 0 {
+                let pays = d.fixed || catching_up_pays(seq, draft.as_deref(), cost);
+                if want > 0 && pays {
                     wants.push((i, want));
                 }
             }
@@ -661,6 +662,22 @@ fn drafts(
         tokens[i].extend(proposal);
     }
     Ok(tokens)
+}
+
+/// Whether the draft model catching up with `seq` (being fed the tokens it lacks, the whole
+/// prompt before its first draft) is repaid by what drafting may save over the tokens `seq`
+/// has left: at most a fifth of a plain step a token, as measured drafts save where they pay.
+/// A short answer to a long prompt is not worth it.
+fn catching_up_pays(seq: &Sequence, draft: Option<&DraftModel>, cost: &DraftCost) -> bool {
+    /// The share of a plain step that drafting saves a token, at best.
+    const SAVES: f64 = 0.2;
+    let (Some(draft), Some(step_ms)) = (draft, cost.plain_ms_per_token()) else {
+        return true;
+    };
+    let left = seq.job.max_tokens.map_or(f64::INFINITY, |m| {
+        f64::from(m.saturating_sub(seq.generated))
+    });
+    draft.catch_up_cost(seq.slot, &seq.job.prompt, &seq.output) <= left * step_ms * SAVES
 }
 
 /// Checks the tokens `draft` proposed after `seq`'s last one: row j of `rows` gives the model's
