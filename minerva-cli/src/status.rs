@@ -34,7 +34,7 @@ pub async fn status(global: &Global) -> CliResult {
     };
     let drafts = match s.default_max_draft {
         0 => "off".to_string(),
-        n => format!("prompt lookup, {n} tokens a step"),
+        n => format!("{n} tokens a step (a model's draft model, else prompt lookup)"),
     };
     println!(
         "backends: {}; default keep-alive: {ka}; speculative decoding: {drafts}",

@@ -69,9 +69,10 @@ pub(crate) struct Args {
     #[arg(long, env = "MINERVA_KV_PER_SEQUENCE", value_parser = clap::builder::BoolishValueParser::new())]
     pub(crate) kv_per_sequence: bool,
 
-    /// Speculative decoding by prompt lookup for every request that does not say otherwise,
-    /// drafting at most N tokens a step (1-16, default 8); a request turns it off with
-    /// Speculation.mode OFF (`minerva run --no-speculate`).
+    /// Speculative decoding for every request that does not say otherwise, drafting at most N
+    /// tokens a step (1-16, default 8): with the model's draft model where it was loaded with
+    /// one, else by prompt lookup; a request turns it off with Speculation.mode OFF (`minerva
+    /// run --no-speculate`).
     #[arg(long, value_name = "N", env = "MINERVA_SPECULATE", num_args = 0..=1, default_missing_value = "8", value_parser = clap::value_parser!(u32).range(1..=16))]
     pub(crate) speculate: Option<u32>,
 

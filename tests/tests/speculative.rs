@@ -47,7 +47,15 @@ fn request(prompt: &str, backend: &str, speculate: bool) -> pb::GenerateRequest 
             backend: Some(backend.into()),
             ..Default::default()
         }),
-        speculation: speculate.then_some(pb::Speculation::default()),
+        // At a fixed length: these tests are about what drafts do to the answer, so drafts are
+        // made and checked on every step, whether or not they pay on this machine's backend
+        // (on candle a checked token can cost a whole step, and adaptive drafting then stays
+        // off). Adaptive lengths have their unit tests and the daemon-default test below.
+        speculation: speculate.then_some(pb::Speculation {
+            max_draft: Some(4),
+            fixed_length: true,
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -338,7 +346,7 @@ async fn the_daemon_default_drafts_for_requests_that_do_not_say() {
     // The CLI says the default, and --no-speculate turns it off.
     assert!(d
         .cli_ok(&["status"])
-        .contains("prompt lookup, 4 tokens a step"));
+        .contains("4 tokens a step (a model's draft model, else prompt lookup)"));
     let r = d.cli_json(&[
         "run",
         MODEL,
